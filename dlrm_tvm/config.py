@@ -1,0 +1,388 @@
+"""Every setting of dlrm-tvm: validated dataclasses, presets, TOML files and the reference's flags.
+
+A config is three parts: ``ModelConfig`` (what is computed), ``TrainConfig`` (how it is trained)
+and ``DataConfig`` (what it is fed). ``Config`` holds all three. Sizes follow the
+facebookresearch/dlrm conventions: ``mlp_bot`` includes the dense input width and must end at the
+embedding dim; ``mlp_top`` excludes its input width, which the interaction fixes, and ends at 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Criteo Terabyte per-column category counts (the MLPerf DLRM benchmark's table sizes).
+CRITEO_TERABYTE_ROWS = (
+    39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
+    2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
+)
+
+# Feature widths are padded to a multiple of this many fp32 lanes where the graph owns the layout
+# (the interaction output feeding the top MLP), so every GEMM runs on whole vector tiles.
+FEATURE_ALIGN = 16
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says why."""
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The DLRM architecture.
+
+    table_rows: rows of each embedding table (one table per categorical feature).
+    embedding_dim: D, the width of every embedding row and of the bottom MLP's output.
+    mlp_bot: dense input width followed by the bottom MLP's layer widths (ends at D).
+    mlp_top: the top MLP's layer widths, without its input width (ends at 1).
+    interaction: "dot" (pairwise dot products + bottom output) or "cat" (concatenation).
+    interaction_itself: include the diagonal (self dot products) in "dot".
+    """
+
+    table_rows: tuple[int, ...] = (1000,) * 26
+    embedding_dim: int = 16
+    mlp_bot: tuple[int, ...] = (13, 64, 16)
+    mlp_top: tuple[int, ...] = (64, 1)
+    interaction: str = "dot"
+    interaction_itself: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table_rows", tuple(int(r) for r in self.table_rows))
+        object.__setattr__(self, "mlp_bot", tuple(int(w) for w in self.mlp_bot))
+        object.__setattr__(self, "mlp_top", tuple(int(w) for w in self.mlp_top))
+        if not self.table_rows:
+            raise ConfigError("the model needs at least one embedding table")
+        for i, r in enumerate(self.table_rows):
+            _positive(f"table_rows[{i}]", r)
+        _positive("embedding_dim", self.embedding_dim)
+        if len(self.mlp_bot) < 2:
+            raise ConfigError("mlp_bot needs the dense input width and at least one layer width")
+        if len(self.mlp_top) < 1:
+            raise ConfigError("mlp_top needs at least one layer width")
+        for name, widths in (("mlp_bot", self.mlp_bot), ("mlp_top", self.mlp_top)):
+            for i, w in enumerate(widths):
+                _positive(f"{name}[{i}]", w)
+        if self.interaction not in ("dot", "cat"):
+            raise ConfigError(f"interaction must be 'dot' or 'cat', got {self.interaction!r}")
+        if self.mlp_bot[-1] != self.embedding_dim:
+            raise ConfigError(
+                f"the bottom MLP ends at width {self.mlp_bot[-1]} but the embedding dim is "
+                f"{self.embedding_dim}: the interaction needs both to be equal "
+                f"(change --arch-mlp-bot's last width or --arch-sparse-feature-size)"
+            )
+        if self.mlp_top[-1] != 1:
+            raise ConfigError(
+                f"the top MLP must end at width 1 (one click logit), got {self.mlp_top[-1]}"
+            )
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.table_rows)
+
+    @property
+    def num_dense(self) -> int:
+        return self.mlp_bot[0]
+
+    @property
+    def num_features(self) -> int:
+        """F: the bottom MLP output plus one pooled vector per table."""
+        return self.num_tables + 1
+
+    @property
+    def num_pairs(self) -> int:
+        f = self.num_features
+        return f * (f + 1) // 2 if self.interaction_itself else f * (f - 1) // 2
+
+    @property
+    def interaction_width(self) -> int:
+        """The top MLP's true input width (the reference's ``num_int``)."""
+        if self.interaction == "dot":
+            return self.embedding_dim + self.num_pairs
+        return self.num_features * self.embedding_dim
+
+    @property
+    def interaction_width_padded(self) -> int:
+        w = self.interaction_width
+        return -(-w // FEATURE_ALIGN) * FEATURE_ALIGN
+
+    @property
+    def bot_layers(self) -> list[tuple[int, int]]:
+        """(in, out) of each bottom layer."""
+        return list(zip(self.mlp_bot[:-1], self.mlp_bot[1:], strict=True))
+
+    @property
+    def top_layers(self) -> list[tuple[int, int]]:
+        """(in, out) of each top layer; the first input is the interaction width."""
+        widths = (self.interaction_width, *self.mlp_top)
+        return list(zip(widths[:-1], widths[1:], strict=True))
+
+    @property
+    def table_offsets(self) -> tuple[int, ...]:
+        """First row of each table in the concatenated table storage."""
+        out, acc = [], 0
+        for r in self.table_rows:
+            out.append(acc)
+            acc += r
+        return tuple(out)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.table_rows)
+
+    def mlp_param_count(self) -> int:
+        return sum(i * o + o for i, o in self.bot_layers + self.top_layers)
+
+    def param_bytes(self) -> int:
+        return 4 * (self.total_rows * self.embedding_dim + self.mlp_param_count())
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD training. The LR schedule is the reference's: linear warmup, then polynomial decay."""
+
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    steps: int = 100
+    seed: int = 0
+    lr_num_warmup_steps: int = 0
+    lr_decay_start_step: int = 0
+    lr_num_decay_steps: int = 0
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("batch_size", self.batch_size)
+        _positive("log_every", self.log_every)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("steps", "lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for 0-based ``step`` (the reference's LRPolicyScheduler)."""
+        base = self.learning_rate
+        if step < self.lr_num_warmup_steps:
+            return base * (1.0 - (self.lr_num_warmup_steps - step) / self.lr_num_warmup_steps)
+        if self.lr_num_decay_steps > 0:
+            end = self.lr_decay_start_step + self.lr_num_decay_steps
+            if step >= self.lr_decay_start_step:
+                done = min(step, end) - self.lr_decay_start_step
+                scale = ((self.lr_num_decay_steps - done) / self.lr_num_decay_steps) ** 2
+                return max(1e-7, base * scale)
+        return base
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input data. ``synthetic`` follows the reference's random generator.
+
+    num_indices_per_lookup: the bag size (the maximum when not fixed).
+    num_indices_per_lookup_fixed: every bag has exactly that many lookups; otherwise each bag
+        draws its size uniformly in [1, num_indices_per_lookup] as the reference does.
+    labels: "random" (the reference: 0/1 coin flips, nothing to learn) or "teacher" (labels
+        from a fixed random linear model of the inputs: a task the model can learn).
+    """
+
+    kind: str = "synthetic"
+    num_indices_per_lookup: int = 1
+    num_indices_per_lookup_fixed: bool = True
+    labels: str = "random"
+
+    def __post_init__(self) -> None:
+        if self.kind != "synthetic":
+            raise ConfigError(f"data kind {self.kind!r} is not supported yet (only 'synthetic')")
+        _positive("num_indices_per_lookup", self.num_indices_per_lookup)
+        if self.labels not in ("random", "teacher"):
+            raise ConfigError(f"labels must be 'random' or 'teacher', got {self.labels!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Config:
+        unknown = set(d) - {"name", "model", "train", "data"}
+        if unknown:
+            raise ConfigError(f"unknown config sections: {sorted(unknown)}")
+        return Config(
+            name=str(d.get("name", "custom")),
+            model=_make(ModelConfig, d.get("model", {}), "model"),
+            train=_make(TrainConfig, d.get("train", {}), "train"),
+            data=_make(DataConfig, d.get("data", {}), "data"),
+        )
+
+    def replace(self, **sections: Any) -> Config:
+        return dataclasses.replace(self, **sections)
+
+    def check_fits(self, available_bytes: int | None = None) -> None:
+        """Refuse a config whose parameters cannot fit in this machine's memory."""
+        need = self.model.param_bytes()
+        avail = available_bytes if available_bytes is not None else available_memory()
+        if avail is not None and need > 0.8 * avail:
+            raise ConfigError(
+                f"the model's parameters need {need / 2**30:.1f} GiB "
+                f"({self.model.total_rows:,} embedding rows x {self.model.embedding_dim} fp32) "
+                f"but only {avail / 2**30:.1f} GiB of memory is available: "
+                f"lower the table sizes (e.g. --max-ind-range) or the embedding dim"
+            )
+
+
+def _make(cls: type, d: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown keys in [{section}]: {sorted(unknown)}; known: {sorted(names)}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"[{section}]: {e}") from e
+
+
+def available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def mlperf_rows(max_ind_range: int) -> tuple[int, ...]:
+    return tuple(min(r, max_ind_range) for r in CRITEO_TERABYTE_ROWS)
+
+
+# The MLPerf reference caps the tables at 40M rows (about 100 GB of fp32); 1M keeps the preset
+# within a 24 GiB machine (3.5 GiB). Raise it with --max-ind-range where memory allows.
+MLPERF_DEFAULT_MAX_IND_RANGE = 1_000_000
+
+PRESETS: dict[str, Config] = {
+    "tiny": Config(
+        name="tiny",
+        model=ModelConfig(),
+        train=TrainConfig(batch_size=128),
+        data=DataConfig(num_indices_per_lookup=1),
+    ),
+    "small": Config(
+        name="small",
+        model=ModelConfig(
+            table_rows=(1_000_000,) * 8,
+            embedding_dim=64,
+            mlp_bot=(512, 512, 64),
+            mlp_top=(1024, 1024, 1024, 1),
+        ),
+        train=TrainConfig(batch_size=2048),
+        data=DataConfig(num_indices_per_lookup=100),
+    ),
+    "mlperf": Config(
+        name="mlperf",
+        model=ModelConfig(
+            table_rows=mlperf_rows(MLPERF_DEFAULT_MAX_IND_RANGE),
+            embedding_dim=128,
+            mlp_bot=(13, 512, 256, 128),
+            mlp_top=(1024, 1024, 512, 256, 1),
+        ),
+        train=TrainConfig(batch_size=2048, learning_rate=1.0),
+        data=DataConfig(num_indices_per_lookup=1),
+    ),
+}
+
+
+def load_config(spec: str | os.PathLike | None) -> Config:
+    """A preset name, or a TOML file (optionally naming a ``preset`` to start from)."""
+    if spec is None:
+        return PRESETS["tiny"]
+    s = str(spec)
+    if s in PRESETS:
+        return PRESETS[s]
+    path = Path(s)
+    if not path.exists():
+        raise ConfigError(f"{s!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    base = d.pop("preset", None)
+    if base is not None:
+        if base not in PRESETS:
+            raise ConfigError(f"{path}: unknown preset {base!r}")
+        merged = PRESETS[base].to_dict()
+        for section, values in d.items():
+            if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                merged[section].update(values)
+            else:
+                merged[section] = values
+        merged.setdefault("name", base)
+        d = merged
+    d.setdefault("name", path.stem)
+    return Config.from_dict(d)
+
+
+def _dash_ints(flag: str, s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split("-"))
+    except ValueError as e:
+        raise ConfigError(f"{flag} expects dash-separated integers like 13-512-256, got {s!r}") from e
+
+
+def apply_overrides(cfg: Config, **flags: Any) -> Config:
+    """Apply the reference's flags (``arch_sparse_feature_size`` etc.); None means unset."""
+    m = dataclasses.asdict(cfg.model)
+    t = dataclasses.asdict(cfg.train)
+    d = dataclasses.asdict(cfg.data)
+    f = {k: v for k, v in flags.items() if v is not None}
+    if "arch_sparse_feature_size" in f:
+        m["embedding_dim"] = int(f["arch_sparse_feature_size"])
+    if "arch_embedding_size" in f:
+        m["table_rows"] = _dash_ints("--arch-embedding-size", f["arch_embedding_size"])
+    if "arch_mlp_bot" in f:
+        m["mlp_bot"] = _dash_ints("--arch-mlp-bot", f["arch_mlp_bot"])
+    if "arch_mlp_top" in f:
+        m["mlp_top"] = _dash_ints("--arch-mlp-top", f["arch_mlp_top"])
+    if "arch_interaction_op" in f:
+        m["interaction"] = f["arch_interaction_op"]
+    if "arch_interaction_itself" in f:
+        m["interaction_itself"] = bool(f["arch_interaction_itself"])
+    if "max_ind_range" in f:
+        r = int(f["max_ind_range"])
+        _positive("--max-ind-range", r)
+        m["table_rows"] = tuple(min(x, r) for x in m["table_rows"])
+    if "mini_batch_size" in f:
+        t["batch_size"] = int(f["mini_batch_size"])
+    if "learning_rate" in f:
+        t["learning_rate"] = float(f["learning_rate"])
+    if "steps" in f:
+        t["steps"] = int(f["steps"])
+    if "seed" in f:
+        t["seed"] = int(f["seed"])
+    if "num_indices_per_lookup" in f:
+        d["num_indices_per_lookup"] = int(f["num_indices_per_lookup"])
+    if "num_indices_per_lookup_fixed" in f:
+        d["num_indices_per_lookup_fixed"] = bool(f["num_indices_per_lookup_fixed"])
+    if "labels" in f:
+        d["labels"] = f["labels"]
+    return Config(
+        name=cfg.name, model=ModelConfig(**m), train=TrainConfig(**t), data=DataConfig(**d)
+    )

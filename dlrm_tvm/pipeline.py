@@ -1,0 +1,76 @@
+"""The compile pipeline, in order:
+
+1. graph    build the Relax module of the DLRM step (graphs/dlrm.py): call_tir to naive kernels
+2. schedule give every PrimFunc the first matching rule of the target's list (schedules/)
+3. lower    Relax: dataflow lowering + memory planning + VM lowering. Deliberately NO
+            LegalizeOps/FuseOps/FuseTIR: they would re-fuse our scheduled kernels
+4. codegen  TIR default pipeline + LLVM for the target
+
+``dump_dir`` writes the IR after each phase, for a person to read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from dlrm_tvm.config import Config
+from dlrm_tvm.graphs.dlrm import DLRMGraph
+from dlrm_tvm.schedules import schedule_module
+from dlrm_tvm.targets import TargetInfo
+
+
+@dataclass
+class CompileResult:
+    executable: object  # tvm.relax.VMExecutable
+    schedules: dict[str, dict[str, str]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def relax_lowering(target: tvm.target.Target) -> tvm.transform.Pass:
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _lower(mod: tvm.IRModule, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+            )(mod)
+
+    return _lower
+
+
+def compile_dlrm(
+    cfg: Config,
+    target: TargetInfo,
+    batch_size: int | None = None,
+    update_owners: int = 2,
+    prefer: tuple[str, ...] = (),
+    dump_dir: str | Path | None = None,
+) -> CompileResult:
+    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host)."""
+    secs: dict[str, float] = {}
+    t0 = time.perf_counter()
+    b = batch_size or cfg.train.batch_size
+    mod = DLRMGraph(cfg.model, b, update_owners=update_owners).build()
+    secs["graph"] = time.perf_counter() - t0
+    tvm_target = target.tvm_target()
+    t0 = time.perf_counter()
+    mod, chosen = schedule_module(mod, tvm_target, prefer)
+    secs["schedule"] = time.perf_counter() - t0
+    if dump_dir is not None:
+        d = Path(dump_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "scheduled.py").write_text(mod.script())
+    t0 = time.perf_counter()
+    ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_lowering(tvm_target))
+    secs["codegen"] = time.perf_counter() - t0
+    return CompileResult(executable=ex, schedules=chosen, seconds=secs)
+
+
+def load_vm(executable_or_module):
+    return relax.VirtualMachine(executable_or_module, tvm.cpu())

@@ -1,0 +1,114 @@
+"""A PyTorch DLRM with the reference's structure, loadable with our weights.
+
+Used only as the oracle in tests and the baseline in benchmarks; the training path never
+imports it (or torch). Mirrors facebookresearch/dlrm: EmbeddingBag(mode="sum", sparse=True),
+ReLU after every bottom layer, dot interaction with the strict lower triangle (or with the
+diagonal) concatenated after the bottom output, or cat; top MLP with ReLU and a final sigmoid;
+BCELoss(mean); plain SGD with the sparse embedding gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlrm_tvm.config import Config
+from dlrm_tvm.data import Batch
+
+
+def build(cfg: Config, state: dict[str, np.ndarray]):
+    import torch
+    from torch import nn
+
+    m = cfg.model
+
+    class DLRM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb_l = nn.ModuleList()
+            for rows, off in zip(m.table_rows, m.table_offsets, strict=True):
+                e = nn.EmbeddingBag(rows, m.embedding_dim, mode="sum", sparse=True)
+                e.weight.data = torch.from_numpy(state["tables"][off : off + rows].copy())
+                self.emb_l.append(e)
+            self.bot_l = self._mlp("bot", m.bot_layers, sigmoid_last=False)
+            self.top_l = self._mlp("top", m.top_layers, sigmoid_last=True)
+            ni = m.num_features
+            off = 1 if m.interaction_itself else 0
+            self.li = torch.tensor([i for i in range(ni) for j in range(i + off)])
+            self.lj = torch.tensor([j for i in range(ni) for j in range(i + off)])
+
+        def _mlp(self, part, layers, sigmoid_last):
+            mods = []
+            for i, (k, n) in enumerate(layers):
+                lin = nn.Linear(k, n)
+                lin.weight.data = torch.from_numpy(state[f"{part}{i}_w"][:k].T.copy())
+                lin.bias.data = torch.from_numpy(state[f"{part}{i}_b"].copy())
+                mods.append(lin)
+                last = i == len(layers) - 1
+                mods.append(nn.Sigmoid() if (last and sigmoid_last) else nn.ReLU())
+            return nn.Sequential(*mods)
+
+        def forward(self, dense, idx_l, off_l):
+            x = self.bot_l(dense)
+            ly = [e(i, o) for e, i, o in zip(self.emb_l, idx_l, off_l, strict=True)]
+            if m.interaction == "dot":
+                b, d = x.shape
+                t = torch.cat([x] + ly, dim=1).view((b, -1, d))
+                z = torch.bmm(t, torch.transpose(t, 1, 2))
+                r = torch.cat([x, z[:, self.li, self.lj]], dim=1)
+            else:
+                r = torch.cat([x] + ly, dim=1)
+            return self.top_l(r)
+
+    return DLRM()
+
+
+def torch_inputs(batch: Batch, num_tables: int):
+    import torch
+
+    B = batch.size
+    idx_l, off_l = [], []
+    for t in range(num_tables):
+        lo, hi = batch.offsets[t * B], batch.offsets[(t + 1) * B]
+        idx_l.append(torch.from_numpy(batch.indices[lo:hi].copy()))
+        off_l.append(torch.from_numpy(batch.offsets[t * B : (t + 1) * B] - lo))
+    return (torch.from_numpy(batch.dense), idx_l, off_l, torch.from_numpy(batch.labels))
+
+
+class TorchTrainer:
+    """SGD on the torch DLRM, with our LR schedule; ``autocast_bf16`` for the bf16 baseline."""
+
+    def __init__(self, cfg: Config, state: dict[str, np.ndarray], autocast_bf16: bool = False):
+        import torch
+
+        self.cfg = cfg
+        self.model = build(cfg, state)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.train.learning_rate)
+        self.loss_fn = torch.nn.BCELoss(reduction="mean")
+        self.autocast = autocast_bf16
+        self.step_count = 0
+
+    def step(self, batch: Batch, inputs=None) -> float:
+        import torch
+
+        dense, idx_l, off_l, labels = inputs or torch_inputs(batch, self.cfg.model.num_tables)
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.train.lr_at(self.step_count)
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            p = self.model(dense, idx_l, off_l)
+        loss = self.loss_fn(p.float()[:, 0], labels)
+        loss.backward()
+        self.opt.step()
+        self.step_count += 1
+        return float(loss.detach())
+
+    def state(self) -> dict[str, np.ndarray]:
+        m = self.cfg.model
+        out = {"tables": np.concatenate([e.weight.detach().numpy() for e in self.model.emb_l])}
+        for part, seq in (("bot", self.model.bot_l), ("top", self.model.top_l)):
+            lins = [x for x in seq if hasattr(x, "weight")]
+            for i, lin in enumerate(lins):
+                out[f"{part}{i}_w"] = lin.weight.detach().numpy().T.copy()
+                out[f"{part}{i}_b"] = lin.bias.detach().numpy().copy()
+        del m
+        return out

@@ -1,0 +1,258 @@
+"""The DLRM training graph in Relax, as functions that do no communication.
+
+Four named parts as in torchrec: sparse (embedding bags), dense (bottom MLP), interaction
+(dot or cat), over (top MLP), plus the loss. The module exports:
+
+  embedding_forward(tables, indices, offsets) -> pooled [B, T, D]
+  dense_forward_backward(dense [B, Din], pooled [B, T, D], labels [B], *mlp_params)
+      -> (loss [1], p [B], *mlp_grads, d_pooled [B, T, D])
+  dense_update(*mlp_params, *mlp_grads, lr [1]) -> mlp_params        (in place)
+  embedding_update(tables, indices, offsets, d_pooled, lr [1]) -> tables (in place, sparse SGD)
+  predict(dense, pooled, *mlp_params) -> p [B]
+
+The runtime calls them in that order; exchanges between ranks can sit between the calls.
+Every op is a ``call_tir`` to a kernel of ``graphs/ops.py``; the backward is written out by hand
+(forward, input gradient, weight gradient per layer, as the SC20 paper does), because Relax's
+``Gradient`` does not differentiate ``call_tir`` and the embedding backward must stay sparse.
+
+MLP parameters, in order: for each bottom then each top layer, ``Wt`` [in, out] and ``b`` [out].
+The first top layer's ``Wt`` has ``interaction_width_padded`` rows; rows past the true
+interaction width multiply zero columns and stay zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from dlrm_tvm.config import ModelConfig
+from dlrm_tvm.graphs import ops
+
+F32 = "float32"
+
+
+def mlp_param_specs(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every MLP parameter in the module's order."""
+    specs = []
+    for part, layers in (("bot", model.bot_layers), ("top", model.top_layers)):
+        for i, (k, n) in enumerate(layers):
+            if part == "top" and i == 0:
+                k = model.interaction_width_padded
+            specs.append((f"{part}{i}_w", (k, n)))
+            specs.append((f"{part}{i}_b", (n,)))
+    return specs
+
+
+def _t(shape, dtype=F32) -> relax.TensorType:
+    return relax.TensorType(shape, dtype)
+
+
+class _Kernels:
+    """Adds each distinct kernel to the module once, under a name that says its shape."""
+
+    def __init__(self, bb: relax.BlockBuilder):
+        self.bb = bb
+        self.gvars: dict[str, relax.GlobalVar] = {}
+
+    def get(self, name: str, make) -> relax.GlobalVar:
+        if name not in self.gvars:
+            self.gvars[name] = self.bb.add_func(make(), name)
+        return self.gvars[name]
+
+
+class DLRMGraph:
+    """Builds the Relax IRModule of one DLRM for one (local) batch size."""
+
+    def __init__(self, model: ModelConfig, batch_size: int, update_owners: int = 2,
+                 loss_scale: float | None = None):
+        self.m = model
+        self.B = batch_size
+        self.owners = update_owners
+        self.loss_scale = loss_scale
+        self.specs = mlp_param_specs(model)
+
+    # ------------------------------------------------------------ helpers
+    def _emit_tir(self, k: _Kernels, name, make, args, out):
+        gv = k.get(name, make)
+        return k.bb.emit(relax.call_tir(gv, args, out))
+
+    def _params(self) -> list[relax.Var]:
+        return [relax.Var(n, _t(s)) for n, s in self.specs]
+
+    def _layers(self, params):
+        """[(Wt var, b var, (k, n))] for bottom and top."""
+        pairs = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+        nb = len(self.m.bot_layers)
+        shapes = [s for n, s in self.specs if n.endswith("_w")]
+        bot = [(w, b, shapes[i]) for i, (w, b) in enumerate(pairs[:nb])]
+        top = [(w, b, shapes[nb + i]) for i, (w, b) in enumerate(pairs[nb:])]
+        return bot, top
+
+    def _forward(self, k: _Kernels, dense, pooled, params):
+        m, B = self.m, self.B
+        T, D = m.num_tables, m.embedding_dim
+        W = m.interaction_width_padded
+        bot, top = self._layers(params)
+        acts_bot = [dense]
+        h = dense
+        for kk, (w, b, (ki, n)) in zip(range(len(bot)), bot, strict=True):
+            h = self._emit_tir(k, f"gemm_fwd_bot{kk}_{B}x{ki}x{n}",
+                               lambda ki=ki, n=n: ops.gemm(B, ki, n, "mk", "bias_relu"),
+                               [h, w, b], _t((B, n)))
+            acts_bot.append(h)
+        tc = None
+        if m.interaction == "dot":
+            li, lj, _ = ops.pair_tables(m.num_features, m.interaction_itself)
+            tc = self._emit_tir(k, "stack_features", lambda: ops.stack_features(B, T, D),
+                                [h, pooled], _t((B, T + 1, D)))
+            r = self._emit_tir(
+                k, "interaction_dot_fwd",
+                lambda: ops.interaction_dot_fwd(B, T + 1, D, m.interaction_itself, W),
+                [tc, relax.const(np.array(li, np.int32), "int32"),
+                 relax.const(np.array(lj, np.int32), "int32")], _t((B, W)))
+        else:
+            r = self._emit_tir(k, "interaction_cat_fwd",
+                               lambda: ops.interaction_cat_fwd(B, T, D, W), [h, pooled],
+                               _t((B, W)))
+        acts_top = [r]
+        h = r
+        for kk, (w, b, (ki, n)) in enumerate(top):
+            epi = "bias" if kk == len(top) - 1 else "bias_relu"
+            h = self._emit_tir(k, f"gemm_fwd_top{kk}_{B}x{ki}x{n}",
+                               lambda ki=ki, n=n, epi=epi: ops.gemm(B, ki, n, "mk", epi),
+                               [h, w, b], _t((B, n)))
+            acts_top.append(h)
+        return acts_bot, acts_top, tc
+
+    def _layer_backward(self, k, tag, x, w, shape, dz, mask_input):
+        """Gradients of one Linear: (dWt, db, dX or None). ``mask_input``: the layer's input
+        came out of a ReLU, so dX is masked by it; None: no dX needed."""
+        B = self.B
+        ki, n = shape
+        dw = self._emit_tir(k, f"gemm_dw_{tag}_{ki}x{B}x{n}",
+                            lambda: ops.gemm(ki, B, n, "km", "none"), [x, dz], _t((ki, n)))
+        db = self._emit_tir(k, f"colsum_{B}x{n}", lambda: ops.colsum(B, n), [dz], _t((n,)))
+        if mask_input is None:
+            return dw, db, None
+        wn = self._emit_tir(k, f"transpose_{ki}x{n}", lambda: ops.transpose(ki, n), [w],
+                            _t((n, ki)))
+        masked = mask_input is not False
+        epi = "relu_mask" if masked else "none"
+        args = [dz, wn] + ([mask_input] if masked else [])
+        dx = self._emit_tir(k, f"gemm_dx_{tag}_{B}x{n}x{ki}_{epi}",
+                            lambda: ops.gemm(B, n, ki, "mk", epi), args, _t((B, ki)))
+        return dw, db, dx
+
+    # ------------------------------------------------------------ module
+    def build(self) -> tvm.IRModule:
+        m, B = self.m, self.B
+        T, D = m.num_tables, m.embedding_dim
+        W = m.interaction_width_padded
+        bb = relax.BlockBuilder()
+        k = _Kernels(bb)
+        row_off = relax.const(np.array(m.table_offsets, np.int64), "int64")
+
+        def sparse_inputs():
+            nnz = tirx.Var("nnz", "int64")
+            return (relax.Var("tables", _t((m.total_rows, D))),
+                    relax.Var("indices", _t((nnz,), "int64")),
+                    relax.Var("offsets", _t((T * B + 1,), "int64")))
+
+        # embedding_forward ------------------------------------------------
+        tables, indices, offsets = sparse_inputs()
+        with bb.function("embedding_forward", [tables, indices, offsets]):
+            with bb.dataflow():
+                out = self._emit_tir(
+                    k, "embedding_bag_fwd",
+                    lambda: ops.embedding_bag_fwd(B, m.table_offsets, D),
+                    [tables, indices, offsets, row_off], _t((B, T, D)))
+                out = bb.emit_output(out)
+            bb.emit_func_output(out)
+
+        # dense_forward_backward -------------------------------------------
+        dense = relax.Var("dense", _t((B, m.num_dense)))
+        pooled = relax.Var("pooled", _t((B, T, D)))
+        labels = relax.Var("labels", _t((B,)))
+        params = self._params()
+        with bb.function("dense_forward_backward", [dense, pooled, labels, *params]):
+            with bb.dataflow():
+                acts_bot, acts_top, tc = self._forward(k, dense, pooled, params)
+                res = self._emit_tir(k, "bce_loss", lambda: ops.bce_loss(B, self.loss_scale),
+                                     [acts_top[-1], labels], [_t((B,)), _t((1,)), _t((B, 1))])
+                p = bb.emit(relax.TupleGetItem(res, 0))
+                loss = bb.emit(relax.TupleGetItem(res, 1))
+                dz = bb.emit(relax.TupleGetItem(res, 2))
+                bot, top = self._layers(params)
+                grads: dict[int, tuple] = {}
+                for i in reversed(range(len(top))):
+                    w, _, shape = top[i]
+                    mask = acts_top[i] if i > 0 else False
+                    dw, db, dz = self._layer_backward(k, f"top{i}", acts_top[i], w, shape, dz, mask)
+                    grads[len(bot) + i] = (dw, db)
+                if m.interaction == "dot":
+                    _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
+                    res = self._emit_tir(
+                        k, "interaction_dot_bwd",
+                        lambda: ops.interaction_dot_bwd(B, T + 1, D, m.interaction_itself, W),
+                        [dz, tc, relax.const(np.array(pidx, np.int32), "int32")],
+                        [_t((B, D)), _t((B, T, D))])
+                else:
+                    res = self._emit_tir(k, "interaction_cat_bwd",
+                                         lambda: ops.interaction_cat_bwd(B, T, D, W), [dz],
+                                         [_t((B, D)), _t((B, T, D))])
+                dx = bb.emit(relax.TupleGetItem(res, 0))
+                d_pooled = bb.emit(relax.TupleGetItem(res, 1))
+                # the bottom MLP's output went through a ReLU: mask its gradient
+                dz = self._emit_tir(k, f"relu_bwd_{B}x{D}", lambda: ops.relu_bwd(B, D),
+                                    [dx, acts_bot[-1]], _t((B, D)))
+                for i in reversed(range(len(bot))):
+                    w, _, shape = bot[i]
+                    mask = acts_bot[i] if i > 0 else None
+                    dw, db, dz = self._layer_backward(k, f"bot{i}", acts_bot[i], w, shape, dz, mask)
+                    grads[i] = (dw, db)
+                flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]
+                out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled]))
+            bb.emit_func_output(out)
+
+        # predict ----------------------------------------------------------
+        dense = relax.Var("dense", _t((B, m.num_dense)))
+        pooled = relax.Var("pooled", _t((B, T, D)))
+        params = self._params()
+        with bb.function("predict", [dense, pooled, *params]):
+            with bb.dataflow():
+                _, acts_top, _ = self._forward(k, dense, pooled, params)
+                p = self._emit_tir(k, f"sigmoid_{B}", lambda: ops.sigmoid(B), [acts_top[-1]],
+                                   _t((B,)))
+                out = bb.emit_output(p)
+            bb.emit_func_output(out)
+
+        # dense_update -----------------------------------------------------
+        params = self._params()
+        grads_v = [relax.Var(f"d_{n}", _t(s)) for n, s in self.specs]
+        lr = relax.Var("lr", _t((1,)))
+        with bb.function("dense_update", [*params, *grads_v, lr]):
+            with bb.dataflow():
+                outs = []
+                for (name, shape), pv, gv in zip(self.specs, params, grads_v, strict=True):
+                    fn = k.get(f"sgd_update_{'x'.join(map(str, shape))}",
+                               lambda shape=shape: ops.sgd_update(shape))
+                    outs.append(bb.emit(relax.call_tir_inplace(fn, [pv, gv, lr], [0], _t(shape))))
+                out = bb.emit_output(relax.Tuple(outs))
+            bb.emit_func_output(out)
+
+        # embedding_update -------------------------------------------------
+        tables, indices, offsets = sparse_inputs()
+        d_pooled = relax.Var("d_pooled", _t((B, T, D)))
+        lr = relax.Var("lr", _t((1,)))
+        with bb.function("embedding_update", [tables, indices, offsets, d_pooled, lr]):
+            with bb.dataflow():
+                fn = k.get("embedding_bag_sgd_update",
+                           lambda: ops.embedding_bag_sgd_update(B, T, D, self.owners))
+                out = bb.emit(relax.call_tir_inplace(
+                    fn, [tables, indices, offsets, row_off, d_pooled, lr], [0],
+                    _t((m.total_rows, D))))
+                out = bb.emit_output(out)
+            bb.emit_func_output(out)
+
+        return bb.get()

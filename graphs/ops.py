@@ -1,0 +1,356 @@
+"""WHAT each DLRM kernel computes: plain (unscheduled) TIR PrimFuncs.
+
+Every function here returns a naive PrimFunc for one fixed shape, tagged with the func attribute
+``dlrm.op`` (and a few shape/kind attributes) that schedule rules in ``dlrm_tvm.schedules`` match
+on. Nothing here says how a loop is run: no parallel, no vectorize, no target. The NumPy oracle of
+each kernel lives beside it in ``graphs/reference.py``.
+
+Layouts (row-major):
+  MLP weight    Wt [K, N]  (in x out: the transpose of torch's Linear.weight)
+  activations   [B, width]
+  pooled        [B, T, D]  (one D-vector per sample and table)
+  tables        [sum(rows), D]  (all tables concatenated; table t starts at row_offset[t])
+  bags          indices int64 [nnz] (row within its table), offsets int64 [T*B + 1], bag
+                (t, b) = indices[offsets[t*B + b] : offsets[t*B + b + 1]]  (table-major, as torchrec)
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+F32 = "float32"
+I64 = "int64"
+
+
+def _tag(func: tirx.PrimFunc, op: str, **attrs) -> tirx.PrimFunc:
+    func = func.with_attr("dlrm.op", op)
+    for k, v in attrs.items():
+        func = func.with_attr(f"dlrm.{k}", v)
+    return func
+
+
+# ---------------------------------------------------------------- GEMM family
+
+
+GEMM_EPILOGUES = ("none", "bias", "bias_relu", "relu_mask")
+
+
+def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none") -> tirx.PrimFunc:
+    """Y[m, n] = epilogue(sum_k A(m, k) * B[k, n]).
+
+    a_layout "mk": A is [M, K] (forward X @ Wt, input gradient dY @ W);
+    a_layout "km": A is [K, M] (weight gradient X^T @ dY).
+    epilogues: "none"; "bias" (+ b[n]); "bias_relu" (max(. + b[n], 0));
+    "relu_mask" (. where mask[m, n] > 0 else 0: the ReLU backward through the layer's input).
+    Blocks: "C" (the reduction) and "Y" (the epilogue).
+    """
+    if a_layout not in ("mk", "km"):
+        raise ValueError(f"a_layout must be 'mk' or 'km', got {a_layout!r}")
+    if epilogue not in GEMM_EPILOGUES:
+        raise ValueError(f"epilogue must be one of {GEMM_EPILOGUES}, got {epilogue!r}")
+    A = te.placeholder((m, k) if a_layout == "mk" else (k, m), F32, name="A")
+    Bm = te.placeholder((k, n), F32, name="B")
+    r = te.reduce_axis((0, k), name="k")
+    if a_layout == "mk":
+        C = te.compute((m, n), lambda i, j: te.sum(A[i, r] * Bm[r, j], axis=r), name="C")
+    else:
+        C = te.compute((m, n), lambda i, j: te.sum(A[r, i] * Bm[r, j], axis=r), name="C")
+    zero = tirx.const(0.0, F32)
+    args = [A, Bm]
+    if epilogue == "none":
+        Y = te.compute((m, n), lambda i, j: C[i, j], name="Y")
+    elif epilogue in ("bias", "bias_relu"):
+        bias = te.placeholder((n,), F32, name="bias")
+        args.append(bias)
+        if epilogue == "bias":
+            Y = te.compute((m, n), lambda i, j: C[i, j] + bias[j], name="Y")
+        else:
+            Y = te.compute((m, n), lambda i, j: te.max(C[i, j] + bias[j], zero), name="Y")
+    else:
+        mask = te.placeholder((m, n), F32, name="mask")
+        args.append(mask)
+        Y = te.compute(
+            (m, n), lambda i, j: tirx.Select(mask[i, j] > zero, C[i, j], zero), name="Y"
+        )
+    f = te.create_prim_func([*args, Y])
+    return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, epilogue=epilogue)
+
+
+def transpose(m: int, n: int) -> tirx.PrimFunc:
+    """Y[n, m] = X[m, n]."""
+    X = te.placeholder((m, n), F32, name="X")
+    Y = te.compute((n, m), lambda j, i: X[i, j], name="Y")
+    return _tag(te.create_prim_func([X, Y]), "transpose")
+
+
+def colsum(m: int, n: int) -> tirx.PrimFunc:
+    """Y[n] = sum_m X[m, n] (the bias gradient)."""
+    X = te.placeholder((m, n), F32, name="X")
+    r = te.reduce_axis((0, m), name="r")
+    Y = te.compute((n,), lambda j: te.sum(X[r, j], axis=r), name="Y")
+    return _tag(te.create_prim_func([X, Y]), "colsum")
+
+
+def sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
+    """In place: W -= lr * G, for a dense parameter of rank 1 or 2."""
+    if len(shape) == 1:
+        (n,) = shape
+
+        @T.prim_func(s_tir=True)
+        def func1(W: T.Buffer((n,), F32), G: T.Buffer((n,), F32), lr: T.Buffer((1,), F32)):
+            for i in range(n):
+                with T.sblock("update"):
+                    vi = T.axis.spatial(n, i)
+                    # in place: an iteration reads only the element it writes, so W is
+                    # declared as written only (lets a schedule parallelise the loop)
+                    T.reads(G[vi], lr[0])
+                    T.writes(W[vi])
+                    W[vi] = W[vi] - lr[0] * G[vi]
+
+        return _tag(func1, "sgd_update")
+    if len(shape) == 2:
+        m, n = shape
+
+        @T.prim_func(s_tir=True)
+        def func2(W: T.Buffer((m, n), F32), G: T.Buffer((m, n), F32), lr: T.Buffer((1,), F32)):
+            for i, j in T.grid(m, n):
+                with T.sblock("update"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    T.reads(G[vi, vj], lr[0])
+                    T.writes(W[vi, vj])
+                    W[vi, vj] = W[vi, vj] - lr[0] * G[vi, vj]
+
+        return _tag(func2, "sgd_update")
+    raise ValueError(f"sgd_update supports rank 1 or 2, got shape {shape}")
+
+
+def relu_bwd(m: int, n: int) -> tirx.PrimFunc:
+    """dX[m, n] = dY[m, n] where Y[m, n] > 0 else 0 (Y: the ReLU's output)."""
+    dY = te.placeholder((m, n), F32, name="dY")
+    Y = te.placeholder((m, n), F32, name="Yact")
+    zero = tirx.const(0.0, F32)
+    dX = te.compute((m, n), lambda i, j: tirx.Select(Y[i, j] > zero, dY[i, j], zero), name="dX")
+    return _tag(te.create_prim_func([dY, Y, dX]), "relu_bwd")
+
+
+# ---------------------------------------------------------------- loss
+
+
+def sigmoid(b: int) -> tirx.PrimFunc:
+    """p[b] = sigmoid(z[b, 0]): the prediction head without the loss."""
+    z = te.placeholder((b, 1), F32, name="z")
+    p = te.compute((b,), lambda i: te.sigmoid(z[i, 0]), name="p")
+    return _tag(te.create_prim_func([z, p]), "sigmoid")
+
+
+def bce_loss(b: int, scale: float | None = None) -> tirx.PrimFunc:
+    """Sigmoid + binary cross-entropy (mean over the batch), forward and backward.
+
+    Inputs z [B, 1] (logits), y [B] (0/1 labels); outputs p [B] (probabilities),
+    loss [1] (sum of per-sample losses times ``scale``, default 1/B), dz [B, 1] = (p - y) * scale.
+    The logs are clamped at -100 as torch's BCELoss does.
+    """
+    scale = 1.0 / b if scale is None else scale
+    z = te.placeholder((b, 1), F32, name="z")
+    y = te.placeholder((b,), F32, name="y")
+    p = te.compute((b,), lambda i: te.sigmoid(z[i, 0]), name="p")
+    lo = tirx.const(-100.0, F32)
+    one = tirx.const(1.0, F32)
+    per = te.compute(
+        (b,),
+        lambda i: -(
+            y[i] * te.max(te.log(p[i]), lo) + (one - y[i]) * te.max(te.log(one - p[i]), lo)
+        ),
+        name="per",
+    )
+    r = te.reduce_axis((0, b), name="r")
+    total = te.compute((1,), lambda _: te.sum(per[r], axis=r), name="total")
+    loss = te.compute((1,), lambda i: total[i] * tirx.const(scale, F32), name="loss")
+    dz = te.compute((b, 1), lambda i, _: (p[i] - y[i]) * tirx.const(scale, F32), name="dz")
+    return _tag(te.create_prim_func([z, y, p, loss, dz]), "bce_loss")
+
+
+# ---------------------------------------------------------------- interaction
+
+
+def pair_tables(f: int, itself: bool) -> tuple[list[int], list[int], list[list[int]]]:
+    """The reference's pair order: for i in range(F), for j in range(i + itself)."""
+    li, lj = [], []
+    for i in range(f):
+        for j in range(i + (1 if itself else 0)):
+            li.append(i)
+            lj.append(j)
+    pidx = [[-1] * f for _ in range(f)]
+    for p, (i, j) in enumerate(zip(li, lj, strict=True)):
+        pidx[i][j] = p
+        pidx[j][i] = p
+    return li, lj, pidx
+
+
+def stack_features(b: int, t: int, d: int) -> tirx.PrimFunc:
+    """Tc[b, 0, :] = x[b, :]; Tc[b, 1 + t, :] = pooled[b, t, :]."""
+    x = te.placeholder((b, d), F32, name="x")
+    e = te.placeholder((b, t, d), F32, name="pooled")
+    Tc = te.compute(
+        (b, t + 1, d),
+        lambda i, f, k: tirx.if_then_else(f == 0, x[i, k], e[i, te.max(f - 1, 0), k]),
+        name="Tc",
+    )
+    return _tag(te.create_prim_func([x, e, Tc]), "stack_features")
+
+
+def interaction_dot_fwd(b: int, f: int, d: int, itself: bool, width_padded: int) -> tirx.PrimFunc:
+    """R[b] = [Tc[b, 0, :], Z[b, p] for each pair p, zeros up to width_padded].
+
+    Z[b, p] = <Tc[b, li[p]], Tc[b, lj[p]]>, pairs in the reference's order. Inputs Tc [B, F, D]
+    and the pair tables li, lj int32 [P].
+    """
+    P = len(pair_tables(f, itself)[0])
+    Tc = te.placeholder((b, f, d), F32, name="Tc")
+    li = te.placeholder((P,), "int32", name="li")
+    lj = te.placeholder((P,), "int32", name="lj")
+    r = te.reduce_axis((0, d), name="r")
+    Z = te.compute(
+        (b, P), lambda i, p: te.sum(Tc[i, li[p], r] * Tc[i, lj[p], r], axis=r), name="Z"
+    )
+    zero = tirx.const(0.0, F32)
+    R = te.compute(
+        (b, width_padded),
+        lambda i, c: tirx.if_then_else(
+            c < d,
+            Tc[i, 0, te.min(c, d - 1)],
+            tirx.if_then_else(c < d + P, Z[i, te.min(te.max(c - d, 0), P - 1)], zero),
+        ),
+        name="R",
+    )
+    return _tag(te.create_prim_func([Tc, li, lj, R]), "interaction_dot_fwd")
+
+
+def interaction_dot_bwd(b: int, f: int, d: int, itself: bool, width_padded: int) -> tirx.PrimFunc:
+    """Gradients of R wrt the bottom output and the pooled embeddings.
+
+    Inputs dR [B, width_padded], Tc [B, F, D], pidx int32 [F, F] (pair index of (i, j), -1 if
+    none); outputs dx [B, D] = dR[:, :D] + G[:, 0], demb [B, F-1, D] = G[:, 1:], where
+    G[b, i] = sum_j dZ(b, i, j) Tc[b, j] and dZ is dR's pair part made symmetric (the diagonal
+    counted twice).
+    """
+    Tc = te.placeholder((b, f, d), F32, name="Tc")
+    dR = te.placeholder((b, width_padded), F32, name="dR")
+    pidx = te.placeholder((f, f), "int32", name="pidx")
+    zero = tirx.const(0.0, F32)
+    two = tirx.const(2.0, F32)
+    dZ = te.compute(
+        (b, f, f),
+        lambda n, i, j: tirx.if_then_else(
+            pidx[i, j] >= 0,
+            dR[n, d + te.max(pidx[i, j], 0)] * tirx.if_then_else(i == j, two, tirx.const(1.0, F32)),
+            zero,
+        ),
+        name="dZ",
+    )
+    r = te.reduce_axis((0, f), name="r")
+    G = te.compute((b, f, d), lambda n, i, k: te.sum(dZ[n, i, r] * Tc[n, r, k], axis=r), name="G")
+    dx = te.compute((b, d), lambda n, k: dR[n, k] + G[n, 0, k], name="dx")
+    demb = te.compute((b, f - 1, d), lambda n, t, k: G[n, t + 1, k], name="demb")
+    return _tag(te.create_prim_func([dR, Tc, pidx, dx, demb]), "interaction_dot_bwd")
+
+
+def interaction_cat_fwd(b: int, t: int, d: int, width_padded: int) -> tirx.PrimFunc:
+    """R[b] = [x[b], pooled[b, 0], ..., pooled[b, T-1], zeros up to width_padded]."""
+    x = te.placeholder((b, d), F32, name="x")
+    e = te.placeholder((b, t, d), F32, name="pooled")
+    zero = tirx.const(0.0, F32)
+    w = (t + 1) * d
+
+    def body(i, c):
+        q = te.min(te.max(c - d, 0), t * d - 1)
+        return tirx.if_then_else(
+            c < d,
+            x[i, te.min(c, d - 1)],
+            tirx.if_then_else(c < w, e[i, tirx.floordiv(q, d), tirx.floormod(q, d)], zero),
+        )
+
+    R = te.compute((b, width_padded), body, name="R")
+    return _tag(te.create_prim_func([x, e, R]), "interaction_cat_fwd")
+
+
+def interaction_cat_bwd(b: int, t: int, d: int, width_padded: int) -> tirx.PrimFunc:
+    """dx[b] = dR[b, :D]; demb[b, t] = dR[b, D + t*D : D + (t+1)*D]."""
+    dR = te.placeholder((b, width_padded), F32, name="dR")
+    dx = te.compute((b, d), lambda i, k: dR[i, k], name="dx")
+    demb = te.compute((b, t, d), lambda i, s, k: dR[i, d + s * d + k], name="demb")
+    return _tag(te.create_prim_func([dR, dx, demb]), "interaction_cat_bwd")
+
+
+# ---------------------------------------------------------------- embedding bags
+
+
+def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int) -> tirx.PrimFunc:
+    """pooled[b, t, :] = sum of table rows of bag (t, b) (sum pooling; an empty bag gives 0).
+
+    Inputs: W [rows, D] (all tables), indices int64 [nnz], offsets int64 [T*B+1],
+    row_offset int64 [T]. Indices are NOT bounds-checked here: the runtime validates them first.
+    """
+    nt = len(row_offsets)
+
+    @T.prim_func(s_tir=True)
+    def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, out: T.handle):
+        nnz = T.int64()
+        nrows = T.int64()
+        W = T.match_buffer(w, (nrows, d), F32)
+        I_ = T.match_buffer(idx, (nnz,), I64)
+        O = T.match_buffer(off, (nt * b + 1,), I64)
+        RO = T.match_buffer(roff, (nt,), I64)
+        Y = T.match_buffer(out, (b, nt, d), F32)
+        for t, s in T.grid(nt, b):
+            with T.sblock("bag"):
+                vt, vs = T.axis.remap("SS", [t, s])
+                T.reads(W[0:nrows, 0:d], I_[0:nnz], O[vt * b + vs : vt * b + vs + 2], RO[vt])
+                T.writes(Y[vs, vt, 0:d])
+                acc = T.sblock_alloc_buffer((d,), F32, scope="local")
+                for k in range(d):
+                    acc[k] = T.float32(0)
+                for p in range(O[vt * b + vs], O[vt * b + vs + 1]):
+                    for k in range(d):
+                        acc[k] = acc[k] + W[I_[p] + RO[vt], k]
+                for k in range(d):
+                    Y[vs, vt, k] = acc[k]
+
+    return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b)
+
+
+def embedding_bag_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimFunc:
+    """In place, fused backward + sparse SGD: W[row] -= lr * dpooled[b, t] for every lookup.
+
+    Race-free by row ownership: owner o applies exactly the updates of rows with
+    row % owners == o, in lookup order, so the result does not depend on how owners are spread
+    over threads. No gradient the size of a table is ever formed.
+    """
+
+    @T.prim_func(s_tir=True)
+    def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, g: T.handle,
+             lr: T.Buffer((1,), F32)):
+        nnz = T.int64()
+        nrows = T.int64()
+        W = T.match_buffer(w, (nrows, d), F32)
+        I_ = T.match_buffer(idx, (nnz,), I64)
+        O = T.match_buffer(off, (nt * b + 1,), I64)
+        RO = T.match_buffer(roff, (nt,), I64)
+        G = T.match_buffer(g, (b, nt, d), F32)
+        for o in range(owners):
+            with T.sblock("owner"):
+                vo = T.axis.spatial(owners, o)
+                # W is read and written, but each owner touches only its own rows: declared as
+                # written only, so a schedule may run the owners in parallel
+                T.reads(I_[0:nnz], O[0 : nt * b + 1], RO[0:nt], G[0:b, 0:nt, 0:d],
+                        lr[0])
+                T.writes(W[0:nrows, 0:d])
+                for t, s in T.grid(nt, b):
+                    for p in range(O[t * b + s], O[t * b + s + 1]):
+                        if T.floormod(I_[p] + RO[t], T.int64(owners)) == T.int64(vo):
+                            for k in range(d):
+                                W[I_[p] + RO[t], k] = W[I_[p] + RO[t], k] - lr[0] * G[s, t, k]
+
+    return _tag(func, "embedding_bag_sgd_update", d=d, tables=nt, batch=b, owners=owners)

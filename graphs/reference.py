@@ -1,0 +1,114 @@
+"""Naive NumPy oracles, one per kernel in ``graphs/ops.py`` (same names, same layouts)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlrm_tvm.graphs.ops import pair_tables
+
+
+def gemm(a, b, a_layout="mk", epilogue="none", extra=None):
+    a64 = a.astype(np.float64)
+    c = (a64 if a_layout == "mk" else a64.T) @ b.astype(np.float64)
+    if epilogue == "bias":
+        c = c + extra
+    elif epilogue == "bias_relu":
+        c = np.maximum(c + extra, 0)
+    elif epilogue == "relu_mask":
+        c = np.where(extra > 0, c, 0)
+    return c.astype(np.float32)
+
+
+def transpose(x):
+    return np.ascontiguousarray(x.T)
+
+
+def colsum(x):
+    return x.astype(np.float64).sum(0).astype(np.float32)
+
+
+def sgd_update(w, g, lr):
+    return (w - np.float32(lr) * g).astype(np.float32)
+
+
+def relu_bwd(dy, y):
+    return np.where(y > 0, dy, 0).astype(np.float32)
+
+
+def sigmoid(z):
+    return (1.0 / (1.0 + np.exp(-z[:, 0].astype(np.float64)))).astype(np.float32)
+
+
+def bce_loss(z, y, scale=None):
+    b = z.shape[0]
+    scale = 1.0 / b if scale is None else scale
+    zz = z[:, 0].astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-zz))
+    with np.errstate(divide="ignore"):
+        per = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100))
+    loss = np.array([per.sum() * scale], np.float32)
+    dz = ((p - y) * scale).astype(np.float32)[:, None]
+    return p.astype(np.float32), loss, dz
+
+
+def stack_features(x, pooled):
+    return np.concatenate([x[:, None, :], pooled], axis=1)
+
+
+def interaction_dot_fwd(tc, itself, width_padded):
+    b, f, d = tc.shape
+    li, lj, _ = pair_tables(f, itself)
+    z = np.einsum("bpd,bpd->bp", tc[:, li, :].astype(np.float64), tc[:, lj, :].astype(np.float64))
+    r = np.zeros((b, width_padded), np.float32)
+    r[:, :d] = tc[:, 0, :]
+    r[:, d : d + len(li)] = z
+    return r
+
+
+def interaction_dot_bwd(dr, tc, itself):
+    b, f, d = tc.shape
+    li, lj, _ = pair_tables(f, itself)
+    g = np.zeros((b, f, d), np.float64)
+    dz = dr[:, d : d + len(li)].astype(np.float64)
+    for p, (i, j) in enumerate(zip(li, lj, strict=True)):
+        g[:, i] += dz[:, p : p + 1] * tc[:, j]
+        g[:, j] += dz[:, p : p + 1] * tc[:, i]
+    dx = (dr[:, :d] + g[:, 0]).astype(np.float32)
+    return dx, g[:, 1:].astype(np.float32)
+
+
+def interaction_cat_fwd(x, pooled, width_padded):
+    b, t, d = pooled.shape
+    r = np.zeros((b, width_padded), np.float32)
+    r[:, :d] = x
+    r[:, d : d + t * d] = pooled.reshape(b, t * d)
+    return r
+
+
+def interaction_cat_bwd(dr, t, d):
+    b = dr.shape[0]
+    return dr[:, :d].copy(), dr[:, d : d + t * d].reshape(b, t, d).copy()
+
+
+def embedding_bag_fwd(w, indices, offsets, row_offsets, b):
+    nt = len(row_offsets)
+    out = np.zeros((b, nt, w.shape[1]), np.float32)
+    for t in range(nt):
+        for s in range(b):
+            lo, hi = offsets[t * b + s], offsets[t * b + s + 1]
+            if hi > lo:
+                out[s, t] = w[indices[lo:hi] + row_offsets[t]].astype(np.float64).sum(0)
+    return out
+
+
+def embedding_bag_sgd_update(w, indices, offsets, row_offsets, grad, lr):
+    """Sequential lookup-order update (what the owner-partitioned kernel must reproduce)."""
+    w = w.copy()
+    b, nt, _ = grad.shape
+    lr = np.float32(lr)
+    for t in range(nt):
+        for s in range(b):
+            for p in range(offsets[t * b + s], offsets[t * b + s + 1]):
+                r = indices[p] + row_offsets[t]
+                w[r] = w[r] - lr * grad[s, t]
+    return w

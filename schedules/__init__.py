@@ -1,0 +1,79 @@
+"""HOW each kernel runs: one ordered rule list per target; the first rule that matches wins.
+
+``rules_for(target)`` is the single place that says which schedule an op gets on a target.
+Every list ends in ``Fallback``, which is correct on any x86-64. A user can put a rule of their
+own first with ``prefer=[...]`` (by rule name), from the command line or the config.
+"""
+
+from __future__ import annotations
+
+from tvm import IRModule, tirx
+from tvm.target import Target
+
+from .base import Rule, op_of
+from .embedding import EmbeddingBagParallelBags, EmbeddingUpdateRowOwner
+from .fallback import Fallback
+from .gemm import GemmTiled
+from .interaction import InteractionDotBwd, InteractionDotFwd
+
+ALL_RULES: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        GemmTiled(),
+        EmbeddingBagParallelBags(),
+        EmbeddingUpdateRowOwner(),
+        InteractionDotFwd(),
+        InteractionDotBwd(),
+        Fallback(),
+    )
+}
+
+
+def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[Rule]:
+    """The ordered rule list for ``target``: preferred rules first, Fallback last.
+
+    fp32 rules only for now: the same list serves AVX2 and AVX-512 targets, with tile sizes
+    derived from the target inside each rule.
+    """
+    unknown = [p for p in prefer if p not in ALL_RULES]
+    if unknown:
+        raise ValueError(f"unknown schedule rule(s) {unknown}; known: {sorted(ALL_RULES)}")
+    base = [
+        ALL_RULES["gemm_tiled_fp32"],
+        ALL_RULES["embedding_bag_parallel_bags"],
+        ALL_RULES["embedding_update_row_owner"],
+        ALL_RULES["interaction_dot_fwd_per_sample"],
+        ALL_RULES["interaction_dot_bwd_batched_gemm"],
+    ]
+    chosen = [ALL_RULES[p] for p in prefer]
+    return chosen + [r for r in base if r not in chosen] + [ALL_RULES["fallback"]]
+
+
+def schedule_func(func: tirx.PrimFunc, target: Target, rules: list[Rule]):
+    """(scheduled func, rule name) from the first rule in ``rules`` that takes ``func``."""
+    for rule in rules:
+        if not rule.matches_op(func):
+            continue
+        sch = rule.apply(func, target, False)
+        if sch is not None:
+            return sch.mod["main"], rule.name
+    raise RuntimeError("no schedule rule matched (the list must end in Fallback)")
+
+
+def schedule_module(
+    mod: IRModule, target: Target, prefer: list[str] | tuple[str, ...] = ()
+) -> tuple[IRModule, dict[str, dict[str, str]]]:
+    """Schedule every PrimFunc of ``mod``; returns the module and {func: {op, rule}}."""
+    rules = rules_for(target, prefer)
+    chosen: dict[str, dict[str, str]] = {}
+    out = IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        new, rule = schedule_func(func, target, rules)
+        out[gv] = new
+        chosen[gv.name_hint] = {"op": op_of(func) or "?", "rule": rule}
+    return out, chosen
+
+
+__all__ = ["ALL_RULES", "Rule", "rules_for", "schedule_func", "schedule_module"]
