@@ -1,0 +1,8 @@
+"""dlrm-tvm: a compiler-built DLRM trainer for x86 CPUs on Apache TVM (Relax + TIR).
+
+Layout: ``dlrm_tvm.graphs`` (what is computed), ``dlrm_tvm.schedules`` (how each kernel is
+scheduled), ``dlrm_tvm.runtime`` (where and when it runs), and this package for the driver:
+config, targets, compile pipeline, artifacts, data, CLI.
+"""
+
+__version__ = "0.1.0"

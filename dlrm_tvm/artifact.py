@@ -1,0 +1,113 @@
+"""A compiled DLRM as a directory: ``module.so`` (the exported Relax VM library) and
+``artifact.json`` (config, target, the CPU features it needs, TVM versions, the schedule rule
+chosen per kernel). Loading refuses, with the missing features named, an artifact whose code
+the host CPU cannot execute (instead of dying on an illegal instruction).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlrm_tvm.config import Config
+from dlrm_tvm.targets import TargetInfo, missing_cpu_flags
+
+FORMAT_VERSION = 1
+MODULE_FILE = "module.so"
+META_FILE = "artifact.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that cannot be used here; the message says why."""
+
+
+@dataclass
+class Artifact:
+    path: Path
+    meta: dict
+
+    @property
+    def config(self) -> Config:
+        return Config.from_dict(self.meta["config"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.meta["batch_size"])
+
+
+def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
+                     prefer: tuple[str, ...] = (), update_owners: int = 2,
+                     dump_dir: str | Path | None = None) -> Artifact:
+    """Compile ``cfg`` for ``target`` (any target, on any host) and write it to ``out_dir``."""
+    import tvm
+    import tvm_ffi
+
+    from dlrm_tvm.pipeline import compile_dlrm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = compile_dlrm(cfg, target, update_owners=update_owners, prefer=prefer,
+                       dump_dir=dump_dir)
+    t0 = time.perf_counter()
+    tmp = out / (MODULE_FILE + ".tmp.so")
+    res.executable.export_library(str(tmp))
+    tmp.replace(out / MODULE_FILE)
+    res.seconds["export"] = time.perf_counter() - t0
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "batch_size": cfg.train.batch_size,
+        "update_owners": update_owners,
+        "target": target.to_dict(),
+        "tvm_version": tvm.__version__,
+        "tvm_ffi_version": getattr(tvm_ffi, "__version__", "unknown"),
+        "schedules": res.schedules,
+        "compile_seconds": {k: round(v, 3) for k, v in res.seconds.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return Artifact(path=out, meta=meta)
+
+
+def read_artifact(path: str | Path) -> Artifact:
+    p = Path(path)
+    meta_file = p / META_FILE
+    if not meta_file.exists() or not (p / MODULE_FILE).exists():
+        raise ArtifactError(f"{p} is not a dlrm-tvm artifact (expected {META_FILE} and "
+                            f"{MODULE_FILE}; make one with `dlrm-tvm compile`)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{meta_file}: not valid JSON: {e}") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{p}: artifact format {meta.get('format_version')} is not "
+                            f"{FORMAT_VERSION}; recompile it")
+    return Artifact(path=p, meta=meta)
+
+
+def check_host_can_run(art: Artifact) -> None:
+    required = art.meta["target"]["required_cpu_flags"]
+    missing = missing_cpu_flags(required)
+    if missing:
+        raise ArtifactError(
+            f"{art.path} was compiled for {art.meta['target']['name']} "
+            f"(mcpu {art.meta['target']['mcpu']}) and needs CPU features this host lacks: "
+            f"{', '.join(missing)}. Recompile with `dlrm-tvm compile --target host`."
+        )
+
+
+def load_artifact(path: str | Path):
+    """(vm, Artifact) after checking the host can execute it and the TVM version matches."""
+    import tvm
+
+    from dlrm_tvm.pipeline import load_vm
+
+    art = read_artifact(path)
+    check_host_can_run(art)
+    if art.meta.get("tvm_version") != tvm.__version__:
+        raise ArtifactError(f"{art.path} was built with TVM {art.meta.get('tvm_version')}, "
+                            f"this is TVM {tvm.__version__}; recompile it")
+    mod = tvm.runtime.load_module(str(art.path / MODULE_FILE))
+    return load_vm(mod), art

@@ -1,0 +1,201 @@
+"""``dlrm-tvm bench``: our compiled step against PyTorch, side by side in one process.
+
+Contenders start from the same weights and see the same pre-generated batches (data generation
+is not timed). Each runs ``warmup`` untimed steps, then ``steps`` timed ones; we report medians.
+TVM and torch run in separate blocks with a pause between, because TVM's idle workers spin after
+a parallel call and would slow torch if interleaved step by step.
+
+Work counted per step (the floor): MLP FLOPs (forward, input gradient except the first bottom
+layer's, weight gradient), interaction FLOPs, and embedding bytes (rows read in the forward,
+read+written in the update). The fp32 "peak" is measured here: the best of torch's fp32 GEMM on
+a large square shape, i.e. an achievable ceiling on this machine rather than a datasheet figure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from dlrm_tvm.config import Config
+
+
+def step_work(cfg: Config) -> dict[str, float]:
+    m, B = cfg.model, cfg.train.batch_size
+    layers = m.bot_layers + m.top_layers
+    fwd = sum(2 * B * k * n for k, n in layers)
+    dw = fwd
+    dx = fwd - 2 * B * m.bot_layers[0][0] * m.bot_layers[0][1]
+    F, D = m.num_features, m.embedding_dim
+    inter = (2 * B * m.num_pairs * D + 2 * B * F * F * D) if m.interaction == "dot" else 0
+    L = cfg.data.num_indices_per_lookup
+    lookups = B * m.num_tables * (L if cfg.data.num_indices_per_lookup_fixed else (L + 1) / 2)
+    return {"mlp_flop": fwd + dw + dx, "interaction_flop": inter,
+            "embedding_bytes": lookups * D * 4 * 3}
+
+
+def measure_fp32_peak() -> float | None:
+    """GFLOP/s of torch's best fp32 GEMM here (None without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    n = 1024
+    a, b = torch.rand(2048, n), torch.rand(n, n)
+    for _ in range(3):
+        a @ b
+    ts = []
+    for _ in range(10):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * 2048 * n * n / min(ts) / 1e9
+
+
+def _median_ms(ts: list[float]) -> float:
+    return float(np.median(ts) * 1e3)
+
+
+def _time_kernels(vm, fn_calls) -> dict[str, float]:
+    """Per-kernel median ms inside the given VM calls, via the VM's instrument hook."""
+    acc: dict[str, list[float]] = defaultdict(list)
+    start: dict[str, float] = {}
+
+    def instrument(func, name, before_run, ret_value, *args):
+        if before_run:
+            start[name] = time.perf_counter()
+        else:
+            acc[name].append(time.perf_counter() - start.pop(name, time.perf_counter()))
+        return 0
+
+    vm.set_instrument(instrument)
+    try:
+        for call in fn_calls:
+            call()
+    finally:
+        vm.set_instrument(lambda *a: 0)
+    return {k: float(np.sum(v) / max(1, len(fn_calls))) * 1e3 for k, v in acc.items()}
+
+
+def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
+              torch_baseline: bool = True) -> dict:
+    from dlrm_tvm.data import SyntheticData
+    from dlrm_tvm.pipeline import compile_dlrm, load_vm
+    from dlrm_tvm.runtime.params import init_mlp, init_tables
+    from dlrm_tvm.runtime.trainer import Trainer
+    from dlrm_tvm.targets import resolve_target
+
+    cfg.check_fits()
+    ti = resolve_target(target)
+    t0 = time.perf_counter()
+    res = compile_dlrm(cfg, ti)
+    compile_s = time.perf_counter() - t0
+    vm = load_vm(res.executable)
+    tables = init_tables(cfg.model, cfg.train.seed)
+    mlp = init_mlp(cfg.model, cfg.train.seed)
+    data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, cfg.train.seed)
+    batches = [data.next_batch() for _ in range(warmup + steps)]
+    threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+
+    rows = []
+    ours = Trainer(cfg, vm, tables=tables, mlp=mlp)
+    ts = []
+    for i, b in enumerate(batches):
+        t = time.perf_counter()
+        ours.step(b)
+        if i >= warmup:
+            ts.append(time.perf_counter() - t)
+    tvm_ms = _median_ms(ts)
+    rows.append({"name": "dlrm-tvm fp32", "ms_per_step": tvm_ms})
+
+    # per function and per kernel (one extra pass over a few batches)
+    few = batches[warmup: warmup + min(5, steps)]
+    fn_ms: dict[str, list[float]] = defaultdict(list)
+    for b in few:
+        d, ix, of, lb = ours._inputs(b)
+        t = time.perf_counter()
+        pooled = vm["embedding_forward"](ours.tables, ix, of)
+        fn_ms["embedding_forward"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r = vm["dense_forward_backward"](d, pooled, lb, *ours.mlp)
+        fn_ms["dense_forward_backward"].append(time.perf_counter() - t)
+        n = len(ours.mlp)
+        t = time.perf_counter()
+        vm["dense_update"](*ours.mlp, *[r[2 + i] for i in range(n)], ours._lr)
+        fn_ms["dense_update"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        vm["embedding_update"](ours.tables, ix, of, r[2 + n], ours._lr)
+        fn_ms["embedding_update"].append(time.perf_counter() - t)
+    functions = {k: _median_ms(v) for k, v in fn_ms.items()}
+    calls = []
+    for b in few:
+        d, ix, of, lb = ours._inputs(b)
+        pooled = vm["embedding_forward"](ours.tables, ix, of)
+        calls.append(lambda d=d, p=pooled, lb=lb: vm["dense_forward_backward"](d, p, lb,
+                                                                             *ours.mlp))
+    kernels = _time_kernels(vm, calls)
+
+    peak = None
+    if torch_baseline:
+        import torch
+
+        from dlrm_tvm.torch_ref import TorchTrainer, torch_inputs
+
+        torch.set_num_threads(threads)
+        time.sleep(0.5)  # let TVM's workers stop spinning
+        state = {"tables": tables, **mlp}
+        tin = [torch_inputs(b, cfg.model.num_tables) for b in batches]
+        for name, bf16 in (("torch eager fp32", False), ("torch bf16 autocast", True)):
+            tt = TorchTrainer(cfg, state, autocast_bf16=bf16)
+            ts = []
+            for i, (b, x) in enumerate(zip(batches, tin, strict=True)):
+                t = time.perf_counter()
+                tt.step(b, x)
+                if i >= warmup:
+                    ts.append(time.perf_counter() - t)
+            rows.append({"name": name, "ms_per_step": _median_ms(ts)})
+            del tt
+        peak = measure_fp32_peak()
+    work = step_work(cfg)
+    flop = work["mlp_flop"] + work["interaction_flop"]
+    for r in rows:
+        r["ratio_vs_tvm"] = r["ms_per_step"] / tvm_ms
+        r["gflops"] = flop / (r["ms_per_step"] * 1e-3) / 1e9
+        r["frac_fp32_peak"] = (r["gflops"] / peak) if peak else None
+        r["samples_per_s"] = cfg.train.batch_size / (r["ms_per_step"] * 1e-3)
+    return {
+        "config": cfg.name, "batch_size": cfg.train.batch_size, "steps": steps,
+        "target": ti.to_dict(), "threads": threads, "machine": platform.processor() or
+        platform.machine(), "cpu_count": os.cpu_count(), "compile_s": compile_s,
+        "work_per_step": work, "fp32_peak_gflops": peak, "rows": rows,
+        "functions_ms": functions, "kernels_ms": dict(sorted(kernels.items(),
+                                                             key=lambda kv: -kv[1])),
+    }
+
+
+def format_table(r: dict) -> str:
+    out = [f"config {r['config']}  batch {r['batch_size']}  target {r['target']['name']} "
+           f"(mcpu {r['target']['mcpu']})  threads {r['threads']}  steps {r['steps']} (median)"]
+    peak = r["fp32_peak_gflops"]
+    out.append(f"work/step: MLP {r['work_per_step']['mlp_flop'] / 1e9:.2f} GFLOP, interaction "
+               f"{r['work_per_step']['interaction_flop'] / 1e9:.3f} GFLOP, embedding "
+               f"{r['work_per_step']['embedding_bytes'] / 1e6:.1f} MB;  fp32 peak (torch best "
+               f"GEMM here): {peak:.0f} GFLOP/s" if peak else "fp32 peak: not measured")
+    out.append("")
+    out.append(f"{'contender':<22}{'ms/step':>10}{'x dlrm-tvm':>12}{'samples/s':>12}"
+               f"{'GFLOP/s':>10}{'% peak':>8}")
+    for row in r["rows"]:
+        fp = f"{100 * row['frac_fp32_peak']:.0f}" if row["frac_fp32_peak"] else "-"
+        out.append(f"{row['name']:<22}{row['ms_per_step']:>10.2f}{row['ratio_vs_tvm']:>12.2f}"
+                   f"{row['samples_per_s']:>12.0f}{row['gflops']:>10.1f}{fp:>8}")
+    out.append("")
+    out.append("dlrm-tvm per function (ms, median):")
+    for k, v in r["functions_ms"].items():
+        out.append(f"  {k:<28}{v:>9.2f}")
+    out.append("dense_forward_backward per kernel (ms per step, top 12):")
+    for k, v in list(r["kernels_ms"].items())[:12]:
+        out.append(f"  {k:<44}{v:>9.3f}")
+    return "\n".join(out)

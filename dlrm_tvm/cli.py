@@ -1,0 +1,176 @@
+"""The ``dlrm-tvm`` command: parses arguments and calls one function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from dlrm_tvm.config import PRESETS, ConfigError, apply_overrides, load_config
+
+EPILOG = """examples:
+  dlrm-tvm train --config tiny --steps 100 --out runs/tiny
+  dlrm-tvm compile --config small --target cooperlake --out artifacts/small-cpx
+  dlrm-tvm train --artifact artifacts/tiny --steps 50 --out runs/t2
+  dlrm-tvm bench --config small --json bench.json
+"""
+
+
+def _threads_from_env() -> None:
+    # TVM's pool otherwise takes half the hardware threads; must be set before TVM starts.
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("config (a preset or TOML file, then the reference's flags)")
+    g.add_argument("--config", default=None,
+                   help=f"preset ({', '.join(PRESETS)}) or TOML file (default: tiny)")
+    g.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim D")
+    g.add_argument("--arch-embedding-size", help="rows per table, dash-separated: 1000-1000-...")
+    g.add_argument("--arch-mlp-bot", help="bottom MLP incl. dense input width: 13-512-256-64")
+    g.add_argument("--arch-mlp-top", help="top MLP without its input width: 512-256-1")
+    g.add_argument("--arch-interaction-op", choices=("dot", "cat"))
+    g.add_argument("--arch-interaction-itself", action="store_true", default=None,
+                   help="include self dot products in the dot interaction")
+    g.add_argument("--max-ind-range", type=int, help="cap every table at this many rows")
+    g.add_argument("--mini-batch-size", type=int, help="batch size")
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--num-indices-per-lookup", type=int, help="lookups per bag (max if varied)")
+    g.add_argument("--num-indices-per-lookup-fixed", type=int, choices=(0, 1),
+                   help="1: every bag has exactly that many lookups; 0: sizes vary")
+    g.add_argument("--labels", choices=("random", "teacher"),
+                   help="synthetic labels: random coin flips (reference) or a learnable teacher")
+
+
+def _resolve_config(args: argparse.Namespace, **extra):
+    cfg = load_config(args.config)
+    flags = {k: getattr(args, k, None) for k in (
+        "arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
+        "arch_interaction_op", "arch_interaction_itself", "max_ind_range", "mini_batch_size",
+        "learning_rate", "num_indices_per_lookup", "labels")}
+    fixed = getattr(args, "num_indices_per_lookup_fixed", None)
+    flags["num_indices_per_lookup_fixed"] = None if fixed is None else bool(fixed)
+    flags.update(extra)
+    return apply_overrides(cfg, **flags)
+
+
+def _write_json(path: str | None, obj) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def cmd_compile(args) -> int:
+    from dlrm_tvm.artifact import compile_artifact
+    from dlrm_tvm.targets import resolve_target
+
+    cfg = _resolve_config(args)
+    target = resolve_target(args.target)
+    art = compile_artifact(cfg, target, args.out, prefer=tuple(args.rule or ()),
+                           dump_dir=args.dump_ir)
+    print(f"compiled {cfg.name} for {target.name} (mcpu {target.mcpu}; features "
+          f"{','.join(target.features) or '-'}) in "
+          f"{sum(art.meta['compile_seconds'].values()):.1f}s -> {art.path}")
+    rules: dict[str, int] = {}
+    for v in art.meta["schedules"].values():
+        key = f"{v['op']} -> {v['rule']}"
+        rules[key] = rules.get(key, 0) + 1
+    for k, n in sorted(rules.items()):
+        print(f"  {n:3d} x {k}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from dlrm_tvm.train import train
+
+    if args.artifact and args.config is None:
+        from dlrm_tvm.artifact import read_artifact
+
+        args.config = None
+        base = read_artifact(args.artifact).config
+        cfg = apply_overrides(base, steps=args.steps, seed=args.seed,
+                              learning_rate=args.learning_rate, labels=args.labels)
+    else:
+        cfg = _resolve_config(args, steps=args.steps, seed=args.seed)
+    summary = train(cfg, args.out, artifact=args.artifact, target=args.target,
+                    prefer=tuple(args.rule or ()), quiet=args.quiet)
+    print(f"{summary['steps']} steps  final loss {summary['final_loss']:.5f}  "
+          f"{summary['ms_per_step_median']:.2f} ms/step (median)  "
+          f"{summary['samples_per_s']:.0f} samples/s  -> {args.out}/summary.json")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from dlrm_tvm.bench import format_table, run_bench
+
+    cfg = _resolve_config(args)
+    result = run_bench(cfg, steps=args.steps, warmup=args.warmup, target=args.target,
+                       torch_baseline=not args.no_torch)
+    print(format_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dlrm-tvm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Compile DLRM with Apache TVM for an x86 CPU, and train it.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("compile", help="compile the training step into a loadable artifact",
+                       description="Compile the DLRM training step for a CPU target and write "
+                       "DIR/module.so + DIR/artifact.json (config, target, CPU features needed, "
+                       "TVM version, schedule rule per kernel). Works for any target on any host.")
+    _add_config_args(c)
+    c.add_argument("--target", default="host",
+                   help="host (this CPU's features) or a named CPU: skylake-avx512, cascadelake, "
+                   "icelake-server, cooperlake, sapphirerapids, znver3/4/5 (default: host)")
+    c.add_argument("--out", required=True, help="artifact directory")
+    c.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
+    c.add_argument("--dump-ir", help="write the scheduled IR to this directory")
+    c.set_defaults(func=cmd_compile)
+
+    t = sub.add_parser("train", help="train on synthetic data (compiling first if needed)",
+                       description="Train DLRM; writes RUNDIR/metrics.jsonl (one line per logged "
+                       "step), RUNDIR/summary.json and RUNDIR/config.json. Without --artifact the "
+                       "step is compiled for --target into RUNDIR/artifact.")
+    _add_config_args(t)
+    t.add_argument("--artifact", help="a directory from `dlrm-tvm compile` (must match config)")
+    t.add_argument("--target", default="host", help="target to compile for (default: host)")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: config's)")
+    t.add_argument("--seed", type=int, default=None, help="seed for init and data")
+    t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
+    t.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="ms/step vs PyTorch in the same process, per-op breakdown",
+                       description="Benchmark the compiled step against a PyTorch DLRM with the "
+                       "same weights (eager fp32 and bf16 autocast), run side by side in one "
+                       "process; prints medians, ratios, per-kernel times and GFLOP/s vs peak.")
+    _add_config_args(b)
+    b.add_argument("--target", default="host")
+    b.add_argument("--steps", type=int, default=20, help="timed steps per contender")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    b.add_argument("--json", help="also write the table as JSON here")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    _threads_from_env()
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"dlrm-tvm {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
