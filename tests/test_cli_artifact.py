@@ -122,15 +122,17 @@ def test_loss_goes_down_on_learnable_task(tmp_path):
         f"loss did not fall: first 20 {first:.4f}, last 20 {last:.4f}")
 
 
-def test_training_path_does_not_import_torch(tmp_path):
+def test_training_works_without_torch(tmp_path):
+    """Training must not need torch (TVM itself imports it when present, so block it)."""
     code = f"""
 import sys
+sys.modules['torch'] = None  # any 'import torch' now raises ImportError
 from dlrm_tvm.config import PRESETS
 from dlrm_tvm.train import train
 cfg = PRESETS['tiny']
-train(cfg.replace(train=cfg.train.__class__(batch_size=128, steps=2)), {str(tmp_path)!r},
-      quiet=True)
-assert 'torch' not in sys.modules, 'torch was imported by the training path'
+s = train(cfg.replace(train=cfg.train.__class__(batch_size=128, steps=2)), {str(tmp_path)!r},
+          quiet=True)
+assert s['steps'] == 2
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 

@@ -22,6 +22,7 @@ TARGET = resolve_target("host").tvm_target()
 RULES = rules_for(TARGET)
 LANES = fp32_lanes(TARGET)
 DEV = tvm.cpu()
+U32 = 2.0**-24  # fp32 unit roundoff
 
 EXPECTED_RULE = {
     "embedding_bag_fwd": "embedding_bag_parallel_bags",
@@ -80,7 +81,7 @@ def assert_close(got, want, tol, what=""):
     """|got - want| <= tol elementwise (tol scalar or array); reports the worst element."""
     assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    bad = err > tol
+    bad = ~(err <= tol)  # NaN counts as a mismatch
     if bad.any():
         i = np.unravel_index(int(np.argmax(err - tol)), err.shape)
         t = tol[i] if np.ndim(tol) else tol
@@ -127,11 +128,12 @@ def test_gemm(m, k, n, a_layout, epilogue):
         inputs.append(extra)
     _, (y,) = run(lib, inputs, [(m, n)])
     want = ref.gemm(a, b, a_layout, epilogue, extra)
-    # fp32 accumulation of k products: bound by the magnitude sum |A||B| (+ |bias|)
+    # fp32 accumulation of k products: at most about k unit roundoffs of |A||B| (+ |bias|);
+    # allowed twice the classic worst-case bound
     mag = (np.abs(a) if a_layout == "mk" else np.abs(a).T).astype(np.float64) @ np.abs(b)
     if epilogue in ("bias", "bias_relu"):
         mag = mag + np.abs(extra)
-    assert_close(y, want, 1e-6 * k * mag + 1e-6, f"gemm {m}x{k}x{n} {a_layout} {epilogue}")
+    assert_close(y, want, (k + 2) * U32 * 2 * mag + 1e-7, f"gemm {m}x{k}x{n} {a_layout} {epilogue}")
     if epilogue == "bias_relu":
         assert (y >= 0).all() and (y == 0).any() and (y > 0).any()
     if epilogue == "relu_mask":
@@ -167,7 +169,7 @@ def test_colsum(m, n):
     x = rand(g, (m, n))
     _, (y,) = run(lib, [x], [(n,)])
     mag = np.abs(x).astype(np.float64).sum(0)
-    assert_close(y, ref.colsum(x), 1e-6 * m * mag + 1e-7, f"colsum {m}x{n}")
+    assert_close(y, ref.colsum(x), m * U32 * 2 * mag + 1e-7, f"colsum {m}x{n}")
 
 
 @pytest.mark.parametrize("shape", [(13,), (64,), (1,), (7, 5), (368, 64), (16, 1)],
