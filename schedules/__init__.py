@@ -42,7 +42,7 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
         ALL_RULES["gemm_tiled_fp32"],
         ALL_RULES["embedding_bag_parallel_bags"],
         ALL_RULES["embedding_update_row_owner"],
-        ALL_RULES["interaction_dot_fwd_per_sample"],
+        ALL_RULES["interaction_dot_fwd_rfactor"],
         ALL_RULES["interaction_dot_bwd_batched_gemm"],
     ]
     chosen = [ALL_RULES[p] for p in prefer]

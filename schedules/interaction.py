@@ -1,7 +1,7 @@
 """Dot interaction: forward pairwise dot products and the backward as a small batched GEMM.
 
-Forward: parallel over samples; each sample's pair products are computed next to where its
-output row is written (compute_at), so the [B, P] intermediate never leaves cache.
+Forward: parallel over samples; each pair's dot product accumulates whole vectors (rfactor
+over the D loop) and is summed horizontally at the end.
 Backward: G[b, i, :] = sum_j dZ[b, i, j] Tc[b, j, :] with the D loop innermost and vectorised;
 the other blocks (symmetric dZ, the two output copies) take the generic parallel schedule.
 """
@@ -11,23 +11,40 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import Rule, fp32_lanes, top_level_blocks
+from .base import Rule, const_extent, fp32_lanes, top_level_blocks
 from .fallback import schedule_generic
 
 
 class InteractionDotFwd(Rule):
-    name = "interaction_dot_fwd_per_sample"
+    """Z[b, p] as a vector-width partial sum (rfactor) per pair, horizontal add at the end.
+
+    The pair's two rows are gathered once per pair, and the D loop runs on whole vectors in a
+    register-sized partial-sum buffer; samples are parallel. Needs D % lanes == 0.
+    """
+
+    name = "interaction_dot_fwd_rfactor"
     ops = ("interaction_dot_fwd",)
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
             return None
+        lanes = fp32_lanes(target)
         sch = s_tir.Schedule(func)
-        r = sch.get_sblock("R")
         z = sch.get_sblock("Z")
-        b, _ = sch.get_loops(r)
-        sch.compute_at(z, b)
-        sch.parallel(b)
+        _, _, zr = sch.get_loops(z)
+        if const_extent(sch, zr) % lanes:
+            return None
+        _, ri = sch.split(zr, [None, lanes])
+        rf = sch.rfactor(ri, 2)
+        zl = sch.get_loops(sch.get_sblock("Z"))
+        sch.compute_at(rf, zl[1])
+        sch.set_scope(rf, 0, "local")
+        lanes_loop, red_loop = sch.get_loops(rf)[-2:]
+        sch.reorder(red_loop, lanes_loop)
+        sch.parallel(zl[0])
+        sch.vectorize(lanes_loop)
+        sch.parallel(sch.get_loops(sch.get_sblock("R"))[0])
+        sch.decompose_reduction(rf, red_loop)
         return sch
 
 

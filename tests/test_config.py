@@ -208,7 +208,8 @@ def test_toml_without_preset(tmp_path):
 @pytest.mark.parametrize(
     "text,match",
     [
-        ('preset = "tiny"\n[model]\nembeding_dim = 8\n', r"unknown keys in \[model\].*embeding_dim"),
+        ('preset = "tiny"\n[model]\nembeding_dim = 8\n',
+         r"unknown keys in \[model\].*embeding_dim"),
         ("[train]\nbatchsize = 8\n", r"unknown keys in \[train\].*batchsize"),
         ("[data]\nlookups = 8\n", r"unknown keys in \[data\].*lookups"),
         ('preset = "tiny"\n[optimizer]\nmomentum = 0.9\n', r"unknown config sections.*optimizer"),

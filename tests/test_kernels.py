@@ -27,7 +27,7 @@ U32 = 2.0**-24  # fp32 unit roundoff
 EXPECTED_RULE = {
     "embedding_bag_fwd": "embedding_bag_parallel_bags",
     "embedding_bag_sgd_update": "embedding_update_row_owner",
-    "interaction_dot_fwd": "interaction_dot_fwd_per_sample",
+    "interaction_dot_fwd": "interaction_dot_fwd_rfactor",
     "interaction_dot_bwd": "interaction_dot_bwd_batched_gemm",
 }
 
@@ -128,12 +128,13 @@ def test_gemm(m, k, n, a_layout, epilogue):
         inputs.append(extra)
     _, (y,) = run(lib, inputs, [(m, n)])
     want = ref.gemm(a, b, a_layout, epilogue, extra)
-    # fp32 accumulation of k products: at most about k unit roundoffs of |A||B| (+ |bias|);
-    # allowed twice the classic worst-case bound
+    # fp32 accumulation of k products: the rounding error grows like sqrt(k) unit roundoffs of
+    # |A||B| (+ |bias|) (observed <= 1.05x that on AVX2); 4x that is allowed
     mag = (np.abs(a) if a_layout == "mk" else np.abs(a).T).astype(np.float64) @ np.abs(b)
     if epilogue in ("bias", "bias_relu"):
         mag = mag + np.abs(extra)
-    assert_close(y, want, (k + 2) * U32 * 2 * mag + 1e-7, f"gemm {m}x{k}x{n} {a_layout} {epilogue}")
+    tol = 4 * np.sqrt(k + 2) * U32 * mag + 1e-7
+    assert_close(y, want, tol, f"gemm {m}x{k}x{n} {a_layout} {epilogue}")
     if epilogue == "bias_relu":
         assert (y >= 0).all() and (y == 0).any() and (y > 0).any()
     if epilogue == "relu_mask":
@@ -284,7 +285,14 @@ def _dot_width(f, d, itself, wp):
 def test_interaction_dot_fwd(b, f, d, itself, wp):
     g = rng(9, b, f, d, int(itself))
     P, width = _dot_width(f, d, itself, wp)
-    lib, _ = build(ops.interaction_dot_fwd(b, f, d, itself, width))
+    func = ops.interaction_dot_fwd(b, f, d, itself, width)
+    if d % LANES:  # the rfactor rule needs whole vectors along D: the fallback takes it
+        sched, rule = schedule_func(func, TARGET, RULES)
+        assert rule == "fallback"
+        lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
+                          target=TARGET)
+    else:
+        lib, _ = build(func)
     li, lj, _ = ops.pair_tables(f, itself)
     tc = rand(g, (b, f, d))
     _, (r,) = run(lib, [tc, np.array(li, np.int32), np.array(lj, np.int32)], [(b, width)])
