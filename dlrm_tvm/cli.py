@@ -105,6 +105,8 @@ def cmd_train(args) -> int:
 def cmd_bench(args) -> int:
     from dlrm_tvm.bench import format_table, run_bench
 
+    # TVM's idle workers otherwise spin after each parallel call and slow torch (TVM_NOTES)
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     cfg = _resolve_config(args)
     result = run_bench(cfg, steps=args.steps, warmup=args.warmup, target=args.target,
                        torch_baseline=not args.no_torch)
