@@ -19,7 +19,7 @@ class InteractionDotFwd(Rule):
     """Z[b, p] as a vector-width partial sum (rfactor) per pair, horizontal add at the end.
 
     The pair's two rows are gathered once per pair, and the D loop runs on whole vectors in a
-    register-sized partial-sum buffer; samples are parallel. Needs D % lanes == 0.
+    register-sized partial-sum buffer; samples are parallel. Needs D to be >= 2 whole vectors.
     """
 
     name = "interaction_dot_fwd_rfactor"
@@ -28,11 +28,14 @@ class InteractionDotFwd(Rule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
             return None
-        lanes = fp32_lanes(target)
         sch = s_tir.Schedule(func)
         z = sch.get_sblock("Z")
         _, _, zr = sch.get_loops(z)
-        if const_extent(sch, zr) % lanes:
+        d = const_extent(sch, zr)
+        # at least two vectors along D (one would leave no reduction loop to reorder)
+        lanes = next((v for v in (fp32_lanes(target), fp32_lanes(target) // 2)
+                      if d % v == 0 and d // v >= 2), None)
+        if lanes is None:
             return None
         _, ri = sch.split(zr, [None, lanes])
         rf = sch.rfactor(ri, 2)

@@ -286,7 +286,8 @@ def test_interaction_dot_fwd(b, f, d, itself, wp):
     g = rng(9, b, f, d, int(itself))
     P, width = _dot_width(f, d, itself, wp)
     func = ops.interaction_dot_fwd(b, f, d, itself, width)
-    if d % LANES:  # the rfactor rule needs whole vectors along D: the fallback takes it
+    if not any(d % v == 0 and d // v >= 2 for v in (LANES, LANES // 2)):
+        # the rfactor rule needs >= 2 whole vectors along D: the fallback takes it
         sched, rule = schedule_func(func, TARGET, RULES)
         assert rule == "fallback"
         lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
