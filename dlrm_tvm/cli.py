@@ -88,7 +88,6 @@ def cmd_train(args) -> int:
     if args.artifact and args.config is None:
         from dlrm_tvm.artifact import read_artifact
 
-        args.config = None
         base = read_artifact(args.artifact).config
         cfg = apply_overrides(base, steps=args.steps, seed=args.seed,
                               learning_rate=args.learning_rate, labels=args.labels)

@@ -103,12 +103,10 @@ class TorchTrainer:
         return float(loss.detach())
 
     def state(self) -> dict[str, np.ndarray]:
-        m = self.cfg.model
         out = {"tables": np.concatenate([e.weight.detach().numpy() for e in self.model.emb_l])}
         for part, seq in (("bot", self.model.bot_l), ("top", self.model.top_l)):
             lins = [x for x in seq if hasattr(x, "weight")]
             for i, lin in enumerate(lins):
                 out[f"{part}{i}_w"] = lin.weight.detach().numpy().T.copy()
                 out[f"{part}{i}_b"] = lin.bias.detach().numpy().copy()
-        del m
         return out

@@ -29,28 +29,27 @@ class Fallback(Rule):
 
 def schedule_generic(sch: s_tir.Schedule, blocks: list, lanes: int) -> None:
     """Parallelise (and vectorise where whole) each given top-level block's loop nest."""
-    if True:
-        for block in blocks:
-            loops = sch.get_loops(block)
-            if not loops:
+    for block in blocks:
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        iters = sch.get(block).iter_vars
+        if is_spatial_block(sch, block) and len(loops) == len(iters):
+            exts = [const_extent(sch, lp) for lp in loops]
+            if None in exts:
                 continue
-            iters = sch.get(block).iter_vars
-            if is_spatial_block(sch, block) and len(loops) == len(iters):
-                exts = [const_extent(sch, lp) for lp in loops]
-                if None in exts:
-                    continue
-                fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-                total = 1
-                for e in exts:
-                    total *= e
-                if total % lanes == 0 and total >= 4 * lanes:
-                    outer, inner = sch.split(fused, [None, lanes])
-                    sch.parallel(outer)
-                    sch.vectorize(inner)
-                else:
-                    sch.parallel(fused)
-            elif int(iters[0].iter_type) == 0 and len(loops) >= 1:
-                try:
-                    sch.parallel(loops[0])
-                except Exception:  # noqa: BLE001 - dataflow not compact: leave it serial
-                    pass
+            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            total = 1
+            for e in exts:
+                total *= e
+            if total % lanes == 0 and total >= 4 * lanes:
+                outer, inner = sch.split(fused, [None, lanes])
+                sch.parallel(outer)
+                sch.vectorize(inner)
+            else:
+                sch.parallel(fused)
+        elif int(iters[0].iter_type) == 0 and len(loops) >= 1:
+            try:
+                sch.parallel(loops[0])
+            except Exception:  # noqa: BLE001 - dataflow not compact: leave it serial
+                pass
