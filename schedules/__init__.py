@@ -13,13 +13,16 @@ from tvm.target import Target
 from .base import Rule, op_of
 from .embedding import EmbeddingBagParallelBags, EmbeddingUpdateRowOwner
 from .fallback import Fallback
-from .gemm import GemmTiled
+from .gemm import GemmPacked, GemmTiled
 from .interaction import InteractionDotBwd, InteractionDotFwd
+from .reduction import ColsumVectorBlocks
 
 ALL_RULES: dict[str, Rule] = {
     r.name: r
     for r in (
+        GemmPacked(),
         GemmTiled(),
+        ColsumVectorBlocks(),
         EmbeddingBagParallelBags(),
         EmbeddingUpdateRowOwner(),
         InteractionDotFwd(),
@@ -39,7 +42,9 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
     if unknown:
         raise ValueError(f"unknown schedule rule(s) {unknown}; known: {sorted(ALL_RULES)}")
     base = [
+        ALL_RULES["gemm_packed_fp32"],
         ALL_RULES["gemm_tiled_fp32"],
+        ALL_RULES["colsum_vector_blocks"],
         ALL_RULES["embedding_bag_parallel_bags"],
         ALL_RULES["embedding_update_row_owner"],
         ALL_RULES["interaction_dot_fwd_rfactor"],

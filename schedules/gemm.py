@@ -63,3 +63,85 @@ class GemmTiled(Rule):
         sch.vectorize(ji)
         sch.decompose_reduction(c, ck)
         return sch
+
+
+def _parallel_pack(sch: s_tir.Schedule, block, inner: int) -> None:
+    """Parallel over the packing copy's outer loop, vectorised along its contiguous inner one."""
+    outer_l, inner_l = sch.get_loops(block)
+    ext = sch.get(inner_l).extent
+    if hasattr(ext, "value") and int(ext.value) % inner == 0:
+        _, vec = sch.split(inner_l, [None, inner])
+        sch.vectorize(vec)
+    sch.parallel(outer_l)
+
+
+def gemm_packed_schedule(func: tirx.PrimFunc, target: Target, pack_a: str = "auto",
+                         panel_outer: bool | None = None):
+    """Register tile + operands packed into contiguous panels first.
+
+    B [K, N] is copied to Bp[N/NJ][K][NJ] so a column panel is one sequential stream (a plain
+    [K, N] panel is read with an N*4-byte stride: with N a multiple of 1024 every row of the
+    panel falls in the same cache set). A is packed to Ap[M/MI][K][MI] when it is read as
+    [K, M] (weight gradient; pack_a="auto") or always (pack_a="always").
+    ``panel_outer``: iterate row tiles inside a column panel (the panel stays in L2); default:
+    yes for the [K, M] layout, row tile outer otherwise (kernel lab, docs/perf-v1.md).
+    """
+    m, n = attr(func, "m"), attr(func, "n")
+    layout = attr(func, "a_layout")
+    tiles = gemm_tiles(m, n, target)
+    if tiles is None:
+        return None
+    mi, nj = tiles
+    lanes = fp32_lanes(target)
+    if panel_outer is None:
+        panel_outer = layout == "km"
+    sch = s_tir.Schedule(func)
+    c = sch.get_sblock("C")
+    y = sch.get_sblock("Y")
+    bp = sch.cache_read(c, 1, "global")
+    sch.transform_layout(bp, ("write", 0), lambda kk, nn: (nn // nj, kk, nn % nj))
+    ap = None
+    if pack_a == "always" or (pack_a == "auto" and layout == "km"):
+        ap = sch.cache_read(c, 0, "global")
+        if layout == "mk":
+            sch.transform_layout(ap, ("write", 0), lambda i, kk: (i // mi, kk, i % mi))
+        else:
+            sch.transform_layout(ap, ("write", 0), lambda kk, i: (i // mi, kk, i % mi))
+    i, j = sch.get_loops(y)
+    io, ii = sch.split(i, [None, mi])
+    jo, ji = sch.split(j, [None, nj])
+    if panel_outer:
+        sch.reorder(jo, io, ii, ji)
+        sch.compute_at(c, io)
+        first, second = jo, io
+    else:
+        sch.reorder(io, jo, ii, ji)
+        sch.compute_at(c, jo)
+        first, second = io, jo
+    inner = sch.get_loops(c)[2:]
+    if len(inner) == 3:
+        ci, cj, ck = inner
+        sch.reorder(ck, ci, cj)
+    else:
+        ci, (cj, ck) = None, inner
+        sch.reorder(ck, cj)
+    sch.parallel(sch.fuse(first, second))
+    if ci is not None:
+        sch.unroll(ci)
+    sch.vectorize(cj)
+    sch.vectorize(ji)
+    sch.decompose_reduction(c, ck)
+    _parallel_pack(sch, bp, lanes)
+    if ap is not None:
+        _parallel_pack(sch, ap, mi if layout == "km" else lanes)
+    return sch
+
+
+class GemmPacked(Rule):
+    name = "gemm_packed_fp32"
+    ops = ("gemm",)
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
+        if not self.matches_op(func):
+            return None
+        return gemm_packed_schedule(func, target)

@@ -105,17 +105,25 @@ GEMM_SHAPES = [
 ]
 
 
-def _gemm_expected_rule(n):
-    return "gemm_tiled_fp32" if n % LANES == 0 else "fallback"
+def _gemm_expected_rule(n, rule):
+    return rule if n % LANES == 0 else "fallback"
 
 
+def build_with(func, prefer):
+    sched, rule = schedule_func(func, TARGET, rules_for(TARGET, prefer=[prefer]))
+    lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
+                      target=TARGET)
+    return lib, rule
+
+
+@pytest.mark.parametrize("gemm_rule", ["gemm_packed_fp32", "gemm_tiled_fp32"])
 @pytest.mark.parametrize("epilogue", ops.GEMM_EPILOGUES)
 @pytest.mark.parametrize("a_layout", ["mk", "km"])
 @pytest.mark.parametrize("m,k,n", GEMM_SHAPES, ids=[f"{m}x{k}x{n}" for m, k, n in GEMM_SHAPES])
-def test_gemm(m, k, n, a_layout, epilogue):
+def test_gemm(m, k, n, a_layout, epilogue, gemm_rule):
     g = rng(1, m, k, n, ["mk", "km"].index(a_layout), ops.GEMM_EPILOGUES.index(epilogue))
-    lib, rule = build(ops.gemm(m, k, n, a_layout, epilogue))
-    assert rule == _gemm_expected_rule(n), f"n={n}, lanes={LANES}: rule {rule}"
+    lib, rule = build_with(ops.gemm(m, k, n, a_layout, epilogue), gemm_rule)
+    assert rule == _gemm_expected_rule(n, gemm_rule), f"n={n}, lanes={LANES}: rule {rule}"
     a = rand(g, (m, k) if a_layout == "mk" else (k, m))
     b = rand(g, (k, n))
     inputs = [a, b]
@@ -146,7 +154,7 @@ def test_gemm_rule_choice_both_ways():
     _, tiled = build(ops.gemm(16, 8, 2 * LANES, "mk", "bias"))
     _, fb = build(ops.gemm(16, 8, LANES + 1, "mk", "bias"))
     _, fb1 = build(ops.gemm(16, 8, 1, "km", "none"))
-    assert tiled == "gemm_tiled_fp32"
+    assert tiled == "gemm_packed_fp32"  # the default first GEMM rule
     assert fb == "fallback" and fb1 == "fallback"
 
 
@@ -166,7 +174,8 @@ def test_transpose(m, n):
 @pytest.mark.parametrize("m,n", [(7, 13), (128, 64), (1, 5), (300, 1)])
 def test_colsum(m, n):
     g = rng(3, m, n)
-    lib, _ = build(ops.colsum(m, n))
+    lib, rule = build(ops.colsum(m, n))
+    assert rule == ("colsum_vector_blocks" if n % LANES == 0 else "fallback")
     x = rand(g, (m, n))
     _, (y,) = run(lib, [x], [(n,)])
     mag = np.abs(x).astype(np.float64).sum(0)

@@ -1,0 +1,35 @@
+"""Column sums (the bias gradient): a block of columns per task, rows streamed, vector adds.
+
+Each task owns up to eight vectors of adjacent columns and walks all rows, so every row access
+is a contiguous run of up to 8 * lanes floats (not a single strided column).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from .base import Rule, const_extent, fp32_lanes
+
+
+class ColsumVectorBlocks(Rule):
+    name = "colsum_vector_blocks"
+    ops = ("colsum",)
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
+        if not self.matches_op(func):
+            return None
+        lanes = fp32_lanes(target)
+        sch = s_tir.Schedule(func)
+        y = sch.get_sblock("Y")
+        j, r = sch.get_loops(y)
+        n = const_extent(sch, j)
+        if n is None or n % lanes:
+            return None
+        width = next(w for w in (8 * lanes, 4 * lanes, 2 * lanes, lanes) if n % w == 0)
+        jo, ji = sch.split(j, [None, width])
+        sch.reorder(jo, r, ji)
+        sch.parallel(jo)
+        sch.vectorize(ji)
+        sch.decompose_reduction(y, r)
+        return sch
