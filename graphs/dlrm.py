@@ -135,13 +135,13 @@ class DLRMGraph:
         db = self._emit_tir(k, f"colsum_{B}x{n}", lambda: ops.colsum(B, n), [dz], _t((n,)))
         if mask_input is None:
             return dw, db, None
-        wn = self._emit_tir(k, f"transpose_{ki}x{n}", lambda: ops.transpose(ki, n), [w],
-                            _t((n, ki)))
         masked = mask_input is not False
         epi = "relu_mask" if masked else "none"
-        args = [dz, wn] + ([mask_input] if masked else [])
+        args = [dz, w] + ([mask_input] if masked else [])
+        # dX = dZ @ Wt^T: Wt read as B in [N, K] layout (the GEMM rule's packing transposes it)
         dx = self._emit_tir(k, f"gemm_dx_{tag}_{B}x{n}x{ki}_{epi}",
-                            lambda: ops.gemm(B, n, ki, "mk", epi), args, _t((B, ki)))
+                            lambda: ops.gemm(B, n, ki, "mk", epi, b_layout="nk"), args,
+                            _t((B, ki)))
         return dw, db, dx
 
     # ------------------------------------------------------------ module

@@ -37,26 +37,35 @@ def _tag(func: tirx.PrimFunc, op: str, **attrs) -> tirx.PrimFunc:
 GEMM_EPILOGUES = ("none", "bias", "bias_relu", "relu_mask")
 
 
-def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none") -> tirx.PrimFunc:
+def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
+         b_layout: str = "kn") -> tirx.PrimFunc:
     """Y[m, n] = epilogue(sum_k A(m, k) * B[k, n]).
 
     a_layout "mk": A is [M, K] (forward X @ Wt, input gradient dY @ W);
     a_layout "km": A is [K, M] (weight gradient X^T @ dY).
+    b_layout "kn": B is [K, N]; "nk": B is [N, K] (input gradient dY @ Wt^T straight from the
+    stored Wt, with no transpose kernel).
     epilogues: "none"; "bias" (+ b[n]); "bias_relu" (max(. + b[n], 0));
     "relu_mask" (. where mask[m, n] > 0 else 0: the ReLU backward through the layer's input).
     Blocks: "C" (the reduction) and "Y" (the epilogue).
     """
     if a_layout not in ("mk", "km"):
         raise ValueError(f"a_layout must be 'mk' or 'km', got {a_layout!r}")
+    if b_layout not in ("kn", "nk"):
+        raise ValueError(f"b_layout must be 'kn' or 'nk', got {b_layout!r}")
     if epilogue not in GEMM_EPILOGUES:
         raise ValueError(f"epilogue must be one of {GEMM_EPILOGUES}, got {epilogue!r}")
     A = te.placeholder((m, k) if a_layout == "mk" else (k, m), F32, name="A")
-    Bm = te.placeholder((k, n), F32, name="B")
+    Bm = te.placeholder((k, n) if b_layout == "kn" else (n, k), F32, name="B")
     r = te.reduce_axis((0, k), name="k")
-    if a_layout == "mk":
-        C = te.compute((m, n), lambda i, j: te.sum(A[i, r] * Bm[r, j], axis=r), name="C")
-    else:
-        C = te.compute((m, n), lambda i, j: te.sum(A[r, i] * Bm[r, j], axis=r), name="C")
+
+    def a_at(i, kk):
+        return A[i, kk] if a_layout == "mk" else A[kk, i]
+
+    def b_at(kk, j):
+        return Bm[kk, j] if b_layout == "kn" else Bm[j, kk]
+
+    C = te.compute((m, n), lambda i, j: te.sum(a_at(i, r) * b_at(r, j), axis=r), name="C")
     zero = tirx.const(0.0, F32)
     args = [A, Bm]
     if epilogue == "none":
@@ -75,7 +84,8 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none") -
             (m, n), lambda i, j: tirx.Select(mask[i, j] > zero, C[i, j], zero), name="Y"
         )
     f = te.create_prim_func([*args, Y])
-    return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, epilogue=epilogue)
+    return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
+                epilogue=epilogue)
 
 
 def transpose(m: int, n: int) -> tirx.PrimFunc:

@@ -7,9 +7,10 @@ import numpy as np
 from dlrm_tvm.graphs.ops import pair_tables
 
 
-def gemm(a, b, a_layout="mk", epilogue="none", extra=None):
+def gemm(a, b, a_layout="mk", epilogue="none", extra=None, b_layout="kn"):
     a64 = a.astype(np.float64)
-    c = (a64 if a_layout == "mk" else a64.T) @ b.astype(np.float64)
+    b64 = b.astype(np.float64)
+    c = (a64 if a_layout == "mk" else a64.T) @ (b64 if b_layout == "kn" else b64.T)
     if epilogue == "bias":
         c = c + extra
     elif epilogue == "bias_relu":

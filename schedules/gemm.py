@@ -79,7 +79,7 @@ def gemm_packed_schedule(func: tirx.PrimFunc, target: Target, pack_a: str = "aut
                          panel_outer: bool | None = None):
     """Register tile + operands packed into contiguous panels first.
 
-    B [K, N] is copied to Bp[N/NJ][K][NJ] so a column panel is one sequential stream (a plain
+    B [K, N] (or [N, K]) is copied to Bp[N/NJ][K][NJ] so a column panel is one sequential stream (a plain
     [K, N] panel is read with an N*4-byte stride: with N a multiple of 1024 every row of the
     panel falls in the same cache set). A is packed to Ap[M/MI][K][MI] when it is read as
     [K, M] (weight gradient; pack_a="auto") or always (pack_a="always").
@@ -99,7 +99,10 @@ def gemm_packed_schedule(func: tirx.PrimFunc, target: Target, pack_a: str = "aut
     c = sch.get_sblock("C")
     y = sch.get_sblock("Y")
     bp = sch.cache_read(c, 1, "global")
-    sch.transform_layout(bp, ("write", 0), lambda kk, nn: (nn // nj, kk, nn % nj))
+    if attr(func, "b_layout", "kn") == "kn":
+        sch.transform_layout(bp, ("write", 0), lambda kk, nn: (nn // nj, kk, nn % nj))
+    else:  # B given as [N, K]: the packing copy is also the transpose
+        sch.transform_layout(bp, ("write", 0), lambda nn, kk: (nn // nj, kk, nn % nj))
     ap = None
     if pack_a == "always" or (pack_a == "auto" and layout == "km"):
         ap = sch.cache_read(c, 0, "global")

@@ -149,6 +149,23 @@ def test_gemm(m, k, n, a_layout, epilogue, gemm_rule):
         assert (y[extra <= 0] == 0).all()
 
 
+@pytest.mark.parametrize("gemm_rule", ["gemm_packed_fp32", "gemm_tiled_fp32", "fallback"])
+@pytest.mark.parametrize("epilogue", ["none", "relu_mask"])
+@pytest.mark.parametrize("m,k,n", [(7, 13, 5), (128, 64, 368), (13, 17, 32), (20, 1, 16)],
+                         ids=lambda v: str(v))
+def test_gemm_b_transposed(m, k, n, epilogue, gemm_rule):
+    """B given as [N, K] (the input gradient read straight from the stored weight)."""
+    g = rng(11, m, k, n, ["none", "relu_mask"].index(epilogue))
+    lib, rule = build_with(ops.gemm(m, k, n, "mk", epilogue, b_layout="nk"), gemm_rule)
+    assert rule == (gemm_rule if n % LANES == 0 else "fallback")
+    a, b = rand(g, (m, k)), rand(g, (n, k))
+    extra = rand(g, (m, n)) if epilogue == "relu_mask" else None
+    _, (y,) = run(lib, [a, b] + ([extra] if extra is not None else []), [(m, n)])
+    want = ref.gemm(a, b, "mk", epilogue, extra, b_layout="nk")
+    mag = np.abs(a).astype(np.float64) @ np.abs(b).T
+    assert_close(y, want, 4 * np.sqrt(k + 2) * U32 * mag + 1e-7, f"gemm nk {m}x{k}x{n}")
+
+
 def test_gemm_rule_choice_both_ways():
     """At least one tiled and one fallback GEMM on this host, whatever its vector width."""
     _, tiled = build(ops.gemm(16, 8, 2 * LANES, "mk", "bias"))

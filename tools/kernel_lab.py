@@ -62,6 +62,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="2048,1024,1024", help="M,K,N")
     p.add_argument("--layout", default="mk", choices=("mk", "km"))
+    p.add_argument("--b-layout", default="kn", choices=("kn", "nk"))
     p.add_argument("--epilogue", default="bias_relu", choices=ops.GEMM_EPILOGUES)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--target", default="host")
@@ -71,15 +72,15 @@ def main() -> None:
     target = resolve_target(a.target).tvm_target()
     rng = np.random.default_rng(0)
     A = rng.standard_normal((m, k) if a.layout == "mk" else (k, m), dtype=np.float32)
-    B = rng.standard_normal((k, n), dtype=np.float32)
+    B = rng.standard_normal((k, n) if a.b_layout == "kn" else (n, k), dtype=np.float32)
     extra = None
     if a.epilogue in ("bias", "bias_relu"):
         extra = rng.standard_normal(n, dtype=np.float32)
     elif a.epilogue == "relu_mask":
         extra = rng.standard_normal((m, n), dtype=np.float32)
-    want = ref.gemm(A, B, a.layout, a.epilogue, extra)
+    want = ref.gemm(A, B, a.layout, a.epilogue, extra, a.b_layout)
     flop = 2 * m * n * k
-    func = ops.gemm(m, k, n, a.layout, a.epilogue)
+    func = ops.gemm(m, k, n, a.layout, a.epilogue, a.b_layout)
     rows = []
     dev = tvm.cpu()
     ins = [tvm.runtime.tensor(x, dev) for x in (A, B, extra) if x is not None]
@@ -107,6 +108,7 @@ def main() -> None:
 
         torch.set_num_threads(int(os.environ["TVM_NUM_THREADS"]))
         tA, tB = torch.from_numpy(A), torch.from_numpy(B)
+        tB = tB if a.b_layout == "kn" else tB.T
         f = (lambda: tA @ tB) if a.layout == "mk" else (lambda: tA.T @ tB)
         for _ in range(3):
             f()
