@@ -5,10 +5,11 @@ is not timed). Each runs ``warmup`` untimed steps, then ``steps`` timed ones; we
 TVM and torch run in separate blocks with a pause between, because TVM's idle workers spin after
 a parallel call and would slow torch if interleaved step by step.
 
-Work counted per step (the floor): MLP FLOPs (forward, input gradient except the first bottom
-layer's, weight gradient), interaction FLOPs, and embedding bytes (rows read in the forward,
-read+written in the update). The fp32 "peak" is measured here: the best of torch's fp32 GEMM on
-a large square shape, i.e. an achievable ceiling on this machine rather than a datasheet figure.
+Work counted per step: MLP FLOPs (forward, input gradient except the first bottom layer's,
+weight gradient), interaction FLOPs, and embedding bytes (rows read in the forward, read and
+written in the update). The machine's ceilings are measured in the same run (``peaks.py``: an
+FMA loop for fp32 FLOP/s, a random row gather for embedding bytes). The step's floor is
+FLOPs / peak FLOP/s + embedding bytes / gather bandwidth; "% floor" = floor / measured time.
 """
 
 from __future__ import annotations
@@ -35,24 +36,6 @@ def step_work(cfg: Config) -> dict[str, float]:
     lookups = B * m.num_tables * (L if cfg.data.num_indices_per_lookup_fixed else (L + 1) / 2)
     return {"mlp_flop": fwd + dw + dx, "interaction_flop": inter,
             "embedding_bytes": lookups * D * 4 * 3}
-
-
-def measure_fp32_peak() -> float | None:
-    """GFLOP/s of torch's best fp32 GEMM here (None without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    n = 1024
-    a, b = torch.rand(2048, n), torch.rand(n, n)
-    for _ in range(3):
-        a @ b
-    ts = []
-    for _ in range(10):
-        t = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t)
-    return 2 * 2048 * n * n / min(ts) / 1e9
 
 
 def _median_ms(ts: list[float]) -> float:
@@ -83,13 +66,18 @@ def _time_kernels(vm, fn_calls) -> dict[str, float]:
 def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
               torch_baseline: bool = True) -> dict:
     from dlrm_tvm.data import SyntheticData
+    from dlrm_tvm.peaks import measure_peaks
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
     from dlrm_tvm.runtime.params import init_mlp, init_tables
     from dlrm_tvm.runtime.trainer import Trainer
-    from dlrm_tvm.targets import resolve_target
+    from dlrm_tvm.targets import missing_cpu_flags, resolve_target
 
     cfg.check_fits()
     ti = resolve_target(target)
+    missing = missing_cpu_flags(ti.required_cpu_flags)
+    if missing:
+        raise ValueError(f"cannot benchmark target {target} here: this CPU lacks "
+                         f"{', '.join(missing)}")
     t0 = time.perf_counter()
     res = compile_dlrm(cfg, ti)
     compile_s = time.perf_counter() - t0
@@ -138,7 +126,6 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
                                                                              *ours.mlp))
     kernels = _time_kernels(vm, calls)
 
-    peak = None
     if torch_baseline:
         import torch
 
@@ -158,19 +145,22 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
                     ts.append(time.perf_counter() - t)
             rows.append({"name": name, "ms_per_step": _median_ms(ts)})
             del tt
-        peak = measure_fp32_peak()
+    peaks = measure_peaks(ti.tvm_target(), threads, cfg.model.embedding_dim)
     work = step_work(cfg)
     flop = work["mlp_flop"] + work["interaction_flop"]
+    floor_ms = 1e3 * (flop / (peaks["fp32_gflops"] * 1e9)
+                      + work["embedding_bytes"] / (peaks["gather_gbs"] * 1e9))
     for r in rows:
         r["ratio_vs_tvm"] = r["ms_per_step"] / tvm_ms
         r["gflops"] = flop / (r["ms_per_step"] * 1e-3) / 1e9
-        r["frac_fp32_peak"] = (r["gflops"] / peak) if peak else None
+        r["frac_fp32_peak"] = r["gflops"] / peaks["fp32_gflops"]
+        r["frac_floor"] = floor_ms / r["ms_per_step"]
         r["samples_per_s"] = cfg.train.batch_size / (r["ms_per_step"] * 1e-3)
     return {
         "config": cfg.name, "batch_size": cfg.train.batch_size, "steps": steps,
         "target": ti.to_dict(), "threads": threads, "machine": platform.processor() or
         platform.machine(), "cpu_count": os.cpu_count(), "compile_s": compile_s,
-        "work_per_step": work, "fp32_peak_gflops": peak, "rows": rows,
+        "work_per_step": work, "peaks": peaks, "floor_ms": floor_ms, "rows": rows,
         "functions_ms": functions, "kernels_ms": dict(sorted(kernels.items(),
                                                              key=lambda kv: -kv[1])),
     }
@@ -179,18 +169,20 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
 def format_table(r: dict) -> str:
     out = [f"config {r['config']}  batch {r['batch_size']}  target {r['target']['name']} "
            f"(mcpu {r['target']['mcpu']})  threads {r['threads']}  steps {r['steps']} (median)"]
-    peak = r["fp32_peak_gflops"]
-    out.append(f"work/step: MLP {r['work_per_step']['mlp_flop'] / 1e9:.2f} GFLOP, interaction "
-               f"{r['work_per_step']['interaction_flop'] / 1e9:.3f} GFLOP, embedding "
-               f"{r['work_per_step']['embedding_bytes'] / 1e6:.1f} MB;  fp32 peak (torch best "
-               f"GEMM here): {peak:.0f} GFLOP/s" if peak else "fp32 peak: not measured")
+    pk, w = r["peaks"], r["work_per_step"]
+    out.append(f"work/step: MLP {w['mlp_flop'] / 1e9:.2f} GFLOP, interaction "
+               f"{w['interaction_flop'] / 1e9:.3f} GFLOP, embedding "
+               f"{w['embedding_bytes'] / 1e6:.1f} MB")
+    out.append(f"measured peaks: fp32 {pk['fp32_gflops']:.0f} GFLOP/s (FMA loop), memory "
+               f"{pk['memory_gbs']:.1f} GB/s (copy), random gather {pk['gather_gbs']:.1f} GB/s;"
+               f"  step floor {r['floor_ms']:.2f} ms")
     out.append("")
     out.append(f"{'contender':<22}{'ms/step':>10}{'x dlrm-tvm':>12}{'samples/s':>12}"
-               f"{'GFLOP/s':>10}{'% peak':>8}")
+               f"{'GFLOP/s':>10}{'% peak':>8}{'% floor':>9}")
     for row in r["rows"]:
-        fp = f"{100 * row['frac_fp32_peak']:.0f}" if row["frac_fp32_peak"] else "-"
         out.append(f"{row['name']:<22}{row['ms_per_step']:>10.2f}{row['ratio_vs_tvm']:>12.2f}"
-                   f"{row['samples_per_s']:>12.0f}{row['gflops']:>10.1f}{fp:>8}")
+                   f"{row['samples_per_s']:>12.0f}{row['gflops']:>10.1f}"
+                   f"{100 * row['frac_fp32_peak']:>8.0f}{100 * row['frac_floor']:>9.0f}")
     out.append("")
     out.append("dlrm-tvm per function (ms, median):")
     for k, v in r["functions_ms"].items():

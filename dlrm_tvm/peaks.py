@@ -1,0 +1,141 @@
+"""This machine's measured ceilings, the floors every benchmark timing is compared with.
+
+* fp32 FLOP/s: a register-resident FMA loop (independent accumulator chains, one vector FMA
+  each per iteration), written in LLVM IR, imported into a TIR kernel and run on every thread.
+  Lanes and accumulator count come from the target (AVX2: 8 x 12, AVX-512: 16 x 24).
+* memory bandwidth: a parallel copy of a 256 MiB array (bytes read + bytes written).
+* random-gather bandwidth: rows of a 256 MiB table read by uniform random indices and summed
+  64 at a time, an embedding bag with nothing else to do (bytes of rows gathered).
+
+Each figure is the best of a few runs (a ceiling, not a typical value).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _fma_ir(lanes: int, accs: int) -> str:
+    v = f"<{lanes} x float>"
+
+    def splat(x: str) -> str:
+        return "<" + ", ".join([f"float {x}"] * lanes) + ">"
+
+    mul, add = splat("0x3FEFFFFFE0000000"), splat("0x3F1A36E2E0000000")
+    lines = [f"declare {v} @llvm.fma.v{lanes}f32({v}, {v}, {v})",
+             "define i32 @dlrm_fma_peak(i64 %iters, ptr %out) {",
+             "entry:", "  br label %loop", "loop:",
+             "  %i = phi i64 [0, %entry], [%i1, %loop]"]
+    lines += [f"  %a{a} = phi {v} [{splat('1.0')}, %entry], [%n{a}, %loop]" for a in range(accs)]
+    lines += [f"  %n{a} = call {v} @llvm.fma.v{lanes}f32({v} %a{a}, {v} {mul}, {v} {add})"
+              for a in range(accs)]
+    lines += ["  %i1 = add i64 %i, 1", "  %done = icmp eq i64 %i1, %iters",
+              "  br i1 %done, label %exit, label %loop", "exit:"]
+    prev = "%n0"
+    for a in range(1, accs):
+        lines.append(f"  %s{a} = fadd {v} {prev}, %n{a}")
+        prev = f"%s{a}"
+    lines += [f"  %e = extractelement {v} {prev}, i32 0", "  store float %e, ptr %out",
+              "  ret i32 0", "}"]
+    return "\n".join(lines)
+
+
+def _best(f, reps: int = 3) -> float:
+    f()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def fp32_peak_gflops(target, threads: int, iters: int = 5_000_000) -> float:
+    import tvm
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    from dlrm_tvm.schedules.base import fp32_lanes
+
+    lanes = fp32_lanes(target)
+    accs = 24 if lanes == 16 else 12
+
+    @T.prim_func(s_tir=True)
+    def peak(out: T.Buffer((threads,), "float32"), n: T.int64):
+        for t in range(threads):
+            with T.sblock("w"):
+                vt = T.axis.spatial(threads, t)
+                T.evaluate(T.call_extern("int32", "dlrm_fma_peak", n, T.address_of(out[vt])))
+
+    sch = s_tir.Schedule(peak)
+    (loop,) = sch.get_loops(sch.get_sblock("w"))
+    sch.parallel(loop)
+    sch.annotate(loop, "pragma_import_llvm", _fma_ir(lanes, accs))
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      target=target)
+    out = tvm.runtime.tensor(np.zeros(threads, np.float32))
+    t = _best(lambda: lib["main"](out, iters))
+    return 2 * lanes * accs * iters * threads / t / 1e9
+
+
+def _compile_te(target, tensors):
+    import tvm
+    from tvm import te
+
+    from dlrm_tvm.schedules import rules_for, schedule_func
+
+    func = te.create_prim_func(tensors).with_attr("dlrm.op", "peak_probe")
+    sched, _ = schedule_func(func, target, rules_for(target))
+    return tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
+                       target=target)
+
+
+def memory_bandwidth_gbs(target, mib: int = 256) -> float:
+    import tvm
+    from tvm import te
+
+    n = mib * 2**20 // 4
+    x = te.placeholder((n,), "float32", name="x")
+    y = te.compute((n,), lambda i: x[i], name="y")
+    lib = _compile_te(target, [x, y])
+    a = tvm.runtime.tensor(np.ones(n, np.float32))
+    b = tvm.runtime.tensor(np.zeros(n, np.float32))
+    return 2 * n * 4 / _best(lambda: lib["main"](a, b)) / 1e9
+
+
+def gather_bandwidth_gbs(target, rows: int = 1_000_000, dim: int = 64,
+                         lookups: int = 1_000_000) -> float:
+    """GB/s of table rows gathered by uniform random indices (rows x dim fp32)."""
+    import tvm
+    from tvm import s_tir, te
+
+    chunk = 64  # rows summed per output row: reads dominate, as in an embedding bag
+    tab = te.placeholder((rows, dim), "float32", name="table")
+    idx = te.placeholder((lookups,), "int64", name="idx")
+    r = te.reduce_axis((0, chunk), name="r")
+    out = te.compute((lookups // chunk, dim),
+                     lambda c, d: te.sum(tab[idx[c * chunk + r], d], axis=r), name="out")
+    sch = s_tir.Schedule(te.create_prim_func([tab, idx, out]))
+    blk = sch.get_sblock("out")
+    c, d, r_ = sch.get_loops(blk)
+    sch.reorder(c, r_, d)
+    sch.parallel(c)
+    sch.vectorize(d)  # each gathered row read as whole vectors
+    sch.decompose_reduction(blk, r_)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                      target=target)
+    rng = np.random.default_rng(0)
+    t = tvm.runtime.tensor(rng.random((rows, dim), dtype=np.float32))
+    ix = tvm.runtime.tensor(rng.integers(0, rows, lookups).astype(np.int64))
+    o = tvm.runtime.tensor(np.zeros((lookups // 64, dim), np.float32))
+    return lookups * dim * 4 / _best(lambda: lib["main"](t, ix, o)) / 1e9
+
+
+def measure_peaks(target, threads: int, embedding_dim: int = 64) -> dict:
+    return {
+        "fp32_gflops": fp32_peak_gflops(target, threads),
+        "memory_gbs": memory_bandwidth_gbs(target),
+        "gather_gbs": gather_bandwidth_gbs(target, dim=embedding_dim),
+    }

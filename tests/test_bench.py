@@ -1,0 +1,35 @@
+"""The benchmark command runs end to end and writes its table as JSON (not a speed test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dlrm_tvm import cli
+from dlrm_tvm.peaks import fp32_peak_gflops, gather_bandwidth_gbs
+from dlrm_tvm.targets import resolve_target
+
+pytest.importorskip("torch")
+
+
+def test_bench_tiny_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1",
+                     "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    names = [row["name"] for row in r["rows"]]
+    assert names == ["dlrm-tvm fp32", "torch eager fp32", "torch bf16 autocast"]
+    for row in r["rows"]:
+        assert row["ms_per_step"] > 0 and 0 < row["frac_fp32_peak"] < 1.5
+    assert {"embedding_forward", "dense_forward_backward", "dense_update",
+            "embedding_update"} <= set(r["functions_ms"])
+    assert any(k.startswith("gemm_") for k in r["kernels_ms"])
+    assert r["floor_ms"] > 0
+    assert "x dlrm-tvm" in capsys.readouterr().out
+
+
+def test_peak_probes_measure_something():
+    t = resolve_target("host").tvm_target()
+    assert fp32_peak_gflops(t, threads=1, iters=200_000) > 1.0
+    assert gather_bandwidth_gbs(t, rows=10_000, dim=16, lookups=64 * 1000) > 0.1
