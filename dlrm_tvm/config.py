@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 # Criteo Terabyte per-column category counts (the MLPerf DLRM benchmark's table sizes).
 CRITEO_TERABYTE_ROWS = (
@@ -344,7 +345,9 @@ def _dash_ints(flag: str, s: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in s.split("-"))
     except ValueError as e:
-        raise ConfigError(f"{flag} expects dash-separated integers like 13-512-256, got {s!r}") from e
+        raise ConfigError(
+            f"{flag} expects dash-separated integers like 13-512-256, got {s!r}"
+        ) from e
 
 
 def apply_overrides(cfg: Config, **flags: Any) -> Config:

@@ -61,7 +61,9 @@ def validate_batch(batch: Batch, model: ModelConfig, batch_size: int) -> None:
     sizes = np.diff(off)
     if (sizes < 0).any():
         bag = int(np.argmax(sizes < 0))
-        raise BatchError(f"offsets must be non-decreasing: bag {bag} (table {bag // B}) is negative")
+        raise BatchError(
+            f"offsets must be non-decreasing: bag {bag} (table {bag // B}) has negative size"
+        )
     if idx.size:
         table = np.repeat(np.arange(T * B, dtype=np.int64) // B, sizes)
         rows = np.asarray(model.table_rows, np.int64)[table]

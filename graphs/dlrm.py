@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+from dlrm_tvm.graphs import ops
 from tvm import relax, tirx
 
 from dlrm_tvm.config import ModelConfig
-from dlrm_tvm.graphs import ops
 
 F32 = "float32"
 
@@ -49,7 +49,8 @@ def _t(shape, dtype=F32) -> relax.TensorType:
 
 
 class _Kernels:
-    """Adds each distinct kernel to the module once, under a name that says its shape."""
+    """Adds each distinct kernel to the module once, under a name that says its shape (kernels
+    are shared by name: two layers of one shape call one function)."""
 
     def __init__(self, bb: relax.BlockBuilder):
         self.bb = bb
@@ -96,8 +97,8 @@ class DLRMGraph:
         bot, top = self._layers(params)
         acts_bot = [dense]
         h = dense
-        for kk, (w, b, (ki, n)) in zip(range(len(bot)), bot, strict=True):
-            h = self._emit_tir(k, f"gemm_fwd_bot{kk}_{B}x{ki}x{n}",
+        for w, b, (ki, n) in bot:
+            h = self._emit_tir(k, f"gemm_fwd_{B}x{ki}x{n}_bias_relu",
                                lambda ki=ki, n=n: ops.gemm(B, ki, n, "mk", "bias_relu"),
                                [h, w, b], _t((B, n)))
             acts_bot.append(h)
@@ -119,18 +120,18 @@ class DLRMGraph:
         h = r
         for kk, (w, b, (ki, n)) in enumerate(top):
             epi = "bias" if kk == len(top) - 1 else "bias_relu"
-            h = self._emit_tir(k, f"gemm_fwd_top{kk}_{B}x{ki}x{n}",
+            h = self._emit_tir(k, f"gemm_fwd_{B}x{ki}x{n}_{epi}",
                                lambda ki=ki, n=n, epi=epi: ops.gemm(B, ki, n, "mk", epi),
                                [h, w, b], _t((B, n)))
             acts_top.append(h)
         return acts_bot, acts_top, tc
 
-    def _layer_backward(self, k, tag, x, w, shape, dz, mask_input):
+    def _layer_backward(self, k, x, w, shape, dz, mask_input):
         """Gradients of one Linear: (dWt, db, dX or None). ``mask_input``: the layer's input
         came out of a ReLU, so dX is masked by it; None: no dX needed."""
         B = self.B
         ki, n = shape
-        dw = self._emit_tir(k, f"gemm_dw_{tag}_{ki}x{B}x{n}",
+        dw = self._emit_tir(k, f"gemm_dw_{ki}x{B}x{n}",
                             lambda: ops.gemm(ki, B, n, "km", "none"), [x, dz], _t((ki, n)))
         db = self._emit_tir(k, f"colsum_{B}x{n}", lambda: ops.colsum(B, n), [dz], _t((n,)))
         if mask_input is None:
@@ -139,7 +140,7 @@ class DLRMGraph:
         epi = "relu_mask" if masked else "none"
         args = [dz, w] + ([mask_input] if masked else [])
         # dX = dZ @ Wt^T: Wt read as B in [N, K] layout (the GEMM rule's packing transposes it)
-        dx = self._emit_tir(k, f"gemm_dx_{tag}_{B}x{n}x{ki}_{epi}",
+        dx = self._emit_tir(k, f"gemm_dx_{B}x{n}x{ki}_{epi}",
                             lambda: ops.gemm(B, n, ki, "mk", epi, b_layout="nk"), args,
                             _t((B, ki)))
         return dw, db, dx
@@ -188,7 +189,7 @@ class DLRMGraph:
                 for i in reversed(range(len(top))):
                     w, _, shape = top[i]
                     mask = acts_top[i] if i > 0 else False
-                    dw, db, dz = self._layer_backward(k, f"top{i}", acts_top[i], w, shape, dz, mask)
+                    dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask)
                     grads[len(bot) + i] = (dw, db)
                 if m.interaction == "dot":
                     _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
@@ -209,7 +210,7 @@ class DLRMGraph:
                 for i in reversed(range(len(bot))):
                     w, _, shape = bot[i]
                     mask = acts_bot[i] if i > 0 else None
-                    dw, db, dz = self._layer_backward(k, f"bot{i}", acts_bot[i], w, shape, dz, mask)
+                    dw, db, dz = self._layer_backward(k, acts_bot[i], w, shape, dz, mask)
                     grads[i] = (dw, db)
                 flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]
                 out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled]))
@@ -234,7 +235,7 @@ class DLRMGraph:
         with bb.function("dense_update", [*params, *grads_v, lr]):
             with bb.dataflow():
                 outs = []
-                for (name, shape), pv, gv in zip(self.specs, params, grads_v, strict=True):
+                for (_, shape), pv, gv in zip(self.specs, params, grads_v, strict=True):
                     fn = k.get(f"sgd_update_{'x'.join(map(str, shape))}",
                                lambda shape=shape: ops.sgd_update(shape))
                     outs.append(bb.emit(relax.call_tir_inplace(fn, [pv, gv, lr], [0], _t(shape))))

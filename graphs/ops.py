@@ -11,12 +11,12 @@ Layouts (row-major):
   pooled        [B, T, D]  (one D-vector per sample and table)
   tables        [sum(rows), D]  (all tables concatenated; table t starts at row_offset[t])
   bags          indices int64 [nnz] (row within its table), offsets int64 [T*B + 1], bag
-                (t, b) = indices[offsets[t*B + b] : offsets[t*B + b + 1]]  (table-major, as torchrec)
+                (t, b) = indices[offsets[t*B + b] : offsets[t*B + b + 1]]
+                (table-major, as torchrec's KeyedJaggedTensor)
 """
 
 from __future__ import annotations
 
-import tvm
 from tvm import te, tirx
 from tvm.script import tirx as T
 
@@ -311,18 +311,18 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int) -> tirx.Prim
         nrows = T.int64()
         W = T.match_buffer(w, (nrows, d), F32)
         I_ = T.match_buffer(idx, (nnz,), I64)
-        O = T.match_buffer(off, (nt * b + 1,), I64)
+        Off = T.match_buffer(off, (nt * b + 1,), I64)
         RO = T.match_buffer(roff, (nt,), I64)
         Y = T.match_buffer(out, (b, nt, d), F32)
         for t, s in T.grid(nt, b):
             with T.sblock("bag"):
                 vt, vs = T.axis.remap("SS", [t, s])
-                T.reads(W[0:nrows, 0:d], I_[0:nnz], O[vt * b + vs : vt * b + vs + 2], RO[vt])
+                T.reads(W[0:nrows, 0:d], I_[0:nnz], Off[vt * b + vs : vt * b + vs + 2], RO[vt])
                 T.writes(Y[vs, vt, 0:d])
                 acc = T.sblock_alloc_buffer((d,), F32, scope="local")
                 for k in range(d):
                     acc[k] = T.float32(0)
-                for p in range(O[vt * b + vs], O[vt * b + vs + 1]):
+                for p in range(Off[vt * b + vs], Off[vt * b + vs + 1]):
                     for k in range(d):
                         acc[k] = acc[k] + W[I_[p] + RO[vt], k]
                 for k in range(d):
@@ -346,7 +346,7 @@ def embedding_bag_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimF
         nrows = T.int64()
         W = T.match_buffer(w, (nrows, d), F32)
         I_ = T.match_buffer(idx, (nnz,), I64)
-        O = T.match_buffer(off, (nt * b + 1,), I64)
+        Off = T.match_buffer(off, (nt * b + 1,), I64)
         RO = T.match_buffer(roff, (nt,), I64)
         G = T.match_buffer(g, (b, nt, d), F32)
         for o in range(owners):
@@ -354,11 +354,11 @@ def embedding_bag_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimF
                 vo = T.axis.spatial(owners, o)
                 # W is read and written, but each owner touches only its own rows: declared as
                 # written only, so a schedule may run the owners in parallel
-                T.reads(I_[0:nnz], O[0 : nt * b + 1], RO[0:nt], G[0:b, 0:nt, 0:d],
+                T.reads(I_[0:nnz], Off[0 : nt * b + 1], RO[0:nt], G[0:b, 0:nt, 0:d],
                         lr[0])
                 T.writes(W[0:nrows, 0:d])
                 for t, s in T.grid(nt, b):
-                    for p in range(O[t * b + s], O[t * b + s + 1]):
+                    for p in range(Off[t * b + s], Off[t * b + s + 1]):
                         if T.floormod(I_[p] + RO[t], T.int64(owners)) == T.int64(vo):
                             for k in range(d):
                                 W[I_[p] + RO[t], k] = W[I_[p] + RO[t], k] - lr[0] * G[s, t, k]

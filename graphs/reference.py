@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from dlrm_tvm.graphs.ops import pair_tables
 
 

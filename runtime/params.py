@@ -11,9 +11,9 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+from dlrm_tvm.graphs.dlrm import mlp_param_specs
 
 from dlrm_tvm.config import ModelConfig
-from dlrm_tvm.graphs.dlrm import mlp_param_specs
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+from dlrm_tvm.graphs.dlrm import mlp_param_specs
+from dlrm_tvm.runtime.params import init_mlp, init_tables
 
 from dlrm_tvm.config import Config
 from dlrm_tvm.data import Batch, validate_batch
-from dlrm_tvm.graphs.dlrm import mlp_param_specs
-from dlrm_tvm.runtime.params import init_mlp, init_tables
 
 
 class Trainer:

@@ -79,7 +79,8 @@ def gemm_packed_schedule(func: tirx.PrimFunc, target: Target, pack_a: str = "aut
                          panel_outer: bool | None = None):
     """Register tile + operands packed into contiguous panels first.
 
-    B [K, N] (or [N, K]) is copied to Bp[N/NJ][K][NJ] so a column panel is one sequential stream (a plain
+    B [K, N] (or [N, K]) is copied to Bp[N/NJ][K][NJ] so a column panel is one sequential stream
+    (a plain
     [K, N] panel is read with an N*4-byte stride: with N a multiple of 1024 every row of the
     panel falls in the same cache set). A is packed to Ap[M/MI][K][MI] when it is read as
     [K, M] (weight gradient; pack_a="auto") or always (pack_a="always").

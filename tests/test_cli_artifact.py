@@ -45,8 +45,9 @@ def test_train_from_artifact_writes_metrics(tiny_artifact, tmp_path):
 
 
 def test_artifact_reloads_bit_identical_in_fresh_process(tiny_artifact, tmp_path):
-    from dlrm_tvm.data import SyntheticData
     from dlrm_tvm.runtime.trainer import Trainer
+
+    from dlrm_tvm.data import SyntheticData
 
     vm, art = load_artifact(tiny_artifact)
     cfg = art.config

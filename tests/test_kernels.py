@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-
 from dlrm_tvm.graphs import ops
 from dlrm_tvm.graphs import reference as ref
 from dlrm_tvm.schedules import rules_for, schedule_func
 from dlrm_tvm.schedules.base import fp32_lanes
+
 from dlrm_tvm.targets import resolve_target
 
 TARGET = resolve_target("host").tvm_target()

@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from dlrm_tvm.runtime.trainer import Trainer
 
 from dlrm_tvm.config import PRESETS, Config
 from dlrm_tvm.data import SyntheticData
-from dlrm_tvm.runtime.trainer import Trainer
 
 torch = pytest.importorskip("torch")
 from dlrm_tvm.torch_ref import TorchTrainer  # noqa: E402

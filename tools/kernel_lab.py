@@ -20,11 +20,11 @@ os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import numpy as np  # noqa: E402
 import tvm  # noqa: E402
-
 from dlrm_tvm.graphs import ops  # noqa: E402
 from dlrm_tvm.graphs import reference as ref  # noqa: E402
 from dlrm_tvm.schedules import ALL_RULES  # noqa: E402
 from dlrm_tvm.schedules.gemm import gemm_packed_schedule  # noqa: E402
+
 from dlrm_tvm.targets import resolve_target  # noqa: E402
 
 
