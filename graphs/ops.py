@@ -242,28 +242,29 @@ def interaction_dot_bwd(b: int, f: int, d: int, itself: bool, width_padded: int)
     """Gradients of R wrt the bottom output and the pooled embeddings.
 
     Inputs dR [B, width_padded], Tc [B, F, D], pidx int32 [F, F] (pair index of (i, j), -1 if
-    none); outputs dx [B, D] = dR[:, :D] + G[:, 0], demb [B, F-1, D] = G[:, 1:], where
-    G[b, i] = sum_j dZ(b, i, j) Tc[b, j] and dZ is dR's pair part made symmetric (the diagonal
-    counted twice).
+    none); outputs dx [B, D] = dR[:, :D] + G(0), demb [B, F-1, D] with demb[:, t] = G(t + 1),
+    where G(i)[b] = sum_j dZ(b, i, j) Tc[b, j] and dZ is dR's pair part made symmetric (the
+    diagonal counted twice), read straight from dR (never stored).
+    Blocks: "G0" (the bottom row's sum), "dx", "demb".
     """
     Tc = te.placeholder((b, f, d), F32, name="Tc")
     dR = te.placeholder((b, width_padded), F32, name="dR")
     pidx = te.placeholder((f, f), "int32", name="pidx")
     zero = tirx.const(0.0, F32)
     two = tirx.const(2.0, F32)
-    dZ = te.compute(
-        (b, f, f),
-        lambda n, i, j: tirx.if_then_else(
-            pidx[i, j] >= 0,
-            dR[n, d + te.max(pidx[i, j], 0)] * tirx.if_then_else(i == j, two, tirx.const(1.0, F32)),
-            zero,
-        ),
-        name="dZ",
-    )
+
+    def dz(n, i, j):
+        scale = tirx.if_then_else(i == j, two, tirx.const(1.0, F32))
+        return tirx.if_then_else(pidx[i, j] >= 0, dR[n, d + te.max(pidx[i, j], 0)] * scale, zero)
+
     r = te.reduce_axis((0, f), name="r")
-    G = te.compute((b, f, d), lambda n, i, k: te.sum(dZ[n, i, r] * Tc[n, r, k], axis=r), name="G")
-    dx = te.compute((b, d), lambda n, k: dR[n, k] + G[n, 0, k], name="dx")
-    demb = te.compute((b, f - 1, d), lambda n, t, k: G[n, t + 1, k], name="demb")
+    g0 = te.compute((b, d), lambda n, k: te.sum(dz(n, 0, r) * Tc[n, r, k], axis=r), name="G0")
+    dx = te.compute((b, d), lambda n, k: dR[n, k] + g0[n, k], name="dx")
+    r2 = te.reduce_axis((0, f), name="r2")
+    demb = te.compute(
+        (b, f - 1, d), lambda n, t, k: te.sum(dz(n, t + 1, r2) * Tc[n, r2, k], axis=r2),
+        name="demb",
+    )
     return _tag(te.create_prim_func([dR, Tc, pidx, dx, demb]), "interaction_dot_bwd")
 
 

@@ -2,8 +2,8 @@
 
 Forward: parallel over samples; each pair's dot product accumulates whole vectors (rfactor
 over the D loop) and is summed horizontally at the end.
-Backward: G[b, i, :] = sum_j dZ[b, i, j] Tc[b, j, :] with the D loop innermost and vectorised;
-the other blocks (symmetric dZ, the two output copies) take the generic parallel schedule.
+Backward: each gradient row is sum_j dZ[b, i, j] Tc[b, j, :] with the D loop innermost and
+vectorised, the pair weights dZ read from dR on the fly.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import Rule, const_extent, fp32_lanes, top_level_blocks
-from .fallback import schedule_generic
+from .base import Rule, const_extent, fp32_lanes
 
 
 class InteractionDotFwd(Rule):
@@ -52,6 +51,9 @@ class InteractionDotFwd(Rule):
 
 
 class InteractionDotBwd(Rule):
+    """Per sample: each output row is a sum over the F feature rows (D innermost, vectorised),
+    the pair weights read straight from dR; samples parallel."""
+
     name = "interaction_dot_bwd_batched_gemm"
     ops = ("interaction_dot_bwd",)
 
@@ -59,13 +61,14 @@ class InteractionDotBwd(Rule):
         if not self.matches_op(func):
             return None
         sch = s_tir.Schedule(func)
-        g = sch.get_sblock("G")
-        n, i, k, r = sch.get_loops(g)
-        sch.reorder(n, i, r, k)
+        for name in ("G0", "demb"):
+            blk = sch.get_sblock(name)
+            loops = sch.get_loops(blk)
+            sch.reorder(loops[-1], loops[-2])  # the F reduction outside the D loop
+            sch.parallel(loops[0])
+            sch.vectorize(loops[-2])
+            sch.decompose_reduction(blk, loops[-1])
+        n, k = sch.get_loops(sch.get_sblock("dx"))
         sch.parallel(n)
         sch.vectorize(k)
-        sch.decompose_reduction(g, r)
-        others = [blk for blk in top_level_blocks(sch)
-                  if sch.get(blk).name_hint in ("dZ", "dx", "demb")]
-        schedule_generic(sch, others, fp32_lanes(target))
         return sch
