@@ -42,7 +42,7 @@ def _fma_ir(lanes: int, accs: int) -> str:
     return "\n".join(lines)
 
 
-def _best(f, reps: int = 3) -> float:
+def _best(f, reps: int = 5) -> float:
     f()
     ts = []
     for _ in range(reps):
@@ -52,7 +52,7 @@ def _best(f, reps: int = 3) -> float:
     return min(ts)
 
 
-def fp32_peak_gflops(target, threads: int, iters: int = 5_000_000) -> float:
+def fp32_peak_gflops(target, threads: int, iters: int = 40_000_000) -> float:
     import tvm
     from tvm import s_tir
     from tvm.script import tirx as T
