@@ -1,0 +1,54 @@
+"""Named targets: each resolves to the features that select the rules, and the training step
+cross-compiles for every one of them on any host (compile-only: nothing runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dlrm_tvm import cli
+from dlrm_tvm.targets import NAMED_TARGETS, resolve_target
+
+EXPECT = {  # feature: targets that must have it / must not
+    "avx512f": ({"skylake-avx512", "cascadelake", "icelake-server", "cooperlake",
+                 "sapphirerapids", "znver4", "znver5"}, {"znver3", "x86-64-v3"}),
+    "avx512bf16": ({"cooperlake", "sapphirerapids", "znver4", "znver5"},
+                   {"skylake-avx512", "cascadelake", "icelake-server", "znver3", "x86-64-v3"}),
+    "avx512vnni": ({"cascadelake", "icelake-server", "cooperlake", "sapphirerapids"},
+                   {"skylake-avx512", "znver3"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_TARGETS))
+def test_named_target_features(name):
+    t = resolve_target(name)
+    for feat, (yes, no) in EXPECT.items():
+        if name in yes:
+            assert feat in t.features, f"{name} should have {feat}"
+        if name in no:
+            assert feat not in t.features, f"{name} should not have {feat}"
+    assert t.lanes_fp32 == (16 if "avx512f" in t.features else 8)
+
+
+def test_host_target_runs_here():
+    from dlrm_tvm.targets import missing_cpu_flags
+
+    t = resolve_target("host")
+    assert missing_cpu_flags(t.required_cpu_flags) == []
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(ValueError, match="unknown target"):
+        resolve_target("pentium-pro")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NAMED_TARGETS))
+def test_training_step_cross_compiles(name, tmp_path):
+    out = tmp_path / name
+    assert cli.main(["compile", "--config", "tiny", "--target", name, "--out", str(out)]) == 0
+    meta = json.loads((out / "artifact.json").read_text())
+    t = resolve_target(name)
+    assert meta["target"]["required_cpu_flags"] == list(t.required_cpu_flags)
+    assert (out / "module.so").stat().st_size > 0
