@@ -15,6 +15,8 @@ EPILOG = """examples:
   dlrm-tvm compile --config small --target cooperlake --out artifacts/small-cpx
   dlrm-tvm train --artifact artifacts/tiny --steps 50 --out runs/t2
   dlrm-tvm bench --config small --json bench.json
+  dlrm-tvm kernels list --config small
+  dlrm-tvm kernels bench --op gemm --shape 2048,1024,1024 --rule gemm_packed_fp32
 """
 
 
@@ -114,6 +116,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_kernels_list(args) -> int:
+    from dlrm_tvm.kernels import format_list, list_kernels
+
+    r = list_kernels(_resolve_config(args), args.target)
+    print(format_list(r))
+    _write_json(args.json, r)
+    return 0
+
+
+def cmd_kernels_bench(args) -> int:
+    from dlrm_tvm.kernels import bench_gemm, format_bench
+
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    if args.op != "gemm":
+        raise ValueError(f"kernels bench supports --op gemm for now, not {args.op!r}")
+    try:
+        shape = tuple(int(x) for x in args.shape.split(","))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError) as e:
+        raise ValueError(
+            f"--shape expects M,K,N (three positive integers), got {args.shape!r}"
+        ) from e
+    r = bench_gemm(shape, args.layout, args.b_layout, args.epilogue, args.rule, args.target,
+                   args.reps, torch_baseline=not args.no_torch)
+    print(format_bench(r))
+    _write_json(args.json, r)
+    return 0 if all(row["status"] != "WRONG" for row in r["rows"]) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dlrm-tvm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -159,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     b.add_argument("--json", help="also write the table as JSON here")
     b.set_defaults(func=cmd_bench)
+
+    kp = sub.add_parser("kernels", help="which schedule rule runs each kernel; race rules",
+                        description="Experiment with schedules: list the rule chosen per kernel, "
+                        "or benchmark candidate rules for one op against torch.")
+    ksub = kp.add_subparsers(dest="kcmd", required=True)
+    kl = ksub.add_parser("list", help="per kernel: the applicable rules and the one chosen")
+    _add_config_args(kl)
+    kl.add_argument("--target", default="host")
+    kl.add_argument("--json", help="also write the table as JSON here")
+    kl.set_defaults(func=cmd_kernels_list)
+    kb = ksub.add_parser("bench", help="check and time candidate rules for one op and shape",
+                         description="Each candidate is checked against the NumPy reference "
+                         "(outputs poisoned first) and timed; torch's matmul (fp32, bf16) runs "
+                         "in the same process. Exit status 1 if a candidate is wrong.")
+    kb.add_argument("--op", default="gemm", help="operator (gemm)")
+    kb.add_argument("--shape", required=True, help="M,K,N")
+    kb.add_argument("--layout", default="mk", choices=("mk", "km"),
+                    help="A as [M, K] (forward, input gradient) or [K, M] (weight gradient)")
+    kb.add_argument("--b-layout", default="kn", choices=("kn", "nk"))
+    kb.add_argument("--epilogue", default="none",
+                    choices=("none", "bias", "bias_relu", "relu_mask"))
+    kb.add_argument("--rule", action="append", help="candidate rule (repeatable; default: all)")
+    kb.add_argument("--target", default="host")
+    kb.add_argument("--reps", type=int, default=10)
+    kb.add_argument("--no-torch", action="store_true")
+    kb.add_argument("--json", help="also write the table as JSON here")
+    kb.set_defaults(func=cmd_kernels_bench)
     return p
 
 

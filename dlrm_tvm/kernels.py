@@ -1,0 +1,170 @@
+"""``dlrm-tvm kernels``: see which rule schedules each kernel, and race candidate rules.
+
+``list``: for every kernel of a config's training step on a target, the rules that accept it
+and the one the ordered list picks. ``bench``: one op at one shape, every candidate rule (or
+those named) checked against the NumPy oracle on random data with poisoned outputs, timed, and
+compared with torch's matmul (fp32 and bf16) in the same process, as GFLOP/s and as a fraction
+of the machine's measured fp32 peak.
+
+To try a rule of your own: write a ``Rule`` subclass in a file under ``schedules/``, add it to
+``ALL_RULES`` in ``schedules/__init__.py``, and select it with ``--rule NAME`` here, in
+``dlrm-tvm compile/train --rule NAME``, or leave it in the target's list.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from dlrm_tvm.config import Config
+
+
+def list_kernels(cfg: Config, target_name: str = "host") -> dict:
+    from tvm import tirx
+
+    from dlrm_tvm.graphs.dlrm import DLRMGraph
+    from dlrm_tvm.schedules import rules_for
+    from dlrm_tvm.schedules.base import op_of
+    from dlrm_tvm.targets import resolve_target
+
+    ti = resolve_target(target_name)
+    target = ti.tvm_target()
+    rules = rules_for(target)
+    mod = DLRMGraph(cfg.model, cfg.train.batch_size).build()
+    rows = []
+    for gv, func in sorted(mod.functions_items(), key=lambda kv: kv[0].name_hint):
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        ok = []
+        for r in rules:
+            if not r.matches_op(func):
+                continue
+            try:
+                if r.apply(func, target, False) is not None:
+                    ok.append(r.name)
+            except Exception as e:  # noqa: BLE001 - a rule that raises is reported, not fatal
+                ok.append(f"{r.name} (raised {type(e).__name__})")
+        rows.append({"kernel": gv.name_hint, "op": op_of(func), "applicable": ok,
+                     "chosen": ok[0] if ok else None})
+    return {"config": cfg.name, "target": ti.to_dict(),
+            "rule_order": [r.name for r in rules], "kernels": rows}
+
+
+def format_list(r: dict) -> str:
+    out = [f"config {r['config']}  target {r['target']['name']} (mcpu {r['target']['mcpu']}, "
+           f"features {','.join(r['target']['features']) or '-'})",
+           f"rule order: {' > '.join(r['rule_order'])}", ""]
+    w = max(len(k["kernel"]) for k in r["kernels"]) + 2
+    out.append(f"{'kernel':<{w}}{'op':<26}{'chosen':<34}other applicable rules")
+    for k in r["kernels"]:
+        others = ", ".join(x for x in k["applicable"][1:])
+        out.append(f"{k['kernel']:<{w}}{k['op'] or '?':<26}{k['chosen'] or '-':<34}{others}")
+    return "\n".join(out)
+
+
+def _time(f, reps: int, budget_s: float = 3.0) -> float:
+    """Median of up to ``reps`` runs, fewer (at least 2) once ``budget_s`` is spent."""
+    f()
+    ts: list[float] = []
+    while len(ts) < reps and (len(ts) < 2 or sum(ts) < budget_s):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str = "kn",
+               epilogue: str = "none", rules: list[str] | None = None,
+               target_name: str = "host", reps: int = 10, torch_baseline: bool = True) -> dict:
+    import tvm
+
+    from dlrm_tvm.graphs import ops
+    from dlrm_tvm.graphs import reference as ref
+    from dlrm_tvm.peaks import fp32_peak_gflops
+    from dlrm_tvm.schedules import ALL_RULES
+    from dlrm_tvm.targets import missing_cpu_flags, resolve_target
+
+    m, k, n = shape
+    ti = resolve_target(target_name)
+    missing = missing_cpu_flags(ti.required_cpu_flags)
+    if missing:
+        raise ValueError(f"cannot run target {target_name} here: this CPU lacks "
+                         f"{', '.join(missing)} (compile-only: use `dlrm-tvm compile`)")
+    target = ti.tvm_target()
+    func = ops.gemm(m, k, n, a_layout, epilogue, b_layout)
+    # default: the rules written for this op (the generic fallback only when named: it is slow)
+    names = rules or [r for r, rule in ALL_RULES.items() if rule.ops and rule.matches_op(func)]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k) if a_layout == "mk" else (k, m), dtype=np.float32)
+    b = rng.standard_normal((k, n) if b_layout == "kn" else (n, k), dtype=np.float32)
+    extra = None
+    if epilogue in ("bias", "bias_relu"):
+        extra = rng.standard_normal(n, dtype=np.float32)
+    elif epilogue == "relu_mask":
+        extra = rng.standard_normal((m, n), dtype=np.float32)
+    want = ref.gemm(a, b, a_layout, epilogue, extra, b_layout)
+    dev = tvm.cpu()
+    ins = [tvm.runtime.tensor(x, dev) for x in (a, b, extra) if x is not None]
+    flop = 2.0 * m * n * k
+    threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    peak = fp32_peak_gflops(target, threads)
+    rows = []
+    for name in names:
+        if name not in ALL_RULES:
+            raise ValueError(f"unknown rule {name!r}; known: {sorted(ALL_RULES)}")
+        rule = ALL_RULES[name]
+        sch = rule.apply(func, target, False) if rule.matches_op(func) else None
+        if sch is None:
+            rows.append({"name": name, "status": "does not apply"})
+            continue
+        lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol",
+                                                                          "main")}),
+                          target=target)
+        out = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32), dev)
+        lib["main"](*ins, out)
+        got = out.numpy()
+        err = float(np.linalg.norm(got - want) / max(1e-30, np.linalg.norm(want)))
+        ok = bool(not np.isnan(got).any() and err < 1e-5)
+        s = _time(lambda lib=lib, out=out: lib["main"](*ins, out), reps)
+        rows.append({"name": name, "status": "ok" if ok else "WRONG", "rel_err": err,
+                     "ms": s * 1e3, "gflops": flop / s / 1e9, "frac_fp32_peak": flop / s / 1e9
+                     / peak})
+    if torch_baseline:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            torch.set_num_threads(threads)
+            time.sleep(0.3)
+            for dt, label in ((torch.float32, "torch matmul fp32"),
+                              (torch.bfloat16, "torch matmul bf16")):
+                ta = torch.from_numpy(a).to(dt)
+                tb = torch.from_numpy(b).to(dt)
+                ta = ta if a_layout == "mk" else ta.T
+                tb = tb if b_layout == "kn" else tb.T
+                s = _time(lambda ta=ta, tb=tb: ta @ tb, reps)
+                rows.append({"name": label, "status": "baseline", "ms": s * 1e3,
+                             "gflops": flop / s / 1e9, "frac_fp32_peak": flop / s / 1e9 / peak})
+    return {"op": "gemm", "shape": [m, k, n], "a_layout": a_layout, "b_layout": b_layout,
+            "epilogue": epilogue, "target": ti.to_dict(), "threads": threads,
+            "fp32_peak_gflops": peak, "rows": rows}
+
+
+def format_bench(r: dict) -> str:
+    m, k, n = r["shape"]
+    out = [f"gemm M,K,N={m},{k},{n}  A {r['a_layout']}  B {r['b_layout']}  epilogue "
+           f"{r['epilogue']}  target {r['target']['name']}  threads {r['threads']}  "
+           f"fp32 peak {r['fp32_peak_gflops']:.0f} GFLOP/s (measured)", ""]
+    out.append(f"{'candidate':<24}{'status':<16}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}"
+               f"{'rel err':>10}")
+    for row in r["rows"]:
+        if "ms" not in row:
+            out.append(f"{row['name']:<24}{row['status']:<16}")
+            continue
+        err = f"{row['rel_err']:.1e}" if "rel_err" in row else "-"
+        out.append(f"{row['name']:<24}{row['status']:<16}{row['ms']:>9.3f}{row['gflops']:>10.1f}"
+                   f"{100 * row['frac_fp32_peak']:>8.0f}{err:>10}")
+    return "\n".join(out)

@@ -1,0 +1,39 @@
+"""`dlrm-tvm kernels list|bench`: the schedule experimenter's front door."""
+
+from __future__ import annotations
+
+import json
+
+from dlrm_tvm import cli
+
+
+def test_kernels_list_shows_chosen_rule_per_kernel(tmp_path, capsys):
+    out = tmp_path / "k.json"
+    assert cli.main(["kernels", "list", "--config", "tiny", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    by_op = {k["op"]: k for k in r["kernels"]}
+    assert by_op["embedding_bag_fwd"]["chosen"] == "embedding_bag_parallel_bags"
+    for k in r["kernels"]:
+        assert k["chosen"] == k["applicable"][0]
+        assert "fallback" in k["applicable"]  # every list ends in the rule that takes anything
+    assert r["rule_order"][-1] == "fallback"
+    assert "gemm_packed_fp32" in capsys.readouterr().out
+
+
+def test_kernels_bench_checks_and_times_candidates(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = cli.main(["kernels", "bench", "--op", "gemm", "--shape", "64,40,48", "--epilogue",
+                   "bias_relu", "--rule", "gemm_packed_fp32", "--rule", "gemm_tiled_fp32",
+                   "--rule", "fallback", "--reps", "3", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    rows = {row["name"]: row for row in r["rows"]}
+    for name in ("gemm_packed_fp32", "gemm_tiled_fp32", "fallback"):
+        assert rows[name]["status"] == "ok" and rows[name]["rel_err"] < 1e-5
+        assert rows[name]["gflops"] > 0
+    assert r["fp32_peak_gflops"] > 1
+
+
+def test_kernels_bench_rejects_bad_shape(capsys):
+    assert cli.main(["kernels", "bench", "--shape", "64,40"]) == 2
+    assert "M,K,N" in capsys.readouterr().err
