@@ -38,13 +38,14 @@ GEMM_EPILOGUES = ("none", "bias", "bias_relu", "relu_mask")
 
 
 def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
-         b_layout: str = "kn") -> tirx.PrimFunc:
+         b_layout: str = "kn", in_dtype: str = F32) -> tirx.PrimFunc:
     """Y[m, n] = epilogue(sum_k A(m, k) * B[k, n]).
 
     a_layout "mk": A is [M, K] (forward X @ Wt, input gradient dY @ W);
     a_layout "km": A is [K, M] (weight gradient X^T @ dY).
     b_layout "kn": B is [K, N]; "nk": B is [N, K] (input gradient dY @ Wt^T straight from the
     stored Wt, with no transpose kernel).
+    in_dtype: of A and B ("float32" or "bfloat16"); products and sums are fp32, Y is fp32.
     epilogues: "none"; "bias" (+ b[n]); "bias_relu" (max(. + b[n], 0));
     "relu_mask" (. where mask[m, n] > 0 else 0: the ReLU backward through the layer's input).
     Blocks: "C" (the reduction) and "Y" (the epilogue).
@@ -55,15 +56,20 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
         raise ValueError(f"b_layout must be 'kn' or 'nk', got {b_layout!r}")
     if epilogue not in GEMM_EPILOGUES:
         raise ValueError(f"epilogue must be one of {GEMM_EPILOGUES}, got {epilogue!r}")
-    A = te.placeholder((m, k) if a_layout == "mk" else (k, m), F32, name="A")
-    Bm = te.placeholder((k, n) if b_layout == "kn" else (n, k), F32, name="B")
+    if in_dtype not in (F32, "bfloat16"):
+        raise ValueError(f"in_dtype must be float32 or bfloat16, got {in_dtype!r}")
+    A = te.placeholder((m, k) if a_layout == "mk" else (k, m), in_dtype, name="A")
+    Bm = te.placeholder((k, n) if b_layout == "kn" else (n, k), in_dtype, name="B")
     r = te.reduce_axis((0, k), name="k")
 
+    def f32(x):
+        return x if in_dtype == F32 else x.astype(F32)
+
     def a_at(i, kk):
-        return A[i, kk] if a_layout == "mk" else A[kk, i]
+        return f32(A[i, kk] if a_layout == "mk" else A[kk, i])
 
     def b_at(kk, j):
-        return Bm[kk, j] if b_layout == "kn" else Bm[j, kk]
+        return f32(Bm[kk, j] if b_layout == "kn" else Bm[j, kk])
 
     C = te.compute((m, n), lambda i, j: te.sum(a_at(i, r) * b_at(r, j), axis=r), name="C")
     zero = tirx.const(0.0, F32)
@@ -85,7 +91,7 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
         )
     f = te.create_prim_func([*args, Y])
     return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
-                epilogue=epilogue)
+                epilogue=epilogue, in_dtype=in_dtype)
 
 
 def transpose(m: int, n: int) -> tirx.PrimFunc:

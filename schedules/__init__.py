@@ -10,16 +10,18 @@ from __future__ import annotations
 from tvm import IRModule, tirx
 from tvm.target import Target
 
-from .base import Rule, op_of
+from .base import Rule, has_feature, op_of
 from .embedding import EmbeddingBagParallelBags, EmbeddingUpdateRowOwner
 from .fallback import Fallback
 from .gemm import GemmPacked, GemmTiled
 from .interaction import InteractionDotBwd, InteractionDotFwd
 from .reduction import ColsumVectorBlocks
+from .x86.gemm_bf16 import GemmBF16Dpbf16ps
 
 ALL_RULES: dict[str, Rule] = {
     r.name: r
     for r in (
+        GemmBF16Dpbf16ps(),
         GemmPacked(),
         GemmTiled(),
         ColsumVectorBlocks(),
@@ -35,13 +37,14 @@ ALL_RULES: dict[str, Rule] = {
 def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[Rule]:
     """The ordered rule list for ``target``: preferred rules first, Fallback last.
 
-    fp32 rules only for now: the same list serves AVX2 and AVX-512 targets, with tile sizes
-    derived from the target inside each rule.
+    The BF16 microkernel rule is listed only for targets with avx512bf16 (and checks again
+    itself); then the fp32 rules, whose tile sizes come from the target (AVX2 or AVX-512).
     """
     unknown = [p for p in prefer if p not in ALL_RULES]
     if unknown:
         raise ValueError(f"unknown schedule rule(s) {unknown}; known: {sorted(ALL_RULES)}")
     base = [
+        *([ALL_RULES["gemm_bf16_avx512_dpbf16ps"]] if has_feature(target, "avx512bf16") else []),
         ALL_RULES["gemm_packed_fp32"],
         ALL_RULES["gemm_tiled_fp32"],
         ALL_RULES["colsum_vector_blocks"],

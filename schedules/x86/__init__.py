@@ -1,0 +1,1 @@
+"""x86-specific rules: those that use an instruction only some x86 CPUs have."""

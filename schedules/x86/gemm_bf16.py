@@ -1,0 +1,90 @@
+"""GEMM on the AVX-512 BF16 microkernel (bf16 A and B, fp32 accumulation and output).
+
+B is packed to the VNNI-2 layout Bp[N/16][K/2][16][2] (the packing copy also transposes when B
+comes as [N, K]); the register tile is MI rows x NJ columns of fp32 accumulators (NJ = 32: two
+zmm per row; MI fills half of the 32 zmm registers), K walked in pairs, each step one
+``vdpbf16ps`` per 16 columns with the row's bf16 pair broadcast. The fp32 epilogue (bias, ReLU,
+ReLU mask) runs on the tile before it is stored. Applies only to targets with avx512bf16, to
+bf16 GEMMs with N a multiple of 16 and K even (others fall to the fp32-compute rules).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..base import Rule, attr, has_feature, vector_registers
+from ..intrin import DPBF16_16X2, DPBF16_16X2_DESC, DPBF16_LLVM_IR, register
+
+
+class GemmBF16Dpbf16ps(Rule):
+    """``emulate=True`` (tests only, never in a target's list) tensorizes with the microkernel's
+    plain-TIR description instead, so the schedule runs on any CPU."""
+
+    name = "gemm_bf16_avx512_dpbf16ps"
+    ops = ("gemm",)
+
+    def __init__(self, emulate: bool = False):
+        self.emulate = emulate
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
+        if not self.matches_op(func) or attr(func, "in_dtype", "float32") != "bfloat16":
+            return None
+        if not self.emulate and not has_feature(target, "avx512bf16"):
+            return None  # LLVM would abort the process on this instruction
+        m, k, n = attr(func, "m"), attr(func, "k"), attr(func, "n")
+        if n % 16 or k % 2:
+            return None
+        register()
+        nj = 32 if n % 32 == 0 else 16
+        regs = 32 if self.emulate else vector_registers(target)
+        mi = max(1, (regs // 2) // (nj // 16))
+        while m % mi:
+            mi -= 1
+        sch = s_tir.Schedule(func)
+        c = sch.get_sblock("C")
+        y = sch.get_sblock("Y")
+        bp = sch.cache_read(c, 1, "global")
+        if attr(func, "b_layout", "kn") == "kn":
+            sch.transform_layout(bp, ("write", 0),
+                                 lambda kk, nn: (nn // 16, kk // 2, nn % 16, kk % 2))
+        else:
+            sch.transform_layout(bp, ("write", 0),
+                                 lambda nn, kk: (nn // 16, kk // 2, nn % 16, kk % 2))
+        if attr(func, "a_layout") == "km":
+            ap = sch.cache_read(c, 0, "global")  # [K, M] -> [M, K]: each row's pairs contiguous
+            sch.transform_layout(ap, ("write", 0), lambda kk, i: (i, kk))
+            _parallel_outer(sch, ap)
+        i, j = sch.get_loops(y)
+        io, ii = sch.split(i, [None, mi])
+        jo, ji = sch.split(j, [None, nj])
+        sch.reorder(io, jo, ii, ji)
+        sch.compute_at(c, jo)
+        sch.set_scope(c, 0, "local")
+        inner = sch.get_loops(c)[2:]
+        if len(inner) == 3:
+            ci, cj, ck = inner
+        else:
+            ci, (cj, ck) = None, inner
+        ko, kk = sch.split(ck, [None, 2])
+        cjo, cji = sch.split(cj, [None, 16])
+        if ci is not None:
+            sch.reorder(ko, ci, cjo, cji, kk)
+        else:
+            sch.reorder(ko, cjo, cji, kk)
+        outer = sch.fuse(io, jo)
+        sch.parallel(outer)
+        sch.vectorize(ji)
+        sch.decompose_reduction(c, ko)
+        sch.tensorize(cji, DPBF16_16X2_DESC if self.emulate else DPBF16_16X2)
+        if ci is not None:
+            sch.unroll(ci)
+        sch.unroll(cjo)
+        if not self.emulate:
+            sch.annotate(outer, "pragma_import_llvm", DPBF16_LLVM_IR)
+        _parallel_outer(sch, bp)
+        return sch
+
+
+def _parallel_outer(sch: s_tir.Schedule, block) -> None:
+    sch.parallel(sch.get_loops(block)[0])
