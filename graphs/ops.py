@@ -142,6 +142,42 @@ def sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
     raise ValueError(f"sgd_update supports rank 1 or 2, got shape {shape}")
 
 
+def split_sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
+    """Split-SGD-BF16, in place: the fp32 master weight lives as its upper 16 bits ``hi`` (a
+    bfloat16 tensor: the weight the GEMMs use) and its lower 16 bits ``lo`` (uint16).
+
+    w = bits(hi) << 16 | bits(lo) as fp32;  w -= lr * g;  hi, lo = upper, lower 16 bits of w.
+    The fp32 master is thus updated exactly as plain fp32 SGD would, at 4 bytes per parameter.
+    """
+    size = 1
+    for s_ in shape:
+        size *= s_
+
+    @T.prim_func(s_tir=True)
+    def func(hi: T.handle, lo: T.handle, g: T.handle, lr: T.Buffer((1,), F32)):
+        H = T.match_buffer(hi, shape, "bfloat16")
+        L = T.match_buffer(lo, shape, "uint16")
+        G = T.match_buffer(g, shape, F32)
+        h16 = T.decl_buffer((size,), "uint16", data=H.data)  # hi's bits
+        l16 = T.decl_buffer((size,), "uint16", data=L.data)
+        g32 = T.decl_buffer((size,), F32, data=G.data)
+        for i in range(size):
+            with T.sblock("update"):
+                vi = T.axis.spatial(size, i)
+                T.reads(g32[vi], lr[0])
+                T.writes(h16[vi], l16[vi])
+                w = T.reinterpret(
+                    "float32",
+                    T.shift_left(T.Cast("uint32", h16[vi]), T.uint32(16))
+                    | T.Cast("uint32", l16[vi]),
+                )
+                bits = T.reinterpret("uint32", w - lr[0] * g32[vi])
+                h16[vi] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
+                l16[vi] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+
+    return _tag(func, "split_sgd_update")
+
+
 def relu_bwd(m: int, n: int) -> tirx.PrimFunc:
     """dX[m, n] = dY[m, n] where Y[m, n] > 0 else 0 (Y: the ReLU's output)."""
     dY = te.placeholder((m, n), F32, name="dY")

@@ -31,6 +31,20 @@ def sgd_update(w, g, lr):
     return (w - np.float32(lr) * g).astype(np.float32)
 
 
+def split_fp32(w):
+    """fp32 -> (hi bits, lo bits) as uint16 arrays (hi is the bf16 weight, truncated)."""
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    return (bits >> 16).astype(np.uint16), (bits & 0xFFFF).astype(np.uint16)
+
+
+def combine_fp32(hi_bits, lo_bits):
+    return ((hi_bits.astype(np.uint32) << 16) | lo_bits.astype(np.uint32)).view(np.float32)
+
+
+def split_sgd_update(hi_bits, lo_bits, g, lr):
+    return split_fp32(sgd_update(combine_fp32(hi_bits, lo_bits), g, lr))
+
+
 def relu_bwd(dy, y):
     return np.where(y > 0, dy, 0).astype(np.float32)
 

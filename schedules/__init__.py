@@ -15,7 +15,7 @@ from .embedding import EmbeddingBagParallelBags, EmbeddingUpdateRowOwner
 from .fallback import Fallback
 from .gemm import GemmPacked, GemmTiled
 from .interaction import InteractionDotBwd, InteractionDotFwd
-from .reduction import ColsumVectorBlocks
+from .reduction import ColsumVectorBlocks, SplitSgdParallel
 from .x86.gemm_bf16 import GemmBF16Dpbf16ps
 
 ALL_RULES: dict[str, Rule] = {
@@ -25,6 +25,7 @@ ALL_RULES: dict[str, Rule] = {
         GemmPacked(),
         GemmTiled(),
         ColsumVectorBlocks(),
+        SplitSgdParallel(),
         EmbeddingBagParallelBags(),
         EmbeddingUpdateRowOwner(),
         InteractionDotFwd(),
@@ -48,6 +49,7 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
         ALL_RULES["gemm_packed_fp32"],
         ALL_RULES["gemm_tiled_fp32"],
         ALL_RULES["colsum_vector_blocks"],
+        ALL_RULES["split_sgd_parallel_chunks"],
         ALL_RULES["embedding_bag_parallel_bags"],
         ALL_RULES["embedding_update_row_owner"],
         ALL_RULES["interaction_dot_fwd_rfactor"],

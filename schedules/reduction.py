@@ -1,4 +1,6 @@
-"""Column sums (the bias gradient): a block of columns per task, rows streamed, vector adds.
+"""Column sums (the bias gradient), and the Split-SGD update.
+
+Column sums: a block of columns per task, rows streamed, vector adds.
 
 Each task owns up to eight vectors of adjacent columns and walks all rows, so every row access
 is a contiguous run of up to 8 * lanes floats (not a single strided column).
@@ -32,4 +34,28 @@ class ColsumVectorBlocks(Rule):
         sch.parallel(jo)
         sch.vectorize(ji)
         sch.decompose_reduction(y, r)
+        return sch
+
+
+class SplitSgdParallel(Rule):
+    """Split-SGD-BF16 update: parallel chunks, scalar inside.
+
+    Not vectorised on purpose: TVM 0.27's vectoriser mistranslates the uint16/uint32
+    reinterpret-and-shift body (7 of 8 lanes came out wrong); the update is memory-bound and
+    small (the MLP parameters), so scalar code costs little.
+    """
+
+    name = "split_sgd_parallel_chunks"
+    ops = ("split_sgd_update",)
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
+        if not self.matches_op(func):
+            return None
+        sch = s_tir.Schedule(func)
+        (i,) = sch.get_loops(sch.get_sblock("update"))
+        n = const_extent(sch, i)
+        chunk = 4096 if n and n > 4096 else None
+        if chunk:
+            outer, _ = sch.split(i, [None, chunk])
+            sch.parallel(outer)
         return sch
