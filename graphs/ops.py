@@ -340,11 +340,13 @@ def interaction_cat_bwd(b: int, t: int, d: int, width_padded: int) -> tirx.PrimF
 # ---------------------------------------------------------------- embedding bags
 
 
-def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int) -> tirx.PrimFunc:
+def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
+                      table_dtype: str = F32) -> tirx.PrimFunc:
     """pooled[b, t, :] = sum of table rows of bag (t, b) (sum pooling; an empty bag gives 0).
 
-    Inputs: W [rows, D] (all tables), indices int64 [nnz], offsets int64 [T*B+1],
-    row_offset int64 [T]. Indices are NOT bounds-checked here: the runtime validates them first.
+    Inputs: W [rows, D] (all tables; float32, or bfloat16: the high half of Split-SGD tables),
+    indices int64 [nnz], offsets int64 [T*B+1], row_offset int64 [T]; sums in fp32.
+    Indices are NOT bounds-checked here: the runtime validates them first.
     """
     nt = len(row_offsets)
 
@@ -352,7 +354,7 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int) -> tirx.Prim
     def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, out: T.handle):
         nnz = T.int64()
         nrows = T.int64()
-        W = T.match_buffer(w, (nrows, d), F32)
+        W = T.match_buffer(w, (nrows, d), table_dtype)
         I_ = T.match_buffer(idx, (nnz,), I64)
         Off = T.match_buffer(off, (nt * b + 1,), I64)
         RO = T.match_buffer(roff, (nt,), I64)
@@ -367,11 +369,11 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int) -> tirx.Prim
                     acc[k] = T.float32(0)
                 for p in range(Off[vt * b + vs], Off[vt * b + vs + 1]):
                     for k in range(d):
-                        acc[k] = acc[k] + W[I_[p] + RO[vt], k]
+                        acc[k] = acc[k] + T.Cast(F32, W[I_[p] + RO[vt], k])
                 for k in range(d):
                     Y[vs, vt, k] = acc[k]
 
-    return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b)
+    return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype)
 
 
 def embedding_bag_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimFunc:
@@ -407,3 +409,42 @@ def embedding_bag_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimF
                                 W[I_[p] + RO[t], k] = W[I_[p] + RO[t], k] - lr[0] * G[s, t, k]
 
     return _tag(func, "embedding_bag_sgd_update", d=d, tables=nt, batch=b, owners=owners)
+
+
+def embedding_bag_split_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimFunc:
+    """As ``embedding_bag_sgd_update`` on Split-SGD-BF16 tables: hi (bfloat16, what the forward
+    reads) and lo (uint16) [rows, D], both updated in place; each lookup rebuilds the fp32
+    master row, applies its step and splits it again (4 bytes per parameter)."""
+
+    @T.prim_func(s_tir=True)
+    def func(hi: T.handle, lo: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
+             g: T.handle, lr: T.Buffer((1,), F32)):
+        nnz = T.int64()
+        nrows = T.int64()
+        H = T.match_buffer(hi, (nrows, d), "bfloat16")
+        L = T.match_buffer(lo, (nrows, d), "uint16")
+        I_ = T.match_buffer(idx, (nnz,), I64)
+        Off = T.match_buffer(off, (nt * b + 1,), I64)
+        RO = T.match_buffer(roff, (nt,), I64)
+        G = T.match_buffer(g, (b, nt, d), F32)
+        h16 = T.decl_buffer((nrows, d), "uint16", data=H.data)
+        for o in range(owners):
+            with T.sblock("owner"):
+                vo = T.axis.spatial(owners, o)
+                T.reads(I_[0:nnz], Off[0 : nt * b + 1], RO[0:nt], G[0:b, 0:nt, 0:d], lr[0])
+                T.writes(h16[0:nrows, 0:d], L[0:nrows, 0:d])
+                for t, s in T.grid(nt, b):
+                    for p in range(Off[t * b + s], Off[t * b + s + 1]):
+                        r = I_[p] + RO[t]
+                        if T.floormod(r, T.int64(owners)) == T.int64(vo):
+                            for k in range(d):
+                                w = T.reinterpret(
+                                    "float32",
+                                    T.shift_left(T.Cast("uint32", h16[r, k]), T.uint32(16))
+                                    | T.Cast("uint32", L[r, k]),
+                                )
+                                bits = T.reinterpret("uint32", w - lr[0] * G[s, t, k])
+                                h16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
+                                L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+
+    return _tag(func, "embedding_bag_split_sgd_update", d=d, tables=nt, batch=b, owners=owners)

@@ -105,6 +105,7 @@ def interaction_cat_bwd(dr, t, d):
 
 
 def embedding_bag_fwd(w, indices, offsets, row_offsets, b):
+    w = np.asarray(w).astype(np.float32)  # a bf16 table is read as its fp32 values
     nt = len(row_offsets)
     out = np.zeros((b, nt, w.shape[1]), np.float32)
     for t in range(nt):
@@ -126,3 +127,9 @@ def embedding_bag_sgd_update(w, indices, offsets, row_offsets, grad, lr):
                 r = indices[p] + row_offsets[t]
                 w[r] = w[r] - lr * grad[s, t]
     return w
+
+
+def embedding_bag_split_sgd_update(hi_bits, lo_bits, indices, offsets, row_offsets, grad, lr):
+    """The Split-SGD tables after the update: (hi bits, lo bits)."""
+    master = combine_fp32(hi_bits, lo_bits)
+    return split_fp32(embedding_bag_sgd_update(master, indices, offsets, row_offsets, grad, lr))

@@ -11,7 +11,11 @@ from tvm import IRModule, tirx
 from tvm.target import Target
 
 from .base import Rule, has_feature, op_of
-from .embedding import EmbeddingBagParallelBags, EmbeddingUpdateRowOwner
+from .embedding import (
+    EmbeddingBagParallelBags,
+    EmbeddingSplitUpdateRowOwner,
+    EmbeddingUpdateRowOwner,
+)
 from .fallback import Fallback
 from .gemm import GemmPacked, GemmTiled
 from .interaction import InteractionDotBwd, InteractionDotFwd
@@ -28,6 +32,7 @@ ALL_RULES: dict[str, Rule] = {
         SplitSgdParallel(),
         EmbeddingBagParallelBags(),
         EmbeddingUpdateRowOwner(),
+        EmbeddingSplitUpdateRowOwner(),
         InteractionDotFwd(),
         InteractionDotBwd(),
         Fallback(),
@@ -52,6 +57,7 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
         ALL_RULES["split_sgd_parallel_chunks"],
         ALL_RULES["embedding_bag_parallel_bags"],
         ALL_RULES["embedding_update_row_owner"],
+        ALL_RULES["embedding_split_update_row_owner"],
         ALL_RULES["interaction_dot_fwd_rfactor"],
         ALL_RULES["interaction_dot_bwd_batched_gemm"],
     ]

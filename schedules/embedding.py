@@ -23,12 +23,12 @@ from .base import Rule, attr
 F32, I64 = "float32", "int64"
 
 
-def bag_fwd_impl(b: int, nt: int, d: int) -> tirx.PrimFunc:
+def bag_fwd_impl(b: int, nt: int, d: int, table_dtype: str = F32) -> tirx.PrimFunc:
     @T.prim_func(s_tir=True)
     def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, out: T.handle):
         nnz = T.int64()
         nrows = T.int64()
-        W = T.match_buffer(w, (nrows, d), F32)
+        W = T.match_buffer(w, (nrows, d), table_dtype)
         I_ = T.match_buffer(idx, (nnz,), I64)
         Off = T.match_buffer(off, (nt * b + 1,), I64)
         RO = T.match_buffer(roff, (nt,), I64)
@@ -43,7 +43,7 @@ def bag_fwd_impl(b: int, nt: int, d: int) -> tirx.PrimFunc:
                     acc[k] = T.float32(0)
                 for p in range(Off[v], Off[v + 1]):
                     for k in T.vectorized(d):
-                        acc[k] = acc[k] + W[I_[p] + RO[v // b], k]
+                        acc[k] = acc[k] + T.Cast(F32, W[I_[p] + RO[v // b], k])
                 for k in T.vectorized(d):
                     Y[v % b, v // b, k] = acc[k]
 
@@ -88,7 +88,8 @@ class EmbeddingBagParallelBags(Rule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
             return None
-        impl = bag_fwd_impl(attr(func, "batch"), attr(func, "tables"), attr(func, "d"))
+        impl = bag_fwd_impl(attr(func, "batch"), attr(func, "tables"), attr(func, "d"),
+                            attr(func, "table_dtype", F32))
         return _substitute(func, impl)
 
 
@@ -102,3 +103,19 @@ class EmbeddingUpdateRowOwner(Rule):
         impl = bag_sgd_update_impl(attr(func, "batch"), attr(func, "tables"), attr(func, "d"),
                                    attr(func, "owners"))
         return _substitute(func, impl)
+
+
+class EmbeddingSplitUpdateRowOwner(Rule):
+    """Split-SGD-BF16 tables: the naive kernel's owners run in parallel (its D loop stays scalar:
+    TVM's vectoriser mistranslates the reinterpret-and-shift body, see SplitSgdParallel)."""
+
+    name = "embedding_split_update_row_owner"
+    ops = ("embedding_bag_split_sgd_update",)
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
+        if not self.matches_op(func):
+            return None
+        sch = s_tir.Schedule(func)
+        (o,) = sch.get_loops(sch.get_sblock("owner"))
+        sch.parallel(o)
+        return sch

@@ -64,3 +64,49 @@ def test_split_sgd_matches_numpy_oracle_to_rounding():
     want = ref.combine_fp32(*ref.split_sgd_update(hi, lo, g, 0.05)).astype(np.float64)
     # one rounding of the product (NumPy) vs none (FMA): within an ulp of the operands
     assert (np.abs(got - want) <= 2.0**-23 * (np.abs(w) + np.abs(0.05 * g))).all()
+
+
+def _bags(rng, b, nt, rows, max_bag=4):
+    sizes = rng.integers(0, max_bag + 1, nt * b)  # empty bags included
+    off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    idx = rng.integers(0, rows, off[-1]).astype(np.int64)
+    idx[: min(6, idx.size)] = 1  # duplicates of one row, across bags
+    return idx, off, (np.arange(nt) * rows).astype(np.int64)
+
+
+def test_bf16_table_forward_reads_the_high_half():
+    b, nt, d, rows = 16, 3, 16, 50
+    rng = np.random.default_rng(0)
+    idx, off, roff = _bags(rng, b, nt, rows)
+    hi, _ = ref.split_fp32(rng.standard_normal((rows * nt, d)).astype(np.float32))
+    lib, rule = _build(ops.embedding_bag_fwd(b, tuple(roff), d, "bfloat16"))
+    assert rule == "embedding_bag_parallel_bags"
+    y = tvm.runtime.tensor(np.full((b, nt, d), np.nan, np.float32))
+    table = hi.view(ml_dtypes.bfloat16)
+    lib["main"](*[tvm.runtime.tensor(x) for x in (table, idx, off, roff)], y)
+    want = ref.embedding_bag_fwd(table, idx, off, roff, b)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_split_embedding_update_bit_exact_with_fp32_update_any_owner_count():
+    b, nt, d, rows = 16, 3, 24, 40
+    rng = np.random.default_rng(1)
+    idx, off, roff = _bags(rng, b, nt, rows)
+    w = rng.standard_normal((rows * nt, d)).astype(np.float32)
+    g = rng.standard_normal((b, nt, d)).astype(np.float32)
+    lr = tvm.runtime.tensor(np.array([0.1], np.float32))
+    common = [tvm.runtime.tensor(x) for x in (idx, off, roff, g)]
+    plain, _ = _build(ops.embedding_bag_sgd_update(b, nt, d, 2))
+    W = tvm.runtime.tensor(w)
+    plain["main"](W, *common, lr)
+    results = []
+    for owners in (1, 2, 3):
+        lib, rule = _build(ops.embedding_bag_split_sgd_update(b, nt, d, owners))
+        assert rule == "embedding_split_update_row_owner"
+        hi, lo = ref.split_fp32(w)
+        H, L = tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16)), tvm.runtime.tensor(lo)
+        lib["main"](H, L, *common, lr)
+        results.append(ref.combine_fp32(H.numpy().view(np.uint16), L.numpy()))
+    for r in results:
+        assert np.array_equal(r.view(np.uint32), W.numpy().view(np.uint32))
+    assert not np.array_equal(results[0], w)  # rows really moved
