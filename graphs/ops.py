@@ -38,14 +38,15 @@ GEMM_EPILOGUES = ("none", "bias", "bias_relu", "relu_mask")
 
 
 def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
-         b_layout: str = "kn", in_dtype: str = F32) -> tirx.PrimFunc:
+         b_layout: str = "kn", in_dtype: str = F32, out_dtype: str = F32) -> tirx.PrimFunc:
     """Y[m, n] = epilogue(sum_k A(m, k) * B[k, n]).
 
     a_layout "mk": A is [M, K] (forward X @ Wt, input gradient dY @ W);
     a_layout "km": A is [K, M] (weight gradient X^T @ dY).
     b_layout "kn": B is [K, N]; "nk": B is [N, K] (input gradient dY @ Wt^T straight from the
     stored Wt, with no transpose kernel).
-    in_dtype: of A and B ("float32" or "bfloat16"); products and sums are fp32, Y is fp32.
+    in_dtype: of A, B, the bias and the mask ("float32" or "bfloat16"); products, sums and the
+    epilogue are fp32; out_dtype: Y's (the epilogue ends with the cast, e.g. to bf16).
     epilogues: "none"; "bias" (+ b[n]); "bias_relu" (max(. + b[n], 0));
     "relu_mask" (. where mask[m, n] > 0 else 0: the ReLU backward through the layer's input).
     Blocks: "C" (the reduction) and "Y" (the epilogue).
@@ -56,8 +57,9 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
         raise ValueError(f"b_layout must be 'kn' or 'nk', got {b_layout!r}")
     if epilogue not in GEMM_EPILOGUES:
         raise ValueError(f"epilogue must be one of {GEMM_EPILOGUES}, got {epilogue!r}")
-    if in_dtype not in (F32, "bfloat16"):
-        raise ValueError(f"in_dtype must be float32 or bfloat16, got {in_dtype!r}")
+    for name, dt in (("in_dtype", in_dtype), ("out_dtype", out_dtype)):
+        if dt not in (F32, "bfloat16"):
+            raise ValueError(f"{name} must be float32 or bfloat16, got {dt!r}")
     A = te.placeholder((m, k) if a_layout == "mk" else (k, m), in_dtype, name="A")
     Bm = te.placeholder((k, n) if b_layout == "kn" else (n, k), in_dtype, name="B")
     r = te.reduce_axis((0, k), name="k")
@@ -74,24 +76,30 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
     C = te.compute((m, n), lambda i, j: te.sum(a_at(i, r) * b_at(r, j), axis=r), name="C")
     zero = tirx.const(0.0, F32)
     args = [A, Bm]
+
+    def out(x):
+        return x if out_dtype == F32 else x.astype(out_dtype)
+
     if epilogue == "none":
-        Y = te.compute((m, n), lambda i, j: C[i, j], name="Y")
+        Y = te.compute((m, n), lambda i, j: out(C[i, j]), name="Y")
     elif epilogue in ("bias", "bias_relu"):
-        bias = te.placeholder((n,), F32, name="bias")
+        bias = te.placeholder((n,), in_dtype, name="bias")
         args.append(bias)
         if epilogue == "bias":
-            Y = te.compute((m, n), lambda i, j: C[i, j] + bias[j], name="Y")
+            Y = te.compute((m, n), lambda i, j: out(C[i, j] + f32(bias[j])), name="Y")
         else:
-            Y = te.compute((m, n), lambda i, j: te.max(C[i, j] + bias[j], zero), name="Y")
+            Y = te.compute((m, n), lambda i, j: out(te.max(C[i, j] + f32(bias[j]), zero)),
+                           name="Y")
     else:
-        mask = te.placeholder((m, n), F32, name="mask")
+        mask = te.placeholder((m, n), in_dtype, name="mask")
         args.append(mask)
         Y = te.compute(
-            (m, n), lambda i, j: tirx.Select(mask[i, j] > zero, C[i, j], zero), name="Y"
+            (m, n), lambda i, j: out(tirx.Select(f32(mask[i, j]) > zero, C[i, j], zero)),
+            name="Y",
         )
     f = te.create_prim_func([*args, Y])
     return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
-                epilogue=epilogue, in_dtype=in_dtype)
+                epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
 
 
 def transpose(m: int, n: int) -> tirx.PrimFunc:
@@ -101,11 +109,11 @@ def transpose(m: int, n: int) -> tirx.PrimFunc:
     return _tag(te.create_prim_func([X, Y]), "transpose")
 
 
-def colsum(m: int, n: int) -> tirx.PrimFunc:
-    """Y[n] = sum_m X[m, n] (the bias gradient)."""
-    X = te.placeholder((m, n), F32, name="X")
+def colsum(m: int, n: int, in_dtype: str = F32) -> tirx.PrimFunc:
+    """Y[n] = sum_m X[m, n] (the bias gradient), summed and returned in fp32."""
+    X = te.placeholder((m, n), in_dtype, name="X")
     r = te.reduce_axis((0, m), name="r")
-    Y = te.compute((n,), lambda j: te.sum(X[r, j], axis=r), name="Y")
+    Y = te.compute((n,), lambda j: te.sum(X[r, j].astype(F32), axis=r), name="Y")
     return _tag(te.create_prim_func([X, Y]), "colsum")
 
 
@@ -178,13 +186,24 @@ def split_sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
     return _tag(func, "split_sgd_update")
 
 
-def relu_bwd(m: int, n: int) -> tirx.PrimFunc:
-    """dX[m, n] = dY[m, n] where Y[m, n] > 0 else 0 (Y: the ReLU's output)."""
+def relu_bwd(m: int, n: int, act_dtype: str = F32, out_dtype: str = F32) -> tirx.PrimFunc:
+    """dX[m, n] = dY[m, n] where Y[m, n] > 0 else 0 (Y: the ReLU's output; dY fp32)."""
     dY = te.placeholder((m, n), F32, name="dY")
-    Y = te.placeholder((m, n), F32, name="Yact")
+    Y = te.placeholder((m, n), act_dtype, name="Yact")
     zero = tirx.const(0.0, F32)
-    dX = te.compute((m, n), lambda i, j: tirx.Select(Y[i, j] > zero, dY[i, j], zero), name="dX")
+    dX = te.compute(
+        (m, n),
+        lambda i, j: tirx.Select(Y[i, j].astype(F32) > zero, dY[i, j], zero).astype(out_dtype),
+        name="dX",
+    )
     return _tag(te.create_prim_func([dY, Y, dX]), "relu_bwd")
+
+
+def cast(shape: tuple[int, ...], src: str, dst: str) -> tirx.PrimFunc:
+    """Y = X converted from ``src`` to ``dst`` (fp32 <-> bf16, round to nearest even)."""
+    X = te.placeholder(shape, src, name="X")
+    Y = te.compute(shape, lambda *i: X[i].astype(dst), name="Y")
+    return _tag(te.create_prim_func([X, Y]), "cast")
 
 
 # ---------------------------------------------------------------- loss

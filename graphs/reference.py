@@ -7,8 +7,10 @@ from dlrm_tvm.graphs.ops import pair_tables
 
 
 def gemm(a, b, a_layout="mk", epilogue="none", extra=None, b_layout="kn"):
-    a64 = a.astype(np.float64)
-    b64 = b.astype(np.float64)
+    a64 = np.asarray(a).astype(np.float64)
+    b64 = np.asarray(b).astype(np.float64)
+    if extra is not None:
+        extra = np.asarray(extra).astype(np.float64)
     c = (a64 if a_layout == "mk" else a64.T) @ (b64 if b_layout == "kn" else b64.T)
     if epilogue == "bias":
         c = c + extra

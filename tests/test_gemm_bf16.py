@@ -47,10 +47,10 @@ def _run_check(lib, m, k, n, al, bl, epi, seed):
     b = rng.standard_normal((k, n) if bl == "kn" else (n, k)).astype(ml_dtypes.bfloat16)
     ins = [a, b]
     extra = None
-    if epi in ("bias", "bias_relu"):
-        extra = rng.standard_normal(n).astype(np.float32)
+    if epi in ("bias", "bias_relu"):  # bias and mask are bf16 like the operands
+        extra = rng.standard_normal(n).astype(ml_dtypes.bfloat16)
     elif epi == "relu_mask":
-        extra = rng.standard_normal((m, n)).astype(np.float32)
+        extra = rng.standard_normal((m, n)).astype(ml_dtypes.bfloat16)
     if extra is not None:
         ins.append(extra)
     y = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32))
