@@ -14,6 +14,7 @@ FLOPs / peak FLOP/s + embedding bytes / gather bandwidth; "% floor" = floor / me
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -64,7 +65,7 @@ def _time_kernels(vm, fn_calls) -> dict[str, float]:
 
 
 def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
-              torch_baseline: bool = True) -> dict:
+              torch_baseline: bool = True, precisions: tuple[str, ...] = ("fp32",)) -> dict:
     from dlrm_tvm.data import SyntheticData
     from dlrm_tvm.peaks import measure_peaks
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
@@ -78,10 +79,6 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     if missing:
         raise ValueError(f"cannot benchmark target {target} here: this CPU lacks "
                          f"{', '.join(missing)}")
-    t0 = time.perf_counter()
-    res = compile_dlrm(cfg, ti)
-    compile_s = time.perf_counter() - t0
-    vm = load_vm(res.executable)
     tables = init_tables(cfg.model, cfg.train.seed)
     mlp = init_mlp(cfg.model, cfg.train.seed)
     data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, cfg.train.seed)
@@ -91,42 +88,32 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     # ceilings first: after torch has run, its OpenMP workers spin and halve what we measure
     peaks = measure_peaks(ti.tvm_target(), threads, cfg.model.embedding_dim)
     rows = []
-    ours = Trainer(cfg, vm, tables=tables, mlp=mlp)
-    ts = []
-    for i, b in enumerate(batches):
-        t = time.perf_counter()
-        ours.step(b)
-        if i >= warmup:
-            ts.append(time.perf_counter() - t)
-    tvm_ms = _median_ms(ts)
-    rows.append({"name": "dlrm-tvm fp32", "ms_per_step": tvm_ms})
-
-    # per function and per kernel (one extra pass over a few batches)
-    few = batches[warmup: warmup + min(5, steps)]
-    fn_ms: dict[str, list[float]] = defaultdict(list)
-    for b in few:
-        d, ix, of, lb = ours._inputs(b)
-        t = time.perf_counter()
-        pooled = vm["embedding_forward"](ours.tables, ix, of)
-        fn_ms["embedding_forward"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        r = vm["dense_forward_backward"](d, pooled, lb, *ours.mlp)
-        fn_ms["dense_forward_backward"].append(time.perf_counter() - t)
-        n = len(ours.mlp)
-        t = time.perf_counter()
-        vm["dense_update"](*ours.mlp, *[r[2 + i] for i in range(n)], ours._lr)
-        fn_ms["dense_update"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        vm["embedding_update"](ours.tables, ix, of, r[2 + n], ours._lr)
-        fn_ms["embedding_update"].append(time.perf_counter() - t)
-    functions = {k: _median_ms(v) for k, v in fn_ms.items()}
-    calls = []
-    for b in few:
-        d, ix, of, lb = ours._inputs(b)
-        pooled = vm["embedding_forward"](ours.tables, ix, of)
-        calls.append(lambda d=d, p=pooled, lb=lb: vm["dense_forward_backward"](d, p, lb,
-                                                                             *ours.mlp))
-    kernels = _time_kernels(vm, calls)
+    functions: dict[str, dict[str, float]] = {}
+    kernels: dict[str, dict[str, float]] = {}
+    compile_s: dict[str, float] = {}
+    for prec in precisions:
+        pcfg = cfg.replace(train=dataclasses.replace(cfg.train, precision=prec))
+        t0 = time.perf_counter()
+        vm = load_vm(compile_dlrm(pcfg, ti).executable)
+        compile_s[prec] = time.perf_counter() - t0
+        ours = Trainer(pcfg, vm, tables=tables, mlp=mlp)
+        ts = []
+        for i, b in enumerate(batches):
+            t = time.perf_counter()
+            ours.step(b)
+            if i >= warmup:
+                ts.append(time.perf_counter() - t)
+        rows.append({"name": f"dlrm-tvm {prec}", "ms_per_step": _median_ms(ts)})
+        # per function and per kernel (one extra pass over a few batches)
+        few = batches[warmup: warmup + min(5, steps)]
+        fn_ms: dict[str, list[float]] = defaultdict(list)
+        for b in few:
+            ours.step(b, timings=fn_ms)
+        functions[prec] = {k: _median_ms(v) for k, v in fn_ms.items()}
+        kernels[prec] = dict(sorted(_time_kernels(vm, [ours.dense_call(b) for b in few]).items(),
+                                    key=lambda kv: -kv[1]))
+        del ours, vm
+    tvm_ms = rows[0]["ms_per_step"]
 
     if torch_baseline:
         import torch
@@ -159,11 +146,11 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         r["samples_per_s"] = cfg.train.batch_size / (r["ms_per_step"] * 1e-3)
     return {
         "config": cfg.name, "batch_size": cfg.train.batch_size, "steps": steps,
+        "precisions": list(precisions),
         "target": ti.to_dict(), "threads": threads, "machine": platform.processor() or
         platform.machine(), "cpu_count": os.cpu_count(), "compile_s": compile_s,
         "work_per_step": work, "peaks": peaks, "floor_ms": floor_ms, "rows": rows,
-        "functions_ms": functions, "kernels_ms": dict(sorted(kernels.items(),
-                                                             key=lambda kv: -kv[1])),
+        "functions_ms": functions, "kernels_ms": kernels,
     }
 
 
@@ -184,11 +171,12 @@ def format_table(r: dict) -> str:
         out.append(f"{row['name']:<22}{row['ms_per_step']:>10.2f}{row['ratio_vs_tvm']:>12.2f}"
                    f"{row['samples_per_s']:>12.0f}{row['gflops']:>10.1f}"
                    f"{100 * row['frac_fp32_peak']:>8.0f}{100 * row['frac_floor']:>9.0f}")
-    out.append("")
-    out.append("dlrm-tvm per function (ms, median):")
-    for k, v in r["functions_ms"].items():
-        out.append(f"  {k:<28}{v:>9.2f}")
-    out.append("dense_forward_backward per kernel (ms per step, top 12):")
-    for k, v in list(r["kernels_ms"].items())[:12]:
-        out.append(f"  {k:<44}{v:>9.3f}")
+    for prec in r["precisions"]:
+        out.append("")
+        out.append(f"dlrm-tvm {prec} per function (ms, median):")
+        for k, v in r["functions_ms"][prec].items():
+            out.append(f"  {k:<28}{v:>9.2f}")
+        out.append(f"dlrm-tvm {prec} dense_forward_backward per kernel (ms per step, top 12):")
+        for k, v in list(r["kernels_ms"][prec].items())[:12]:
+            out.append(f"  {k:<44}{v:>9.3f}")
     return "\n".join(out)

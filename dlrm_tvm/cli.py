@@ -14,7 +14,7 @@ EPILOG = """examples:
   dlrm-tvm train --config tiny --steps 100 --out runs/tiny
   dlrm-tvm compile --config small --target cooperlake --out artifacts/small-cpx
   dlrm-tvm train --artifact artifacts/tiny --steps 50 --out runs/t2
-  dlrm-tvm bench --config small --json bench.json
+  dlrm-tvm bench --config small --precisions fp32,bf16 --json bench.json
   dlrm-tvm kernels list --config small
   dlrm-tvm kernels bench --op gemm --shape 2048,1024,1024 --rule gemm_packed_fp32
 """
@@ -42,6 +42,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-indices-per-lookup", type=int, help="lookups per bag (max if varied)")
     g.add_argument("--num-indices-per-lookup-fixed", type=int, choices=(0, 1),
                    help="1: every bag has exactly that many lookups; 0: sizes vary")
+    g.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16: bf16 GEMMs with Split-SGD-BF16 weights and tables (default fp32)")
     g.add_argument("--labels", choices=("random", "teacher"),
                    help="synthetic labels: random coin flips (reference) or a learnable teacher")
 
@@ -51,7 +53,7 @@ def _resolve_config(args: argparse.Namespace, **extra):
     flags = {k: getattr(args, k, None) for k in (
         "arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
         "arch_interaction_op", "arch_interaction_itself", "max_ind_range", "mini_batch_size",
-        "learning_rate", "num_indices_per_lookup", "labels")}
+        "learning_rate", "num_indices_per_lookup", "labels", "precision")}
     fixed = getattr(args, "num_indices_per_lookup_fixed", None)
     flags["num_indices_per_lookup_fixed"] = None if fixed is None else bool(fixed)
     flags.update(extra)
@@ -91,6 +93,9 @@ def cmd_train(args) -> int:
         from dlrm_tvm.artifact import read_artifact
 
         base = read_artifact(args.artifact).config
+        if args.precision and args.precision != base.train.precision:
+            raise ValueError(f"the artifact was compiled for {base.train.precision}; "
+                             f"recompile for --precision {args.precision}")
         cfg = apply_overrides(base, steps=args.steps, seed=args.seed,
                               learning_rate=args.learning_rate, labels=args.labels)
     else:
@@ -109,8 +114,13 @@ def cmd_bench(args) -> int:
     # TVM's idle workers otherwise spin after each parallel call and slow torch (TVM_NOTES)
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     cfg = _resolve_config(args)
+    precs = tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (
+        cfg.train.precision,)
+    bad = [p for p in precs if p not in ("fp32", "bf16")]
+    if bad:
+        raise ValueError(f"--precisions takes fp32 and/or bf16, got {bad}")
     result = run_bench(cfg, steps=args.steps, warmup=args.warmup, target=args.target,
-                       torch_baseline=not args.no_torch)
+                       torch_baseline=not args.no_torch, precisions=precs)
     print(format_table(result))
     _write_json(args.json, result)
     return 0
@@ -187,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", default="host")
     b.add_argument("--steps", type=int, default=20, help="timed steps per contender")
     b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--precisions", help="ours at these precisions, e.g. fp32,bf16 "
+                   "(default: the config's)")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     b.add_argument("--json", help="also write the table as JSON here")
     b.set_defaults(func=cmd_bench)

@@ -158,8 +158,11 @@ class TrainConfig:
     lr_decay_start_step: int = 0
     lr_num_decay_steps: int = 0
     log_every: int = 1
+    precision: str = "fp32"  # "bf16": bf16 GEMMs and Split-SGD-BF16 weights and tables
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         _positive("batch_size", self.batch_size)
         _positive("log_every", self.log_every)
         if not self.learning_rate > 0:
@@ -380,6 +383,8 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
         t["steps"] = int(f["steps"])
     if "seed" in f:
         t["seed"] = int(f["seed"])
+    if "precision" in f:
+        t["precision"] = f["precision"]
     if "num_indices_per_lookup" in f:
         d["num_indices_per_lookup"] = int(f["num_indices_per_lookup"])
     if "num_indices_per_lookup_fixed" in f:

@@ -56,7 +56,8 @@ def compile_dlrm(
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     b = batch_size or cfg.train.batch_size
-    mod = DLRMGraph(cfg.model, b, update_owners=update_owners).build()
+    mod = DLRMGraph(cfg.model, b, update_owners=update_owners,
+                    precision=cfg.train.precision).build()
     secs["graph"] = time.perf_counter() - t0
     tvm_target = target.tvm_target()
     t0 = time.perf_counter()

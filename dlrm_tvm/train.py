@@ -16,7 +16,8 @@ log = logging.getLogger("dlrm_tvm")
 
 
 def _same_compiled_shape(a: Config, b: Config) -> bool:
-    return a.model == b.model and a.train.batch_size == b.train.batch_size
+    return (a.model == b.model and a.train.batch_size == b.train.batch_size
+            and a.train.precision == b.train.precision)
 
 
 def get_compiled(cfg: Config, artifact: str | Path | None, target_name: str, out_dir: Path,
@@ -31,7 +32,8 @@ def get_compiled(cfg: Config, artifact: str | Path | None, target_name: str, out
         if not _same_compiled_shape(art.config, cfg):
             raise ConfigError(
                 f"artifact {artifact} was compiled for config {art.config.name!r} "
-                f"(batch {art.batch_size}) whose model or batch size differs from the one "
+                f"(batch {art.batch_size}, {art.config.train.precision}) whose model, batch "
+                f"size or precision differs from the one "
                 f"requested; recompile with `dlrm-tvm compile` or drop --artifact"
             )
         vm, art = load_artifact(artifact)

@@ -18,6 +18,13 @@ Every op is a ``call_tir`` to a kernel of ``graphs/ops.py``; the backward is wri
 MLP parameters, in order: for each bottom then each top layer, ``Wt`` [in, out] and ``b`` [out].
 The first top layer's ``Wt`` has ``interaction_width_padded`` rows; rows past the true
 interaction width multiply zero columns and stay zero.
+
+Precision "bf16": MLP weights, biases and activations are bfloat16 in the GEMMs (fp32 sums,
+fp32 loss, fp32 gradients out of the GEMMs); the interaction runs in fp32 on the fp32 pooled
+embeddings. Weights and tables are Split-SGD-BF16: the bf16 tensors above are the high halves
+of the fp32 masters, and the update functions take the low halves (uint16) beside them:
+  dense_update(*mlp_hi, *mlp_lo, *mlp_grads, lr)
+  embedding_update(tables_hi, tables_lo, indices, offsets, d_pooled, lr)
 """
 
 from __future__ import annotations
@@ -66,20 +73,40 @@ class DLRMGraph:
     """Builds the Relax IRModule of one DLRM for one (local) batch size."""
 
     def __init__(self, model: ModelConfig, batch_size: int, update_owners: int = 2,
-                 loss_scale: float | None = None):
+                 loss_scale: float | None = None, precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         self.m = model
         self.B = batch_size
         self.owners = update_owners
         self.loss_scale = loss_scale
         self.specs = mlp_param_specs(model)
+        self.bf16 = precision == "bf16"
+        self.act = "bfloat16" if self.bf16 else F32  # weights/activations in the GEMMs
+        self.sfx = "_bf16" if self.bf16 else ""
+
+    def _to_act(self, k, x, shape):
+        """fp32 -> the GEMM dtype (no-op in fp32)."""
+        if not self.bf16:
+            return x
+        name = f"cast_f32_bf16_{'x'.join(map(str, shape))}"
+        return self._emit_tir(k, name, lambda: ops.cast(shape, F32, "bfloat16"), [x],
+                              _t(shape, "bfloat16"))
+
+    def _to_f32(self, k, x, shape):
+        if not self.bf16:
+            return x
+        name = f"cast_bf16_f32_{'x'.join(map(str, shape))}"
+        return self._emit_tir(k, name, lambda: ops.cast(shape, "bfloat16", F32), [x],
+                              _t(shape))
 
     # ------------------------------------------------------------ helpers
     def _emit_tir(self, k: _Kernels, name, make, args, out):
         gv = k.get(name, make)
         return k.bb.emit(relax.call_tir(gv, args, out))
 
-    def _params(self) -> list[relax.Var]:
-        return [relax.Var(n, _t(s)) for n, s in self.specs]
+    def _params(self, dtype: str | None = None, suffix: str = "") -> list[relax.Var]:
+        return [relax.Var(n + suffix, _t(s, dtype or self.act)) for n, s in self.specs]
 
     def _layers(self, params):
         """[(Wt var, b var, (k, n))] for bottom and top."""
@@ -95,13 +122,17 @@ class DLRMGraph:
         T, D = m.num_tables, m.embedding_dim
         W = m.interaction_width_padded
         bot, top = self._layers(params)
-        acts_bot = [dense]
-        h = dense
+        act, sfx = self.act, self.sfx
+        h = self._to_act(k, dense, (B, m.num_dense))
+        acts_bot = [h]
         for w, b, (ki, n) in bot:
-            h = self._emit_tir(k, f"gemm_fwd_{B}x{ki}x{n}_bias_relu",
-                               lambda ki=ki, n=n: ops.gemm(B, ki, n, "mk", "bias_relu"),
-                               [h, w, b], _t((B, n)))
+            h = self._emit_tir(
+                k, f"gemm_fwd_{B}x{ki}x{n}_bias_relu{sfx}",
+                lambda ki=ki, n=n: ops.gemm(B, ki, n, "mk", "bias_relu", in_dtype=act,
+                                            out_dtype=act),
+                [h, w, b], _t((B, n), act))
             acts_bot.append(h)
+        h = self._to_f32(k, h, (B, D))
         tc = None
         if m.interaction == "dot":
             li, lj, _ = ops.pair_tables(m.num_features, m.interaction_itself)
@@ -116,33 +147,44 @@ class DLRMGraph:
             r = self._emit_tir(k, "interaction_cat_fwd",
                                lambda: ops.interaction_cat_fwd(B, T, D, W), [h, pooled],
                                _t((B, W)))
-        acts_top = [r]
-        h = r
+        h = self._to_act(k, r, (B, W))
+        acts_top = [h]
         for kk, (w, b, (ki, n)) in enumerate(top):
-            epi = "bias" if kk == len(top) - 1 else "bias_relu"
-            h = self._emit_tir(k, f"gemm_fwd_{B}x{ki}x{n}_{epi}",
-                               lambda ki=ki, n=n, epi=epi: ops.gemm(B, ki, n, "mk", epi),
-                               [h, w, b], _t((B, n)))
+            last = kk == len(top) - 1
+            epi = "bias" if last else "bias_relu"
+            odt = F32 if last else act  # the logit stays fp32 for the loss
+            h = self._emit_tir(
+                k, f"gemm_fwd_{B}x{ki}x{n}_{epi}{sfx}",
+                lambda ki=ki, n=n, epi=epi, odt=odt: ops.gemm(B, ki, n, "mk", epi, in_dtype=act,
+                                                              out_dtype=odt),
+                [h, w, b], _t((B, n), odt))
             acts_top.append(h)
         return acts_bot, acts_top, tc
 
-    def _layer_backward(self, k, x, w, shape, dz, mask_input):
-        """Gradients of one Linear: (dWt, db, dX or None). ``mask_input``: the layer's input
-        came out of a ReLU, so dX is masked by it; None: no dX needed."""
-        B = self.B
+    def _layer_backward(self, k, x, w, shape, dz, mask_input, dx_dtype=None):
+        """Gradients of one Linear: (dWt, db, dX or None), dWt and db in fp32.
+
+        ``dz`` is in the GEMM dtype; ``mask_input``: the layer's input came out of a ReLU, so
+        dX is masked by it; False: dX unmasked; None: no dX needed. dX comes out in
+        ``dx_dtype`` (default: the GEMM dtype)."""
+        B, act, sfx = self.B, self.act, self.sfx
         ki, n = shape
-        dw = self._emit_tir(k, f"gemm_dw_{ki}x{B}x{n}",
-                            lambda: ops.gemm(ki, B, n, "km", "none"), [x, dz], _t((ki, n)))
-        db = self._emit_tir(k, f"colsum_{B}x{n}", lambda: ops.colsum(B, n), [dz], _t((n,)))
+        dw = self._emit_tir(k, f"gemm_dw_{ki}x{B}x{n}{sfx}",
+                            lambda: ops.gemm(ki, B, n, "km", "none", in_dtype=act),
+                            [x, dz], _t((ki, n)))
+        db = self._emit_tir(k, f"colsum_{B}x{n}{sfx}", lambda: ops.colsum(B, n, act), [dz],
+                            _t((n,)))
         if mask_input is None:
             return dw, db, None
         masked = mask_input is not False
         epi = "relu_mask" if masked else "none"
+        odt = dx_dtype or act
         args = [dz, w] + ([mask_input] if masked else [])
         # dX = dZ @ Wt^T: Wt read as B in [N, K] layout (the GEMM rule's packing transposes it)
-        dx = self._emit_tir(k, f"gemm_dx_{B}x{n}x{ki}_{epi}",
-                            lambda: ops.gemm(B, n, ki, "mk", epi, b_layout="nk"), args,
-                            _t((B, ki)))
+        dx = self._emit_tir(k, f"gemm_dx_{B}x{n}x{ki}_{epi}{sfx}{'_f32' if odt != act else ''}",
+                            lambda: ops.gemm(B, n, ki, "mk", epi, b_layout="nk", in_dtype=act,
+                                             out_dtype=odt), args,
+                            _t((B, ki), odt))
         return dw, db, dx
 
     # ------------------------------------------------------------ module
@@ -156,7 +198,7 @@ class DLRMGraph:
 
         def sparse_inputs():
             nnz = tirx.Var("nnz", "int64")
-            return (relax.Var("tables", _t((m.total_rows, D))),
+            return (relax.Var("tables", _t((m.total_rows, D), self.act)),
                     relax.Var("indices", _t((nnz,), "int64")),
                     relax.Var("offsets", _t((T * B + 1,), "int64")))
 
@@ -165,8 +207,8 @@ class DLRMGraph:
         with bb.function("embedding_forward", [tables, indices, offsets]):
             with bb.dataflow():
                 out = self._emit_tir(
-                    k, "embedding_bag_fwd",
-                    lambda: ops.embedding_bag_fwd(B, m.table_offsets, D),
+                    k, f"embedding_bag_fwd{self.sfx}",
+                    lambda: ops.embedding_bag_fwd(B, m.table_offsets, D, self.act),
                     [tables, indices, offsets, row_off], _t((B, T, D)))
                 out = bb.emit_output(out)
             bb.emit_func_output(out)
@@ -184,12 +226,15 @@ class DLRMGraph:
                 p = bb.emit(relax.TupleGetItem(res, 0))
                 loss = bb.emit(relax.TupleGetItem(res, 1))
                 dz = bb.emit(relax.TupleGetItem(res, 2))
+                dz = self._to_act(k, dz, (B, 1))
                 bot, top = self._layers(params)
                 grads: dict[int, tuple] = {}
                 for i in reversed(range(len(top))):
                     w, _, shape = top[i]
                     mask = acts_top[i] if i > 0 else False
-                    dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask)
+                    # the interaction's gradient (top layer 0's dX) stays fp32
+                    dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask,
+                                                      dx_dtype=F32 if i == 0 else None)
                     grads[len(bot) + i] = (dw, db)
                 if m.interaction == "dot":
                     _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
@@ -205,8 +250,9 @@ class DLRMGraph:
                 dx = bb.emit(relax.TupleGetItem(res, 0))
                 d_pooled = bb.emit(relax.TupleGetItem(res, 1))
                 # the bottom MLP's output went through a ReLU: mask its gradient
-                dz = self._emit_tir(k, f"relu_bwd_{B}x{D}", lambda: ops.relu_bwd(B, D),
-                                    [dx, acts_bot[-1]], _t((B, D)))
+                dz = self._emit_tir(k, f"relu_bwd_{B}x{D}{self.sfx}",
+                                    lambda: ops.relu_bwd(B, D, self.act, self.act),
+                                    [dx, acts_bot[-1]], _t((B, D), self.act))
                 for i in reversed(range(len(bot))):
                     w, _, shape = bot[i]
                     mask = acts_bot[i] if i > 0 else None
@@ -230,15 +276,27 @@ class DLRMGraph:
 
         # dense_update -----------------------------------------------------
         params = self._params()
+        lows = self._params("uint16", "_lo") if self.bf16 else []
         grads_v = [relax.Var(f"d_{n}", _t(s)) for n, s in self.specs]
         lr = relax.Var("lr", _t((1,)))
-        with bb.function("dense_update", [*params, *grads_v, lr]):
+        with bb.function("dense_update", [*params, *lows, *grads_v, lr]):
             with bb.dataflow():
                 outs = []
-                for (_, shape), pv, gv in zip(self.specs, params, grads_v, strict=True):
-                    fn = k.get(f"sgd_update_{'x'.join(map(str, shape))}",
-                               lambda shape=shape: ops.sgd_update(shape))
-                    outs.append(bb.emit(relax.call_tir_inplace(fn, [pv, gv, lr], [0], _t(shape))))
+                for i, ((_, shape), pv, gv) in enumerate(zip(self.specs, params, grads_v,
+                                                             strict=True)):
+                    sh = "x".join(map(str, shape))
+                    if self.bf16:
+                        fn = k.get(f"split_sgd_update_{sh}",
+                                   lambda shape=shape: ops.split_sgd_update(shape))
+                        res = bb.emit(relax.call_tir_inplace(
+                            fn, [pv, lows[i], gv, lr], [0, 1],
+                            [_t(shape, "bfloat16"), _t(shape, "uint16")]))
+                        outs += [bb.emit(relax.TupleGetItem(res, 0)),
+                                 bb.emit(relax.TupleGetItem(res, 1))]
+                    else:
+                        fn = k.get(f"sgd_update_{sh}", lambda shape=shape: ops.sgd_update(shape))
+                        outs.append(bb.emit(relax.call_tir_inplace(fn, [pv, gv, lr], [0],
+                                                                   _t(shape))))
                 out = bb.emit_output(relax.Tuple(outs))
             bb.emit_func_output(out)
 
@@ -246,14 +304,26 @@ class DLRMGraph:
         tables, indices, offsets = sparse_inputs()
         d_pooled = relax.Var("d_pooled", _t((B, T, D)))
         lr = relax.Var("lr", _t((1,)))
-        with bb.function("embedding_update", [tables, indices, offsets, d_pooled, lr]):
-            with bb.dataflow():
-                fn = k.get("embedding_bag_sgd_update",
-                           lambda: ops.embedding_bag_sgd_update(B, T, D, self.owners))
-                out = bb.emit(relax.call_tir_inplace(
-                    fn, [tables, indices, offsets, row_off, d_pooled, lr], [0],
-                    _t((m.total_rows, D))))
-                out = bb.emit_output(out)
-            bb.emit_func_output(out)
+        shape = (m.total_rows, D)
+        if self.bf16:
+            lo = relax.Var("tables_lo", _t(shape, "uint16"))
+            with bb.function("embedding_update", [tables, lo, indices, offsets, d_pooled, lr]):
+                with bb.dataflow():
+                    fn = k.get("embedding_bag_split_sgd_update",
+                               lambda: ops.embedding_bag_split_sgd_update(B, T, D, self.owners))
+                    res = bb.emit(relax.call_tir_inplace(
+                        fn, [tables, lo, indices, offsets, row_off, d_pooled, lr], [0, 1],
+                        [_t(shape, "bfloat16"), _t(shape, "uint16")]))
+                    out = bb.emit_output(res)
+                bb.emit_func_output(out)
+        else:
+            with bb.function("embedding_update", [tables, indices, offsets, d_pooled, lr]):
+                with bb.dataflow():
+                    fn = k.get("embedding_bag_sgd_update",
+                               lambda: ops.embedding_bag_sgd_update(B, T, D, self.owners))
+                    out = bb.emit(relax.call_tir_inplace(
+                        fn, [tables, indices, offsets, row_off, d_pooled, lr], [0], _t(shape)))
+                    out = bb.emit_output(out)
+                bb.emit_func_output(out)
 
         return bb.get()

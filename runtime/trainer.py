@@ -9,9 +9,15 @@
 The parameters live in tensors this object owns across steps; nothing table-sized is copied or
 allocated per step. The compiled functions do no communication, so exchanges between ranks can
 later sit between steps 2 and 3 and between 3 and 4/5.
+
+Precision bf16: every weight and table is held as Split-SGD-BF16 halves (bf16 high half, used
+by forward and backward; uint16 low half, passed only to the updates): 4 bytes per parameter,
+and ``state()`` rebuilds the fp32 masters exactly.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import tvm
@@ -20,6 +26,39 @@ from dlrm_tvm.runtime.params import init_mlp, init_tables
 
 from dlrm_tvm.config import Config
 from dlrm_tvm.data import Batch, validate_batch
+
+
+def split_fp32(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fp32 -> (bf16 high half, uint16 low half): the Split-SGD-BF16 storage of ``w``."""
+    import ml_dtypes
+
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    hi = (bits >> 16).astype(np.uint16).view(ml_dtypes.bfloat16)
+    return hi, (bits & 0xFFFF).astype(np.uint16)
+
+
+def combine_fp32(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    hb = np.ascontiguousarray(hi).view(np.uint16).astype(np.uint32)
+    return ((hb << 16) | lo.astype(np.uint32)).view(np.float32)
+
+
+class _Clock:
+    """``with clock(name):`` appends the block's seconds to timings[name] (if timings)."""
+
+    def __init__(self, timings: dict[str, list[float]] | None):
+        self.timings = timings
+        self.name = ""
+
+    def __call__(self, name: str) -> _Clock:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if self.timings is not None:
+            self.timings.setdefault(self.name, []).append(time.perf_counter() - self.t0)
 
 
 class Trainer:
@@ -38,13 +77,27 @@ class Trainer:
         expect = (m.total_rows, m.embedding_dim)
         if tables.shape != expect or tables.dtype != np.float32:
             raise ValueError(f"tables must be float32 {expect}, got {tables.dtype} {tables.shape}")
-        self.tables = tvm.runtime.tensor(tables, self.dev)
-        self.mlp = []
+        self.bf16 = cfg.train.precision == "bf16"
+        t = tvm.runtime.tensor
+        self.tables_lo = None
+        if self.bf16:
+            hi, lo = split_fp32(tables)
+            self.tables, self.tables_lo = t(hi, self.dev), t(lo, self.dev)
+            del hi, lo
+        else:
+            self.tables = t(tables, self.dev)
+        self.mlp, self.mlp_lo = [], []
         for name, shape in self.specs:
             a = mlp[name]
             if a.shape != shape:
                 raise ValueError(f"parameter {name} must have shape {shape}, got {a.shape}")
-            self.mlp.append(tvm.runtime.tensor(np.ascontiguousarray(a, np.float32), self.dev))
+            a = np.ascontiguousarray(a, np.float32)
+            if self.bf16:
+                hi, lo = split_fp32(a)
+                self.mlp.append(t(hi, self.dev))
+                self.mlp_lo.append(t(lo, self.dev))
+            else:
+                self.mlp.append(t(a, self.dev))
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self.step_count = 0
 
@@ -54,21 +107,38 @@ class Trainer:
         return (t(batch.dense, self.dev), t(batch.indices, self.dev), t(batch.offsets, self.dev),
                 t(batch.labels, self.dev))
 
-    def step(self, batch: Batch) -> dict:
-        """One SGD step on ``batch``; returns {"loss", "lr", "p"} (p: predictions before it)."""
+    def step(self, batch: Batch, timings: dict[str, list[float]] | None = None) -> dict:
+        """One SGD step on ``batch``; returns {"loss", "lr", "p"} (p: predictions before it).
+
+        ``timings``: if given, the seconds of each compiled function are appended to it."""
         dense, idx, off, labels = self._inputs(batch)
         lr = self.cfg.train.lr_at(self.step_count)
         self._lr.copyfrom(np.array([lr], np.float32))
         vm = self.vm
-        pooled = vm["embedding_forward"](self.tables, idx, off)
-        res = vm["dense_forward_backward"](dense, pooled, labels, *self.mlp)
+        clock = _Clock(timings)
+        with clock("embedding_forward"):
+            pooled = vm["embedding_forward"](self.tables, idx, off)
+        with clock("dense_forward_backward"):
+            res = vm["dense_forward_backward"](dense, pooled, labels, *self.mlp)
         n = len(self.mlp)
         grads = [res[2 + i] for i in range(n)]
         d_pooled = res[2 + n]
-        vm["dense_update"](*self.mlp, *grads, self._lr)
-        vm["embedding_update"](self.tables, idx, off, d_pooled, self._lr)
+        with clock("dense_update"):
+            vm["dense_update"](*self.mlp, *self.mlp_lo, *grads, self._lr)
+        with clock("embedding_update"):
+            if self.bf16:
+                vm["embedding_update"](self.tables, self.tables_lo, idx, off, d_pooled,
+                                       self._lr)
+            else:
+                vm["embedding_update"](self.tables, idx, off, d_pooled, self._lr)
         self.step_count += 1
         return {"loss": float(res[0].numpy()[0]), "lr": lr, "p": res[1]}
+
+    def dense_call(self, batch: Batch):
+        """A closure running only dense_forward_backward on ``batch`` (for profiling)."""
+        dense, idx, off, labels = self._inputs(batch)
+        pooled = self.vm["embedding_forward"](self.tables, idx, off)
+        return lambda: self.vm["dense_forward_backward"](dense, pooled, labels, *self.mlp)
 
     def predict(self, batch: Batch) -> np.ndarray:
         dense, idx, off, _ = self._inputs(batch)
@@ -76,7 +146,13 @@ class Trainer:
         return self.vm["predict"](dense, pooled, *self.mlp).numpy()
 
     def state(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter: {"tables": [rows, D], "<layer>_w": Wt [in, out], ...}."""
+        """A copy of every fp32 parameter (master): {"tables": [rows, D], "<layer>_w": Wt
+        [in, out], ...}; in bf16, rebuilt exactly from the Split-SGD halves."""
+        if self.bf16:
+            out = {"tables": combine_fp32(self.tables.numpy(), self.tables_lo.numpy())}
+            for (name, _), hi, lo in zip(self.specs, self.mlp, self.mlp_lo, strict=True):
+                out[name] = combine_fp32(hi.numpy(), lo.numpy())
+            return out
         out = {"tables": self.tables.numpy()}
         for (name, _), a in zip(self.specs, self.mlp, strict=True):
             out[name] = a.numpy()

@@ -16,15 +16,17 @@ pytest.importorskip("torch")
 def test_bench_tiny_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--config", "tiny", "--steps", "2", "--warmup", "1",
-                     "--json", str(out)]) == 0
+                     "--precisions", "fp32,bf16", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     names = [row["name"] for row in r["rows"]]
-    assert names == ["dlrm-tvm fp32", "torch eager fp32", "torch bf16 autocast"]
+    assert names == ["dlrm-tvm fp32", "dlrm-tvm bf16", "torch eager fp32",
+                     "torch bf16 autocast"]
     for row in r["rows"]:
         assert row["ms_per_step"] > 0 and 0 < row["frac_fp32_peak"] < 1.5
-    assert {"embedding_forward", "dense_forward_backward", "dense_update",
-            "embedding_update"} <= set(r["functions_ms"])
-    assert any(k.startswith("gemm_") for k in r["kernels_ms"])
+    for prec in ("fp32", "bf16"):
+        assert {"embedding_forward", "dense_forward_backward", "dense_update",
+                "embedding_update"} <= set(r["functions_ms"][prec])
+        assert any(k.startswith("gemm_") for k in r["kernels_ms"][prec])
     assert r["floor_ms"] > 0
     assert "x dlrm-tvm" in capsys.readouterr().out
 
