@@ -52,3 +52,38 @@ def test_training_step_cross_compiles(name, tmp_path):
     t = resolve_target(name)
     assert meta["target"]["required_cpu_flags"] == list(t.required_cpu_flags)
     assert (out / "module.so").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NAMED_TARGETS))
+def test_bf16_step_uses_vdpbf16ps_exactly_where_the_target_has_it(name):
+    import dataclasses
+
+    from dlrm_tvm.config import PRESETS
+    from dlrm_tvm.pipeline import compile_dlrm
+
+    cfg = PRESETS["tiny"]
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, precision="bf16"))
+    t = resolve_target(name)
+    res = compile_dlrm(cfg, t)
+    asm = "".join(m.inspect_source("asm") for m in res.executable.mod.imports)
+    rules = {v["rule"] for v in res.schedules.values()}
+    if "avx512bf16" in t.features:
+        assert "vdpbf16ps" in asm and "gemm_bf16_avx512_dpbf16ps" in rules
+    else:  # never handed the instruction (LLVM would abort): fp32-compute rules instead
+        assert "vdpbf16ps" not in asm and "gemm_bf16_avx512_dpbf16ps" not in rules
+
+
+def test_artifact_for_a_richer_cpu_is_refused_here(tmp_path):
+    from dlrm_tvm.artifact import ArtifactError, load_artifact
+    from dlrm_tvm.targets import missing_cpu_flags
+
+    need = resolve_target("sapphirerapids").required_cpu_flags
+    lacking = missing_cpu_flags(need)
+    if not lacking:
+        pytest.skip("this host has every feature of sapphirerapids")
+    out = tmp_path / "spr"
+    assert cli.main(["compile", "--config", "tiny", "--target", "sapphirerapids", "--out",
+                     str(out)]) == 0
+    with pytest.raises(ArtifactError, match=lacking[0]):
+        load_artifact(out)
