@@ -161,6 +161,8 @@ def format_table(r: dict) -> str:
     out.append(f"work/step: MLP {w['mlp_flop'] / 1e9:.2f} GFLOP, interaction "
                f"{w['interaction_flop'] / 1e9:.3f} GFLOP, embedding "
                f"{w['embedding_bytes'] / 1e6:.1f} MB")
+    if pk.get("bf16_gflops"):
+        out.append(f"measured bf16 peak: {pk['bf16_gflops']:.0f} GFLOP/s (vdpbf16ps loop)")
     out.append(f"measured peaks: fp32 {pk['fp32_gflops']:.0f} GFLOP/s (FMA loop), memory "
                f"{pk['memory_gbs']:.1f} GB/s (copy), random gather {pk['gather_gbs']:.1f} GB/s;"
                f"  step floor {r['floor_ms']:.2f} ms")

@@ -149,7 +149,8 @@ def cmd_kernels_bench(args) -> int:
             f"--shape expects M,K,N (three positive integers), got {args.shape!r}"
         ) from e
     r = bench_gemm(shape, args.layout, args.b_layout, args.epilogue, args.rule, args.target,
-                   args.reps, torch_baseline=not args.no_torch)
+                   args.reps, torch_baseline=not args.no_torch,
+                   dtype="bfloat16" if args.dtype == "bf16" else "float32")
     print(format_bench(r))
     _write_json(args.json, r)
     return 0 if all(row["status"] != "WRONG" for row in r["rows"]) else 1
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     kb.add_argument("--rule", action="append", help="candidate rule (repeatable; default: all)")
     kb.add_argument("--target", default="host")
     kb.add_argument("--reps", type=int, default=10)
+    kb.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                    help="operand dtype (bf16: the AVX-512 BF16 rule where the CPU has it)")
     kb.add_argument("--no-torch", action="store_true")
     kb.add_argument("--json", help="also write the table as JSON here")
     kb.set_defaults(func=cmd_kernels_bench)

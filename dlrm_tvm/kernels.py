@@ -77,12 +77,13 @@ def _time(f, reps: int, budget_s: float = 3.0) -> float:
 
 def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str = "kn",
                epilogue: str = "none", rules: list[str] | None = None,
-               target_name: str = "host", reps: int = 10, torch_baseline: bool = True) -> dict:
+               target_name: str = "host", reps: int = 10, torch_baseline: bool = True,
+               dtype: str = "float32") -> dict:
     import tvm
 
     from dlrm_tvm.graphs import ops
     from dlrm_tvm.graphs import reference as ref
-    from dlrm_tvm.peaks import fp32_peak_gflops
+    from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops
     from dlrm_tvm.schedules import ALL_RULES
     from dlrm_tvm.targets import missing_cpu_flags, resolve_target
 
@@ -93,23 +94,33 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
         raise ValueError(f"cannot run target {target_name} here: this CPU lacks "
                          f"{', '.join(missing)} (compile-only: use `dlrm-tvm compile`)")
     target = ti.tvm_target()
-    func = ops.gemm(m, k, n, a_layout, epilogue, b_layout)
+    func = ops.gemm(m, k, n, a_layout, epilogue, b_layout, in_dtype=dtype)
     # default: the rules written for this op (the generic fallback only when named: it is slow)
     names = rules or [r for r, rule in ALL_RULES.items() if rule.ops and rule.matches_op(func)]
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k) if a_layout == "mk" else (k, m), dtype=np.float32)
-    b = rng.standard_normal((k, n) if b_layout == "kn" else (n, k), dtype=np.float32)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        np_dt = ml_dtypes.bfloat16
+    else:
+        np_dt = np.float32
+    a = rng.standard_normal((m, k) if a_layout == "mk" else (k, m)).astype(np_dt)
+    b = rng.standard_normal((k, n) if b_layout == "kn" else (n, k)).astype(np_dt)
     extra = None
     if epilogue in ("bias", "bias_relu"):
-        extra = rng.standard_normal(n, dtype=np.float32)
+        extra = rng.standard_normal(n).astype(np_dt)
     elif epilogue == "relu_mask":
-        extra = rng.standard_normal((m, n), dtype=np.float32)
+        extra = rng.standard_normal((m, n)).astype(np_dt)
     want = ref.gemm(a, b, a_layout, epilogue, extra, b_layout)
     dev = tvm.cpu()
     ins = [tvm.runtime.tensor(x, dev) for x in (a, b, extra) if x is not None]
     flop = 2.0 * m * n * k
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
     peak = fp32_peak_gflops(target, threads)
+    bf16_peak = bf16_peak_gflops(target, threads) if dtype == "bfloat16" else None
+    # fp32 sums of exact products: the bf16 case is only rounded by its inputs (already in the
+    # reference), so the same 1e-5 bound applies to the sum order
+    tol = 1e-5
     rows = []
     for name in names:
         if name not in ALL_RULES:
@@ -126,7 +137,7 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
         lib["main"](*ins, out)
         got = out.numpy()
         err = float(np.linalg.norm(got - want) / max(1e-30, np.linalg.norm(want)))
-        ok = bool(not np.isnan(got).any() and err < 1e-5)
+        ok = bool(not np.isnan(got).any() and err < tol)
         s = _time(lambda lib=lib, out=out: lib["main"](*ins, out), reps)
         rows.append({"name": name, "status": "ok" if ok else "WRONG", "rel_err": err,
                      "ms": s * 1e3, "gflops": flop / s / 1e9, "frac_fp32_peak": flop / s / 1e9
@@ -141,30 +152,37 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
             time.sleep(0.3)
             for dt, label in ((torch.float32, "torch matmul fp32"),
                               (torch.bfloat16, "torch matmul bf16")):
-                ta = torch.from_numpy(a).to(dt)
-                tb = torch.from_numpy(b).to(dt)
+                ta = torch.from_numpy(np.asarray(a, np.float32)).to(dt)
+                tb = torch.from_numpy(np.asarray(b, np.float32)).to(dt)
                 ta = ta if a_layout == "mk" else ta.T
                 tb = tb if b_layout == "kn" else tb.T
                 s = _time(lambda ta=ta, tb=tb: ta @ tb, reps)
                 rows.append({"name": label, "status": "baseline", "ms": s * 1e3,
                              "gflops": flop / s / 1e9, "frac_fp32_peak": flop / s / 1e9 / peak})
     return {"op": "gemm", "shape": [m, k, n], "a_layout": a_layout, "b_layout": b_layout,
-            "epilogue": epilogue, "target": ti.to_dict(), "threads": threads,
-            "fp32_peak_gflops": peak, "rows": rows}
+            "epilogue": epilogue, "dtype": dtype, "target": ti.to_dict(), "threads": threads,
+            "fp32_peak_gflops": peak, "bf16_peak_gflops": bf16_peak,
+            "rows": [dict(r, frac_bf16_peak=r["gflops"] / bf16_peak)
+                     if bf16_peak and "gflops" in r else r for r in rows]}
 
 
 def format_bench(r: dict) -> str:
     m, k, n = r["shape"]
-    out = [f"gemm M,K,N={m},{k},{n}  A {r['a_layout']}  B {r['b_layout']}  epilogue "
-           f"{r['epilogue']}  target {r['target']['name']}  threads {r['threads']}  "
-           f"fp32 peak {r['fp32_peak_gflops']:.0f} GFLOP/s (measured)", ""]
-    out.append(f"{'candidate':<24}{'status':<16}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}"
+    bf = r.get("bf16_peak_gflops")
+    out = [f"gemm M,K,N={m},{k},{n} {r.get('dtype', 'float32')}  A {r['a_layout']}  B "
+           f"{r['b_layout']}  epilogue {r['epilogue']}  target {r['target']['name']}  threads "
+           f"{r['threads']}  fp32 peak {r['fp32_peak_gflops']:.0f} GFLOP/s"
+           + (f", bf16 peak {bf:.0f} GFLOP/s" if bf else "") + " (measured)"]
+    if r.get("dtype") == "bfloat16" and not bf:
+        out.append("this CPU has no avx512_bf16: bf16 candidates run on fp32 compute here")
+    out.append("")
+    out.append(f"{'candidate':<28}{'status':<16}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}"
                f"{'rel err':>10}")
     for row in r["rows"]:
         if "ms" not in row:
-            out.append(f"{row['name']:<24}{row['status']:<16}")
+            out.append(f"{row['name']:<28}{row['status']:<16}")
             continue
         err = f"{row['rel_err']:.1e}" if "rel_err" in row else "-"
-        out.append(f"{row['name']:<24}{row['status']:<16}{row['ms']:>9.3f}{row['gflops']:>10.1f}"
+        out.append(f"{row['name']:<28}{row['status']:<16}{row['ms']:>9.3f}{row['gflops']:>10.1f}"
                    f"{100 * row['frac_fp32_peak']:>8.0f}{err:>10}")
     return "\n".join(out)

@@ -1,5 +1,7 @@
 """This machine's measured ceilings, the floors every benchmark timing is compared with.
 
+* bf16 FLOP/s (CPUs with avx512_bf16 only): the same loop on ``vdpbf16ps`` (32 multiply-adds
+  per instruction).
 * fp32 FLOP/s: a register-resident FMA loop (independent accumulator chains, one vector FMA
   each per iteration), written in LLVM IR, imported into a TIR kernel and run on every thread.
   Lanes and accumulator count come from the target (AVX2: 8 x 12, AVX-512: 16 x 24).
@@ -42,6 +44,30 @@ def _fma_ir(lanes: int, accs: int) -> str:
     return "\n".join(lines)
 
 
+def _dpbf16_ir(accs: int) -> str:
+    v = "<16 x float>"
+    ones = "<" + ", ".join(["i32 1065369472"] * 16) + ">"  # bf16 pairs (1.0, ~0.0)
+    lines = [f"declare {v} @llvm.x86.avx512bf16.dpbf16ps.512({v}, <32 x bfloat>, <32 x bfloat>)",
+             "define i32 @dlrm_bf16_peak(i64 %iters, ptr %out) {",
+             "entry:",
+             f"  %x = bitcast <16 x i32> {ones} to <32 x bfloat>",
+             "  br label %loop", "loop:",
+             "  %i = phi i64 [0, %entry], [%i1, %loop]"]
+    zero = "zeroinitializer"
+    lines += [f"  %a{a} = phi {v} [{zero}, %entry], [%n{a}, %loop]" for a in range(accs)]
+    lines += [f"  %n{a} = call {v} @llvm.x86.avx512bf16.dpbf16ps.512({v} %a{a}, "
+              f"<32 x bfloat> %x, <32 x bfloat> %x)" for a in range(accs)]
+    lines += ["  %i1 = add i64 %i, 1", "  %done = icmp eq i64 %i1, %iters",
+              "  br i1 %done, label %exit, label %loop", "exit:"]
+    prev = "%n0"
+    for a in range(1, accs):
+        lines.append(f"  %s{a} = fadd {v} {prev}, %n{a}")
+        prev = f"%s{a}"
+    lines += [f"  %e = extractelement {v} {prev}, i32 0", "  store float %e, ptr %out",
+              "  ret i32 0", "}"]
+    return "\n".join(lines)
+
+
 def _best(f, reps: int = 5) -> float:
     f()
     ts = []
@@ -52,32 +78,60 @@ def _best(f, reps: int = 5) -> float:
     return min(ts)
 
 
-def fp32_peak_gflops(target, threads: int, iters: int = 40_000_000) -> float:
+def _loop_kernel(target, threads: int, symbol: str, ir: str):
+    """A TIR kernel calling the LLVM IR function ``symbol(iters, out)`` on every thread."""
     import tvm
     from tvm import s_tir
     from tvm.script import tirx as T
 
+    @T.prim_func(s_tir=True)
+    def probe(out: T.Buffer((threads,), "float32"), n: T.int64):
+        for t in range(threads):
+            with T.sblock("w"):
+                vt = T.axis.spatial(threads, t)
+                T.evaluate(T.call_extern("int32", symbol, n, T.address_of(out[vt])))
+
+    sch = s_tir.Schedule(probe)
+    (loop,) = sch.get_loops(sch.get_sblock("w"))
+    sch.parallel(loop)
+    sch.annotate(loop, "pragma_import_llvm", ir)
+    return tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                       target=target)
+
+
+def _run_loop(lib, threads: int, iters: int) -> float:
+    import tvm
+
+    out = tvm.runtime.tensor(np.zeros(threads, np.float32))
+    return _best(lambda: lib["main"](out, iters))
+
+
+def fp32_peak_gflops(target, threads: int, iters: int = 40_000_000) -> float:
     from dlrm_tvm.schedules.base import fp32_lanes
 
     lanes = fp32_lanes(target)
     accs = 24 if lanes == 16 else 12
+    lib = _loop_kernel(target, threads, "dlrm_fma_peak", _fma_ir(lanes, accs))
+    return 2 * lanes * accs * iters * threads / _run_loop(lib, threads, iters) / 1e9
 
-    @T.prim_func(s_tir=True)
-    def peak(out: T.Buffer((threads,), "float32"), n: T.int64):
-        for t in range(threads):
-            with T.sblock("w"):
-                vt = T.axis.spatial(threads, t)
-                T.evaluate(T.call_extern("int32", "dlrm_fma_peak", n, T.address_of(out[vt])))
 
-    sch = s_tir.Schedule(peak)
-    (loop,) = sch.get_loops(sch.get_sblock("w"))
-    sch.parallel(loop)
-    sch.annotate(loop, "pragma_import_llvm", _fma_ir(lanes, accs))
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
-                      target=target)
-    out = tvm.runtime.tensor(np.zeros(threads, np.float32))
-    t = _best(lambda: lib["main"](out, iters))
-    return 2 * lanes * accs * iters * threads / t / 1e9
+def bf16_peak_kernel(target, threads: int):
+    """The compiled vdpbf16ps loop (compiles for any avx512bf16 target, runs only on one)."""
+    from dlrm_tvm.schedules.base import has_feature
+
+    if not has_feature(target, "avx512bf16"):
+        raise ValueError("the bf16 peak needs a target with avx512bf16")
+    return _loop_kernel(target, threads, "dlrm_bf16_peak", _dpbf16_ir(24))
+
+
+def bf16_peak_gflops(target, threads: int, iters: int = 20_000_000) -> float | None:
+    """GFLOP/s of vdpbf16ps on this host, or None if the host cannot execute it."""
+    from dlrm_tvm.targets import host_cpu_flags
+
+    if "avx512_bf16" not in host_cpu_flags():
+        return None
+    lib = bf16_peak_kernel(target, threads)
+    return 2 * 32 * 24 * iters * threads / _run_loop(lib, threads, iters) / 1e9
 
 
 def _compile_te(target, tensors):
@@ -134,8 +188,12 @@ def gather_bandwidth_gbs(target, rows: int = 1_000_000, dim: int = 64,
 
 
 def measure_peaks(target, threads: int, embedding_dim: int = 64) -> dict:
+    from dlrm_tvm.schedules.base import has_feature
+
     return {
         "fp32_gflops": fp32_peak_gflops(target, threads),
+        "bf16_gflops": (bf16_peak_gflops(target, threads)
+                        if has_feature(target, "avx512bf16") else None),
         "memory_gbs": memory_bandwidth_gbs(target),
         "gather_gbs": gather_bandwidth_gbs(target, dim=embedding_dim),
     }

@@ -116,3 +116,12 @@ def test_bf16_gemm_awkward_shape_falls_to_fp32_compute(m, k, n):
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                       target=target)
     _run_check(lib, m, k, n, "mk", "kn", "bias_relu", seed=3)
+
+
+def test_bf16_peak_probe_compiles_to_vdpbf16ps():
+    from dlrm_tvm.peaks import bf16_peak_gflops, bf16_peak_kernel
+
+    lib = bf16_peak_kernel(resolve_target("cooperlake").tvm_target(), 2)
+    assert lib.mod.inspect_source("asm").count("vdpbf16ps") >= 24
+    if not HOST_HAS_BF16:
+        assert bf16_peak_gflops(resolve_target("host").tvm_target(), 1) is None

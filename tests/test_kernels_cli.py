@@ -37,3 +37,14 @@ def test_kernels_bench_checks_and_times_candidates(tmp_path, capsys):
 def test_kernels_bench_rejects_bad_shape(capsys):
     assert cli.main(["kernels", "bench", "--shape", "64,40"]) == 2
     assert "M,K,N" in capsys.readouterr().err
+
+
+def test_kernels_bench_bf16_operands(tmp_path):
+    out = tmp_path / "b.json"
+    rc = cli.main(["kernels", "bench", "--shape", "32,64,48", "--dtype", "bf16", "--reps", "2",
+                   "--no-torch", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["dtype"] == "bfloat16"
+    ok = [row for row in r["rows"] if row["status"] == "ok"]
+    assert ok, "some rule must compute the bf16 GEMM on any host"
