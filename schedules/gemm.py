@@ -28,6 +28,34 @@ def gemm_tiles(m: int, n: int, target: Target) -> tuple[int, int] | None:
     return mi, nj
 
 
+def register_tile(sch: s_tir.Schedule, mi: int, nj: int, panel_outer: bool = False) -> None:
+    """The fp32 register tile on blocks "C" (reduction) and "Y" (epilogue): MI x NJ
+    accumulators in a local buffer, K streamed, epilogue from the registers; the two tile loops
+    fused and parallel (column panel outer if ``panel_outer``)."""
+    c = sch.get_sblock("C")
+    y = sch.get_sblock("Y")
+    i, j = sch.get_loops(y)
+    io, ii = sch.split(i, [None, mi])
+    jo, ji = sch.split(j, [None, nj])
+    first, second = (jo, io) if panel_outer else (io, jo)
+    sch.reorder(first, second, ii, ji)
+    sch.compute_at(c, second)
+    sch.set_scope(c, 0, "local")
+    inner = sch.get_loops(c)[2:]  # below the tile loops; compute_at drops a unit row loop
+    if len(inner) == 3:
+        ci, cj, ck = inner
+        sch.reorder(ck, ci, cj)
+    else:
+        ci, (cj, ck) = None, inner
+        sch.reorder(ck, cj)
+    sch.parallel(sch.fuse(first, second))
+    if ci is not None:
+        sch.unroll(ci)
+    sch.vectorize(cj)
+    sch.vectorize(ji)
+    sch.decompose_reduction(c, ck)
+
+
 class GemmTiled(Rule):
     name = "gemm_tiled_fp32"
     ops = ("gemm",)
@@ -39,29 +67,8 @@ class GemmTiled(Rule):
         tiles = gemm_tiles(m, n, target)
         if tiles is None:
             return None
-        mi, nj = tiles
         sch = s_tir.Schedule(func)
-        y = sch.get_sblock("Y")
-        c = sch.get_sblock("C")
-        i, j = sch.get_loops(y)
-        io, ii = sch.split(i, [None, mi])
-        jo, ji = sch.split(j, [None, nj])
-        sch.reorder(io, jo, ii, ji)
-        sch.compute_at(c, jo)
-        sch.set_scope(c, 0, "local")
-        inner = sch.get_loops(c)[2:]  # below (io, jo); a unit row loop is dropped by compute_at
-        if len(inner) == 3:
-            ci, cj, ck = inner
-            sch.reorder(ck, ci, cj)
-        else:
-            ci, (cj, ck) = None, inner
-            sch.reorder(ck, cj)
-        sch.parallel(sch.fuse(io, jo))
-        if ci is not None:
-            sch.unroll(ci)
-        sch.vectorize(cj)
-        sch.vectorize(ji)
-        sch.decompose_reduction(c, ck)
+        register_tile(sch, *tiles)
         return sch
 
 
@@ -98,7 +105,6 @@ def gemm_packed_schedule(func: tirx.PrimFunc, target: Target, pack_a: str = "aut
         panel_outer = layout == "km"
     sch = s_tir.Schedule(func)
     c = sch.get_sblock("C")
-    y = sch.get_sblock("Y")
     bp = sch.cache_read(c, 1, "global")
     if attr(func, "b_layout", "kn") == "kn":
         sch.transform_layout(bp, ("write", 0), lambda kk, nn: (nn // nj, kk, nn % nj))
@@ -111,30 +117,7 @@ def gemm_packed_schedule(func: tirx.PrimFunc, target: Target, pack_a: str = "aut
             sch.transform_layout(ap, ("write", 0), lambda i, kk: (i // mi, kk, i % mi))
         else:
             sch.transform_layout(ap, ("write", 0), lambda kk, i: (i // mi, kk, i % mi))
-    i, j = sch.get_loops(y)
-    io, ii = sch.split(i, [None, mi])
-    jo, ji = sch.split(j, [None, nj])
-    if panel_outer:
-        sch.reorder(jo, io, ii, ji)
-        sch.compute_at(c, io)
-        first, second = jo, io
-    else:
-        sch.reorder(io, jo, ii, ji)
-        sch.compute_at(c, jo)
-        first, second = io, jo
-    inner = sch.get_loops(c)[2:]
-    if len(inner) == 3:
-        ci, cj, ck = inner
-        sch.reorder(ck, ci, cj)
-    else:
-        ci, (cj, ck) = None, inner
-        sch.reorder(ck, cj)
-    sch.parallel(sch.fuse(first, second))
-    if ci is not None:
-        sch.unroll(ci)
-    sch.vectorize(cj)
-    sch.vectorize(ji)
-    sch.decompose_reduction(c, ck)
+    register_tile(sch, mi, nj, panel_outer)
     _parallel_pack(sch, bp, lanes)
     if ap is not None:
         _parallel_pack(sch, ap, mi if layout == "km" else lanes)
