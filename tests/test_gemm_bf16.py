@@ -28,6 +28,9 @@ KINDS = [
     ("dx-odd", 9, 2, 16, "mk", "nk", "none"),
     ("dw", 368, 128, 64, "km", "kn", "none"),
     ("dw-odd", 13, 30, 32, "km", "kn", "none"),
+    ("fwd-k13", 64, 13, 64, "mk", "kn", "bias_relu"),  # the 13 dense features: K padded
+    ("dx-k1", 16, 1, 32, "mk", "nk", "relu_mask"),  # the last layer's input gradient
+    ("dw-k-odd", 16, 7, 32, "km", "kn", "none"),
 ]
 HOST_HAS_BF16 = "avx512_bf16" in host_cpu_flags()
 
@@ -101,12 +104,11 @@ def test_bf16_rule_declines_fp32_and_awkward_shapes():
     target = resolve_target("cooperlake").tvm_target()
     rule = GemmBF16Dpbf16ps()
     assert rule.apply(ops.gemm(128, 64, 64), target) is None  # fp32 GEMM
-    assert rule.apply(_func(128, 13, 64, "mk", "kn", "none"), target) is None  # odd K
     assert rule.apply(_func(128, 64, 40, "mk", "kn", "none"), target) is None  # N % 16
     assert rules_for(target)[0].name == "gemm_bf16_avx512_dpbf16ps"
 
 
-@pytest.mark.parametrize("m,k,n", [(16, 13, 64), (8, 64, 40)])
+@pytest.mark.parametrize("m,k,n", [(16, 13, 40), (8, 64, 40)])
 def test_bf16_gemm_awkward_shape_falls_to_fp32_compute(m, k, n):
     """Shapes the microkernel declines still compute right through the fp32 rules."""
     target = resolve_target("host").tvm_target()

@@ -4,8 +4,9 @@ B is packed to the VNNI-2 layout Bp[N/16][K/2][16][2] (the packing copy also tra
 comes as [N, K]); the register tile is MI rows x NJ columns of fp32 accumulators (NJ = 32: two
 zmm per row; MI fills half of the 32 zmm registers), K walked in pairs, each step one
 ``vdpbf16ps`` per 16 columns with the row's bf16 pair broadcast. The fp32 epilogue (bias, ReLU,
-ReLU mask) runs on the tile before it is stored. Applies only to targets with avx512bf16, to
-bf16 GEMMs with N a multiple of 16 and K even (others fall to the fp32-compute rules).
+ReLU mask) runs on the tile before it is stored. An odd K (the 13 dense features) is padded
+with a zero pair inside the packing copies. Applies only to targets with avx512bf16 and to bf16
+GEMMs with N a multiple of 16 (others fall to the fp32-compute rules).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class GemmBF16Dpbf16ps(Rule):
         if not self.emulate and not has_feature(target, "avx512bf16"):
             return None  # LLVM would abort the process on this instruction
         m, k, n = attr(func, "m"), attr(func, "k"), attr(func, "n")
-        if n % 16 or k % 2:
+        if n % 16:
             return None
         register()
         nj = 32 if n % 32 == 0 else 16
@@ -44,6 +45,8 @@ class GemmBF16Dpbf16ps(Rule):
         sch = s_tir.Schedule(func)
         c = sch.get_sblock("C")
         y = sch.get_sblock("Y")
+        if k % 2:  # odd K (13 dense features, K=1): pad the reduction with a zero pair
+            sch.pad_einsum(c, [1, 1, 2])
         bp = sch.cache_read(c, 1, "global")
         if attr(func, "b_layout", "kn") == "kn":
             sch.transform_layout(bp, ("write", 0),
@@ -55,6 +58,14 @@ class GemmBF16Dpbf16ps(Rule):
             ap = sch.cache_read(c, 0, "global")  # [K, M] -> [M, K]: each row's pairs contiguous
             sch.transform_layout(ap, ("write", 0), lambda kk, i: (i, kk))
             _parallel_outer(sch, ap)
+        if k % 2:  # the zero padding happens inside the packing copies
+            for name in ("A_pad", "B_pad"):
+                blk = sch.get_sblock(name)
+                if sch.get_consumers(blk) and len(sch.get_consumers(blk)) == 1 and \
+                        sch.get(sch.get_consumers(blk)[0]).name_hint != "C":
+                    sch.compute_inline(blk)
+                else:
+                    _parallel_outer(sch, blk)
         i, j = sch.get_loops(y)
         io, ii = sch.split(i, [None, mi])
         jo, ji = sch.split(j, [None, nj])
