@@ -38,16 +38,17 @@ class Artifact:
 
 
 def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
-                     prefer: tuple[str, ...] = (), update_owners: int = 2,
+                     prefer: tuple[str, ...] = (), update_owners: int | None = None,
                      dump_dir: str | Path | None = None) -> Artifact:
     """Compile ``cfg`` for ``target`` (any target, on any host) and write it to ``out_dir``."""
     import tvm
     import tvm_ffi
 
-    from dlrm_tvm.pipeline import compile_dlrm
+    from dlrm_tvm.pipeline import compile_dlrm, default_update_owners
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    update_owners = update_owners or default_update_owners()
     res = compile_dlrm(cfg, target, update_owners=update_owners, prefer=prefer,
                        dump_dir=dump_dir)
     t0 = time.perf_counter()

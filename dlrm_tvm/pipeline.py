@@ -48,11 +48,16 @@ def compile_dlrm(
     cfg: Config,
     target: TargetInfo,
     batch_size: int | None = None,
-    update_owners: int = 2,
+    update_owners: int | None = None,
     prefer: tuple[str, ...] = (),
     dump_dir: str | Path | None = None,
 ) -> CompileResult:
-    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host)."""
+    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host).
+
+    ``update_owners``: row owners of the fused embedding update (its parallelism; the result is
+    the same for any value); default: TVM_NUM_THREADS, else the host's cores."""
+    if update_owners is None:
+        update_owners = default_update_owners()
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     b = batch_size or cfg.train.batch_size
@@ -71,6 +76,12 @@ def compile_dlrm(
     ex = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_lowering(tvm_target))
     secs["codegen"] = time.perf_counter() - t0
     return CompileResult(executable=ex, schedules=chosen, seconds=secs)
+
+
+def default_update_owners() -> int:
+    import os
+
+    return max(1, int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1))
 
 
 def load_vm(executable_or_module):
