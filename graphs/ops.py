@@ -102,13 +102,6 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
                 epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
 
 
-def transpose(m: int, n: int) -> tirx.PrimFunc:
-    """Y[n, m] = X[m, n]."""
-    X = te.placeholder((m, n), F32, name="X")
-    Y = te.compute((n, m), lambda j, i: X[i, j], name="Y")
-    return _tag(te.create_prim_func([X, Y]), "transpose")
-
-
 def colsum(m: int, n: int, in_dtype: str = F32) -> tirx.PrimFunc:
     """Y[n] = sum_m X[m, n] (the bias gradient), summed and returned in fp32."""
     X = te.placeholder((m, n), in_dtype, name="X")

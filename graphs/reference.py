@@ -21,10 +21,6 @@ def gemm(a, b, a_layout="mk", epilogue="none", extra=None, b_layout="kn"):
     return c.astype(np.float32)
 
 
-def transpose(x):
-    return np.ascontiguousarray(x.T)
-
-
 def colsum(x):
     return x.astype(np.float64).sum(0).astype(np.float32)
 

@@ -178,15 +178,6 @@ def test_gemm_rule_choice_both_ways():
 # ---------------------------------------------------------------- elementwise / small kernels
 
 
-@pytest.mark.parametrize("m,n", [(7, 13), (32, 16), (1, 9), (64, 368)])
-def test_transpose(m, n):
-    g = rng(2, m, n)
-    lib, rule = build(ops.transpose(m, n))
-    assert rule == "fallback"
-    x = rand(g, (m, n))
-    _, (y,) = run(lib, [x], [(n, m)])
-    np.testing.assert_array_equal(y, ref.transpose(x))
-
 
 @pytest.mark.parametrize("m,n", [(7, 13), (128, 64), (1, 5), (300, 1)])
 def test_colsum(m, n):
