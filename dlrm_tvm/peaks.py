@@ -19,6 +19,26 @@ import time
 import numpy as np
 
 
+def _loop_ir(symbol: str, vec: str, accs: int, decl: str, setup: list[str], init: str,
+             step: str) -> str:
+    """LLVM IR of ``i32 symbol(i64 iters, ptr out)``: ``accs`` independent accumulator chains
+    of type ``vec``, each advanced once per iteration by ``step`` (``{a}``: the accumulator),
+    summed at the end and stored so that nothing is dead."""
+    lines = [decl, f"define i32 @{symbol}(i64 %iters, ptr %out) {{", "entry:", *setup,
+             "  br label %loop", "loop:", "  %i = phi i64 [0, %entry], [%i1, %loop]"]
+    lines += [f"  %a{a} = phi {vec} [{init}, %entry], [%n{a}, %loop]" for a in range(accs)]
+    lines += [f"  %n{a} = " + step.format(a=f"%a{a}") for a in range(accs)]
+    lines += ["  %i1 = add i64 %i, 1", "  %done = icmp eq i64 %i1, %iters",
+              "  br i1 %done, label %exit, label %loop", "exit:"]
+    prev = "%n0"
+    for a in range(1, accs):
+        lines.append(f"  %s{a} = fadd {vec} {prev}, %n{a}")
+        prev = f"%s{a}"
+    lines += [f"  %e = extractelement {vec} {prev}, i32 0", "  store float %e, ptr %out",
+              "  ret i32 0", "}"]
+    return "\n".join(lines)
+
+
 def _fma_ir(lanes: int, accs: int) -> str:
     v = f"<{lanes} x float>"
 
@@ -26,46 +46,19 @@ def _fma_ir(lanes: int, accs: int) -> str:
         return "<" + ", ".join([f"float {x}"] * lanes) + ">"
 
     mul, add = splat("0x3FEFFFFFE0000000"), splat("0x3F1A36E2E0000000")
-    lines = [f"declare {v} @llvm.fma.v{lanes}f32({v}, {v}, {v})",
-             "define i32 @dlrm_fma_peak(i64 %iters, ptr %out) {",
-             "entry:", "  br label %loop", "loop:",
-             "  %i = phi i64 [0, %entry], [%i1, %loop]"]
-    lines += [f"  %a{a} = phi {v} [{splat('1.0')}, %entry], [%n{a}, %loop]" for a in range(accs)]
-    lines += [f"  %n{a} = call {v} @llvm.fma.v{lanes}f32({v} %a{a}, {v} {mul}, {v} {add})"
-              for a in range(accs)]
-    lines += ["  %i1 = add i64 %i, 1", "  %done = icmp eq i64 %i1, %iters",
-              "  br i1 %done, label %exit, label %loop", "exit:"]
-    prev = "%n0"
-    for a in range(1, accs):
-        lines.append(f"  %s{a} = fadd {v} {prev}, %n{a}")
-        prev = f"%s{a}"
-    lines += [f"  %e = extractelement {v} {prev}, i32 0", "  store float %e, ptr %out",
-              "  ret i32 0", "}"]
-    return "\n".join(lines)
+    fma = f"@llvm.fma.v{lanes}f32"
+    return _loop_ir("dlrm_fma_peak", v, accs, f"declare {v} {fma}({v}, {v}, {v})", [],
+                    splat("1.0"), f"call {v} {fma}({v} {{a}}, {v} {mul}, {v} {add})")
 
 
 def _dpbf16_ir(accs: int) -> str:
     v = "<16 x float>"
     ones = "<" + ", ".join(["i32 1065369472"] * 16) + ">"  # bf16 pairs (1.0, ~0.0)
-    lines = [f"declare {v} @llvm.x86.avx512bf16.dpbf16ps.512({v}, <32 x bfloat>, <32 x bfloat>)",
-             "define i32 @dlrm_bf16_peak(i64 %iters, ptr %out) {",
-             "entry:",
-             f"  %x = bitcast <16 x i32> {ones} to <32 x bfloat>",
-             "  br label %loop", "loop:",
-             "  %i = phi i64 [0, %entry], [%i1, %loop]"]
-    zero = "zeroinitializer"
-    lines += [f"  %a{a} = phi {v} [{zero}, %entry], [%n{a}, %loop]" for a in range(accs)]
-    lines += [f"  %n{a} = call {v} @llvm.x86.avx512bf16.dpbf16ps.512({v} %a{a}, "
-              f"<32 x bfloat> %x, <32 x bfloat> %x)" for a in range(accs)]
-    lines += ["  %i1 = add i64 %i, 1", "  %done = icmp eq i64 %i1, %iters",
-              "  br i1 %done, label %exit, label %loop", "exit:"]
-    prev = "%n0"
-    for a in range(1, accs):
-        lines.append(f"  %s{a} = fadd {v} {prev}, %n{a}")
-        prev = f"%s{a}"
-    lines += [f"  %e = extractelement {v} {prev}, i32 0", "  store float %e, ptr %out",
-              "  ret i32 0", "}"]
-    return "\n".join(lines)
+    dp = "@llvm.x86.avx512bf16.dpbf16ps.512"
+    return _loop_ir("dlrm_bf16_peak", v, accs,
+                    f"declare {v} {dp}({v}, <32 x bfloat>, <32 x bfloat>)",
+                    [f"  %x = bitcast <16 x i32> {ones} to <32 x bfloat>"], "zeroinitializer",
+                    f"call {v} {dp}({v} {{a}}, <32 x bfloat> %x, <32 x bfloat> %x)")
 
 
 def _best(f, reps: int = 5) -> float:
