@@ -85,20 +85,18 @@ class DLRMGraph:
         self.act = "bfloat16" if self.bf16 else F32  # weights/activations in the GEMMs
         self.sfx = "_bf16" if self.bf16 else ""
 
-    def _to_act(self, k, x, shape):
-        """fp32 -> the GEMM dtype (no-op in fp32)."""
+    def _cast(self, k, x, shape, src: str, dst: str):
+        """``x`` converted between fp32 and bf16 (no-op in fp32 mode)."""
         if not self.bf16:
             return x
-        name = f"cast_f32_bf16_{'x'.join(map(str, shape))}"
-        return self._emit_tir(k, name, lambda: ops.cast(shape, F32, "bfloat16"), [x],
-                              _t(shape, "bfloat16"))
+        name = f"cast_{src}_{dst}_{'x'.join(map(str, shape))}"
+        return self._emit_tir(k, name, lambda: ops.cast(shape, src, dst), [x], _t(shape, dst))
+
+    def _to_act(self, k, x, shape):
+        return self._cast(k, x, shape, F32, self.act)
 
     def _to_f32(self, k, x, shape):
-        if not self.bf16:
-            return x
-        name = f"cast_bf16_f32_{'x'.join(map(str, shape))}"
-        return self._emit_tir(k, name, lambda: ops.cast(shape, "bfloat16", F32), [x],
-                              _t(shape))
+        return self._cast(k, x, shape, self.act, F32)
 
     # ------------------------------------------------------------ helpers
     def _emit_tir(self, k: _Kernels, name, make, args, out):
