@@ -7,6 +7,8 @@ own first with ``prefer=[...]`` (by rule name), from the command line or the con
 
 from __future__ import annotations
 
+import logging
+
 from tvm import IRModule, tirx
 from tvm.target import Target
 
@@ -21,6 +23,8 @@ from .gemm import GemmPacked, GemmTiled
 from .interaction import InteractionDotBwd, InteractionDotFwd
 from .reduction import ColsumVectorBlocks, SplitSgdParallel
 from .x86.gemm_bf16 import GemmBF16Dpbf16ps
+
+log = logging.getLogger("dlrm_tvm.schedules")
 
 ALL_RULES: dict[str, Rule] = {
     r.name: r
@@ -66,11 +70,20 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
 
 
 def schedule_func(func: tirx.PrimFunc, target: Target, rules: list[Rule]):
-    """(scheduled func, rule name) from the first rule in ``rules`` that takes ``func``."""
+    """(scheduled func, rule name) from the first rule in ``rules`` that takes ``func``.
+
+    A rule must return None for what it does not handle; one that raises instead is logged
+    and skipped, so a faulty rule costs speed, never the build."""
     for rule in rules:
         if not rule.matches_op(func):
             continue
-        sch = rule.apply(func, target, False)
+        try:
+            sch = rule.apply(func, target, False)
+        except Exception as e:  # noqa: BLE001 - see docstring
+            log.warning("schedule rule %s raised on a %s kernel (%s: %s); trying the next rule",
+                        rule.name, op_of(func), type(e).__name__, str(e).splitlines()[0][:200]
+                        if str(e) else "")
+            continue
         if sch is not None:
             return sch.mod["main"], rule.name
     raise RuntimeError("no schedule rule matched (the list must end in Fallback)")

@@ -483,3 +483,18 @@ def test_embedding_bag_sgd_update(table_rows, b, d, max_bag):
     assert_close(got, want, 1e-6 * scale, "embedding_bag_sgd_update")
     np.testing.assert_array_equal(got[~touched], w[~touched])  # untouched rows: bit-identical
     assert (got[touched] != w[touched]).any()
+
+
+def test_a_rule_that_raises_is_skipped_not_fatal(caplog):
+    from dlrm_tvm.schedules import Rule
+
+    class Broken(Rule):
+        name = "broken"
+        ops = ("gemm",)
+
+        def apply(self, func, target, tunable=False):
+            raise RuntimeError("boom")
+
+    func, rule = schedule_func(ops.gemm(16, 8, 16), TARGET, [Broken(), *RULES])
+    assert rule == "gemm_packed_fp32"  # the next rule in the list took it
+    assert "broken raised" in caplog.text
