@@ -39,6 +39,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-ind-range", type=int, help="cap every table at this many rows")
     g.add_argument("--mini-batch-size", type=int, help="batch size")
     g.add_argument("--learning-rate", type=float)
+    g.add_argument("--lr-num-warmup-steps", type=int, help="linear LR warmup (reference)")
+    g.add_argument("--lr-decay-start-step", type=int, help="polynomial decay starts here")
+    g.add_argument("--lr-num-decay-steps", type=int, help="decay length (0: no decay)")
     g.add_argument("--num-indices-per-lookup", type=int, help="lookups per bag (max if varied)")
     g.add_argument("--num-indices-per-lookup-fixed", type=int, choices=(0, 1),
                    help="1: every bag has exactly that many lookups; 0: sizes vary")
@@ -53,7 +56,8 @@ def _resolve_config(args: argparse.Namespace, **extra):
     flags = {k: getattr(args, k, None) for k in (
         "arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
         "arch_interaction_op", "arch_interaction_itself", "max_ind_range", "mini_batch_size",
-        "learning_rate", "num_indices_per_lookup", "labels", "precision")}
+        "learning_rate", "num_indices_per_lookup", "labels", "precision",
+        "lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps")}
     fixed = getattr(args, "num_indices_per_lookup_fixed", None)
     flags["num_indices_per_lookup_fixed"] = None if fixed is None else bool(fixed)
     flags.update(extra)

@@ -385,6 +385,9 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
         t["seed"] = int(f["seed"])
     if "precision" in f:
         t["precision"] = f["precision"]
+    for key in ("lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps"):
+        if key in f:
+            t[key] = int(f[key])
     if "num_indices_per_lookup" in f:
         d["num_indices_per_lookup"] = int(f["num_indices_per_lookup"])
     if "num_indices_per_lookup_fixed" in f:

@@ -143,3 +143,13 @@ def test_ffi_pin_serialises_ir():
     code = "import tvm; from tvm import te; print(len(tvm.ir.save_json(te.var('x') + 1)))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert r.returncode == 0, f"IR serialisation crashed (rc {r.returncode}): check the ffi pin"
+
+
+def test_lr_schedule_flags_reach_the_run(tmp_path):
+    run = tmp_path / "lr"
+    assert cli.main(["train", "--config", "tiny", "--lr-num-warmup-steps", "4",
+                     "--lr-decay-start-step", "6", "--lr-num-decay-steps", "4", "--steps", "10",
+                     "--out", str(run), "--quiet"]) == 0
+    lrs = [json.loads(x)["lr"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == 0.0 and lrs[1] < lrs[3] < lrs[4] == 0.1  # warmup, then the base rate
+    assert lrs[6] > lrs[7] > lrs[8] > lrs[9] >= 1e-7  # decay
