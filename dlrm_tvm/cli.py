@@ -140,11 +140,19 @@ def cmd_kernels_list(args) -> int:
 
 
 def cmd_kernels_bench(args) -> int:
-    from dlrm_tvm.kernels import bench_gemm, format_bench
+    from dlrm_tvm.kernels import bench_gemm, format_bench, format_sweep, sweep_gemms
 
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     if args.op != "gemm":
         raise ValueError(f"kernels bench supports --op gemm for now, not {args.op!r}")
+    if args.shape is None:
+        if args.config is None:
+            raise ValueError("give --shape M,K,N, or --config C for every GEMM of a config")
+        r = sweep_gemms(_resolve_config(args), args.target, args.reps,
+                        torch_baseline=not args.no_torch)
+        print(format_sweep(r))
+        _write_json(args.json, r)
+        return 0 if all(row["status"] != "WRONG" for row in r["rows"]) else 1
     try:
         shape = tuple(int(x) for x in args.shape.split(","))
         assert len(shape) == 3 and min(shape) > 0
@@ -222,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(outputs poisoned first) and timed; torch's matmul (fp32, bf16) runs "
                          "in the same process. Exit status 1 if a candidate is wrong.")
     kb.add_argument("--op", default="gemm", help="operator (gemm)")
-    kb.add_argument("--shape", required=True, help="M,K,N")
+    kb.add_argument("--shape", help="M,K,N (or --config C: every GEMM of that config)")
+    _add_config_args(kb)
     kb.add_argument("--layout", default="mk", choices=("mk", "km"),
                     help="A as [M, K] (forward, input gradient) or [K, M] (weight gradient)")
     kb.add_argument("--b-layout", default="kn", choices=("kn", "nk"))

@@ -78,7 +78,7 @@ def _time(f, reps: int, budget_s: float = 3.0) -> float:
 def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str = "kn",
                epilogue: str = "none", rules: list[str] | None = None,
                target_name: str = "host", reps: int = 10, torch_baseline: bool = True,
-               dtype: str = "float32") -> dict:
+               dtype: str = "float32", peaks: tuple[float, float | None] | None = None) -> dict:
     import tvm
 
     from dlrm_tvm.graphs import ops
@@ -116,8 +116,10 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
     ins = [tvm.runtime.tensor(x, dev) for x in (a, b, extra) if x is not None]
     flop = 2.0 * m * n * k
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
-    peak = fp32_peak_gflops(target, threads)
-    bf16_peak = bf16_peak_gflops(target, threads) if dtype == "bfloat16" else None
+    if peaks is None:
+        peaks = (fp32_peak_gflops(target, threads),
+                 bf16_peak_gflops(target, threads) if dtype == "bfloat16" else None)
+    peak, bf16_peak = peaks
     # fp32 sums of exact products: the bf16 case is only rounded by its inputs (already in the
     # reference), so the same 1e-5 bound applies to the sum order
     tol = 1e-5
@@ -185,4 +187,67 @@ def format_bench(r: dict) -> str:
         err = f"{row['rel_err']:.1e}" if "rel_err" in row else "-"
         out.append(f"{row['name']:<28}{row['status']:<16}{row['ms']:>9.3f}{row['gflops']:>10.1f}"
                    f"{100 * row['frac_fp32_peak']:>8.0f}{err:>10}")
+    return "\n".join(out)
+
+
+def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
+                torch_baseline: bool = True) -> dict:
+    """Every distinct GEMM of ``cfg``'s training step (forward, input and weight gradients, at
+    the config's precision), each with the rule the target's list picks, against torch."""
+    from tvm import tirx
+
+    from dlrm_tvm.graphs.dlrm import DLRMGraph
+    from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops
+    from dlrm_tvm.schedules import rules_for, schedule_func
+    from dlrm_tvm.schedules.base import attr, op_of
+    from dlrm_tvm.targets import resolve_target
+
+    target = resolve_target(target_name).tvm_target()
+    threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    bf16 = cfg.train.precision == "bf16"
+    peaks = (fp32_peak_gflops(target, threads), bf16_peak_gflops(target, threads) if bf16
+             else None)
+    mod = DLRMGraph(cfg.model, cfg.train.batch_size, precision=cfg.train.precision).build()
+    rules = rules_for(target)
+    rows = []
+    for gv, func in sorted(mod.functions_items(), key=lambda kv: kv[0].name_hint):
+        if not isinstance(func, tirx.PrimFunc) or op_of(func) != "gemm":
+            continue
+        _, rule = schedule_func(func, target, rules)
+        shape = (attr(func, "m"), attr(func, "k"), attr(func, "n"))
+        r = bench_gemm(shape, attr(func, "a_layout"), attr(func, "b_layout", "kn"),
+                       attr(func, "epilogue"), [rule], target_name, reps, torch_baseline,
+                       attr(func, "in_dtype", "float32"), peaks)
+        by = {row["name"]: row for row in r["rows"]}
+        ours = by[rule]
+        base = [by[n]["gflops"] for n in ("torch matmul fp32", "torch matmul bf16") if n in by]
+        rows.append({"kernel": gv.name_hint, "shape": list(shape), "rule": rule,
+                     "status": ours["status"], "gflops": ours.get("gflops"),
+                     "frac_peak": (ours["gflops"] / (peaks[1] or peaks[0]))
+                     if "gflops" in ours else None,
+                     "torch_fp32_gflops": by.get("torch matmul fp32", {}).get("gflops"),
+                     "torch_bf16_gflops": by.get("torch matmul bf16", {}).get("gflops"),
+                     "x_best_torch": (ours["gflops"] / max(base)) if base and "gflops" in ours
+                     else None})
+    return {"config": cfg.name, "precision": cfg.train.precision, "target": target_name,
+            "threads": threads, "fp32_peak_gflops": peaks[0], "bf16_peak_gflops": peaks[1],
+            "rows": rows}
+
+
+def format_sweep(r: dict) -> str:
+    peak = (f"bf16 peak {r['bf16_peak_gflops']:.0f}" if r["bf16_peak_gflops"]
+            else f"fp32 peak {r['fp32_peak_gflops']:.0f}")
+    out = [f"every GEMM of {r['config']} ({r['precision']}) on {r['target']}, {r['threads']} "
+           f"threads; % of the measured {peak} GFLOP/s", ""]
+    out.append(f"{'kernel':<40}{'rule':<28}{'GFLOP/s':>9}{'% peak':>8}{'torch32':>9}"
+               f"{'torch16':>9}{'x torch':>9}")
+
+    def f(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+
+    for row in r["rows"]:
+        pct = f(100 * row["frac_peak"], ".0f") if row["frac_peak"] is not None else "-"
+        out.append(f"{row['kernel']:<40}{row['rule']:<28}{f(row['gflops'], '.1f'):>9}"
+                   f"{pct:>8}{f(row['torch_fp32_gflops'], '.1f'):>9}"
+                   f"{f(row['torch_bf16_gflops'], '.1f'):>9}{f(row['x_best_torch'], '.2f'):>9}")
     return "\n".join(out)

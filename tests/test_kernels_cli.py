@@ -48,3 +48,13 @@ def test_kernels_bench_bf16_operands(tmp_path):
     assert r["dtype"] == "bfloat16"
     ok = [row for row in r["rows"] if row["status"] == "ok"]
     assert ok, "some rule must compute the bf16 GEMM on any host"
+
+
+def test_kernels_bench_sweeps_every_gemm_of_a_config(tmp_path):
+    out = tmp_path / "s.json"
+    assert cli.main(["kernels", "bench", "--config", "tiny", "--reps", "2", "--no-torch",
+                     "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    kinds = {row["kernel"].split("_")[1] for row in r["rows"]}
+    assert kinds == {"fwd", "dx", "dw"}
+    assert all(row["status"] == "ok" for row in r["rows"])
