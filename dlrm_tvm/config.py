@@ -9,7 +9,6 @@ embedding dim; ``mlp_top`` excludes its input width, which the interaction fixes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,9 +218,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:

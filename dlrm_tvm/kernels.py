@@ -64,6 +64,21 @@ def format_list(r: dict) -> str:
     return "\n".join(out)
 
 
+def check_and_time(sch, target, ins, want: np.ndarray, reps: int) -> tuple[float, bool, float]:
+    """Compile ``sch``, run it once on ``ins`` with a NaN-poisoned output, and time it:
+    (relative Frobenius error vs ``want``, any output left unwritten, median seconds)."""
+    import tvm
+
+    from dlrm_tvm.pipeline import compile_primfunc
+
+    lib = compile_primfunc(sch, target)
+    out = tvm.runtime.tensor(np.full(want.shape, np.nan, np.float32))
+    lib["main"](*ins, out)
+    got = out.numpy()
+    err = float(np.linalg.norm(got - want) / max(1e-30, np.linalg.norm(want)))
+    return err, bool(np.isnan(got).any()), _time(lambda: lib["main"](*ins, out), reps)
+
+
 def _time(f, reps: int, budget_s: float = 3.0) -> float:
     """Median of up to ``reps`` runs, fewer (at least 2) once ``budget_s`` is spent."""
     f()
@@ -132,15 +147,8 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
         if sch is None:
             rows.append({"name": name, "status": "does not apply"})
             continue
-        lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol",
-                                                                          "main")}),
-                          target=target)
-        out = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32), dev)
-        lib["main"](*ins, out)
-        got = out.numpy()
-        err = float(np.linalg.norm(got - want) / max(1e-30, np.linalg.norm(want)))
-        ok = bool(not np.isnan(got).any() and err < tol)
-        s = _time(lambda lib=lib, out=out: lib["main"](*ins, out), reps)
+        err, unwritten, s = check_and_time(sch, target, ins, want, reps)
+        ok = not unwritten and err < tol
         rows.append({"name": name, "status": "ok" if ok else "WRONG", "rel_err": err,
                      "ms": s * 1e3, "gflops": flop / s / 1e9, "frac_fp32_peak": flop / s / 1e9
                      / peak})

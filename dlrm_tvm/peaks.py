@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from dlrm_tvm.pipeline import compile_primfunc
+
 
 def _loop_ir(symbol: str, vec: str, accs: int, decl: str, setup: list[str], init: str,
              step: str) -> str:
@@ -73,7 +75,6 @@ def _best(f, reps: int = 5) -> float:
 
 def _loop_kernel(target, threads: int, symbol: str, ir: str):
     """A TIR kernel calling the LLVM IR function ``symbol(iters, out)`` on every thread."""
-    import tvm
     from tvm import s_tir
     from tvm.script import tirx as T
 
@@ -88,8 +89,7 @@ def _loop_kernel(target, threads: int, symbol: str, ir: str):
     (loop,) = sch.get_loops(sch.get_sblock("w"))
     sch.parallel(loop)
     sch.annotate(loop, "pragma_import_llvm", ir)
-    return tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
-                       target=target)
+    return compile_primfunc(sch, target)
 
 
 def _run_loop(lib, threads: int, iters: int) -> float:
@@ -128,15 +128,13 @@ def bf16_peak_gflops(target, threads: int, iters: int = 20_000_000) -> float | N
 
 
 def _compile_te(target, tensors):
-    import tvm
     from tvm import te
 
     from dlrm_tvm.schedules import rules_for, schedule_func
 
     func = te.create_prim_func(tensors).with_attr("dlrm.op", "peak_probe")
     sched, _ = schedule_func(func, target, rules_for(target))
-    return tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
-                       target=target)
+    return compile_primfunc(sched, target)
 
 
 def memory_bandwidth_gbs(target, mib: int = 256) -> float:
@@ -171,8 +169,7 @@ def gather_bandwidth_gbs(target, rows: int = 1_000_000, dim: int = 64,
     sch.parallel(c)
     sch.vectorize(d)  # each gathered row read as whole vectors
     sch.decompose_reduction(blk, r_)
-    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
-                      target=target)
+    lib = compile_primfunc(sch, target)
     rng = np.random.default_rng(0)
     t = tvm.runtime.tensor(rng.random((rows, dim), dtype=np.float32))
     ix = tvm.runtime.tensor(rng.integers(0, rows, lookups).astype(np.int64))

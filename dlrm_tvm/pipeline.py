@@ -78,6 +78,14 @@ def compile_dlrm(
     return CompileResult(executable=ex, schedules=chosen, seconds=secs)
 
 
+def compile_primfunc(func, target: tvm.target.Target):
+    """One PrimFunc (or a Schedule's) as a callable module: ``lib["main"](*tensors)``."""
+    if hasattr(func, "mod"):  # a Schedule
+        func = func.mod["main"]
+    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                       target=target)
+
+
 def default_update_owners() -> int:
     import os
 

@@ -25,6 +25,7 @@ from dlrm_tvm.graphs import reference as ref  # noqa: E402
 from dlrm_tvm.schedules import ALL_RULES  # noqa: E402
 from dlrm_tvm.schedules.gemm import gemm_packed_schedule  # noqa: E402
 
+from dlrm_tvm.kernels import check_and_time  # noqa: E402
 from dlrm_tvm.targets import resolve_target  # noqa: E402
 
 
@@ -89,20 +90,9 @@ def main() -> None:
         if sch is None:
             print(f"{name}: rule declined")
             continue
-        lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol",
-                                                                          "main")}),
-                          target=target)
-        out = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32), dev)
-        lib["main"](*ins, out)
-        got = out.numpy()
-        err = float(np.abs(got - want).max() / max(1e-30, np.abs(want).max()))
-        ts = []
-        for _ in range(a.reps):
-            t = time.perf_counter()
-            lib["main"](*ins, out)
-            ts.append(time.perf_counter() - t)
-        ms = float(np.median(ts)) * 1e3
-        rows.append((name, ms, flop / ms / 1e6, err, bool(np.isnan(got).any())))
+        err, unwritten, secs = check_and_time(sch, target, ins, want, a.reps)
+        ms = secs * 1e3
+        rows.append((name, ms, flop / ms / 1e6, err, unwritten))
     try:
         import torch
 
