@@ -1,0 +1,39 @@
+#!/bin/bash
+# Native BF16 checks for issue 3 on a lent host with avx512_bf16 (the device tool's 16-core
+# machine). TVM's compiler does not fit the 64 MiB that travels as a wheel, so the caller
+# stages it in .dev/ (git-ignored): tvm_py.tar.xz (the tvm package without libtvm_compiler.so),
+# libtvm_compiler.so.xz (stripped, xz -9e) and the cp312 apache-tvm-ffi wheel.
+# Everything it prints also lands in $OUT; each step has its own time limit.
+set -u
+export PYTHONUNBUFFERED=1 TVM_THREAD_POOL_SPIN_COUNT=0
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+log() { echo "== $(date +%T) $*"; }
+log cpu; lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core|Socket|NUMA node\(s\)|MHz|L2|L3"
+grep -m1 -o -w 'avx512[a-z_0-9]*\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+site=/tmp/site
+if ! PYTHONSAFEPATH=1 PYTHONPATH=$site python3 -c "import tvm, dlrm_tvm" 2>/dev/null; then
+  log install
+  mkdir -p $site
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $site .dev/apache_tvm_ffi-*.whl || exit 3
+  tar -xJf .dev/tvm_py.tar.xz -C $site || exit 3
+  xz -dc -T0 .dev/libtvm_compiler.so.xz > $site/tvm/lib/libtvm_compiler.so || exit 3
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --ignore-requires-python \
+    --target $site . || exit 3
+fi
+export PYTHONPATH=$site
+# the repo root holds a dlrm_tvm/ without graphs/ (pyproject maps it): never import from cwd
+export PYTHONSAFEPATH=1
+python3 -c "import tvm, tvm_ffi, torch, dlrm_tvm.graphs; print('tvm', tvm.__version__, 'ffi', tvm_ffi.__version__, 'torch', torch.__version__)" || exit 4
+export TVM_NUM_THREADS=${THREADS:-$(nproc)}
+log "threads $TVM_NUM_THREADS"
+step() { local lim=$1; shift; log "$*"; timeout -k 10 "$lim" "$@"; echo "rc $?"; }
+step 130 python3 -m pytest -q -p no:cacheprovider tests/test_gemm_bf16.py::test_bf16_gemm_native \
+  tests/test_gemm_bf16.py::test_bf16_gemm_awkward_shape_falls_to_fp32_compute \
+  tests/test_bf16_training.py tests/test_split_sgd.py 2>&1 | tee "$OUT/pytest-bf16.log"
+step 140 python3 -m dlrm_tvm kernels bench --config mlperf --precision bf16 \
+  --json "$OUT/gemms-mlperf-bf16.json" 2>&1 | tee "$OUT/gemms.log"
+for c in small mlperf; do
+  step 120 python3 -m dlrm_tvm bench --config $c --steps 4 --warmup 1 --precisions fp32,bf16 \
+    --json "$OUT/bench-$c-bf16.json" 2>&1 | tee "$OUT/bench-$c.log"
+done
+log done
