@@ -38,18 +38,17 @@ class Artifact:
 
 
 def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
-                     prefer: tuple[str, ...] = (), update_owners: int | None = None,
+                     prefer: tuple[str, ...] = (),
                      dump_dir: str | Path | None = None) -> Artifact:
     """Compile ``cfg`` for ``target`` (any target, on any host) and write it to ``out_dir``."""
     import tvm
     import tvm_ffi
 
-    from dlrm_tvm.pipeline import compile_dlrm, default_update_owners
+    from dlrm_tvm.pipeline import compile_dlrm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    update_owners = update_owners or default_update_owners()
-    res = compile_dlrm(cfg, target, update_owners=update_owners, prefer=prefer,
+    res = compile_dlrm(cfg, target, prefer=prefer,
                        dump_dir=dump_dir)
     t0 = time.perf_counter()
     tmp = out / (MODULE_FILE + ".tmp.so")
@@ -60,7 +59,6 @@ def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
         "batch_size": cfg.train.batch_size,
-        "update_owners": update_owners,
         "target": target.to_dict(),
         "tvm_version": tvm.__version__,
         "tvm_ffi_version": getattr(tvm_ffi, "__version__", "unknown"),

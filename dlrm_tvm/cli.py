@@ -49,6 +49,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="bf16: bf16 GEMMs with Split-SGD-BF16 weights and tables (default fp32)")
     g.add_argument("--labels", choices=("random", "teacher"),
                    help="synthetic labels: random coin flips (reference) or a learnable teacher")
+    g.add_argument("--optimizer", choices=("sgd", "rwsadagrad"),
+                   help="sgd, or the reference's rwsadagrad: row-wise sparse Adagrad for the "
+                        "tables, dense Adagrad for the MLPs (default sgd)")
+    g.add_argument("--index-distribution", choices=("uniform", "zipf"),
+                   help="synthetic indices: uniform (reference) or Zipf power law over rows")
+    g.add_argument("--zipf-alpha", type=float, help="Zipf exponent (default 1.05)")
 
 
 def _resolve_config(args: argparse.Namespace, **extra):
@@ -56,8 +62,8 @@ def _resolve_config(args: argparse.Namespace, **extra):
     flags = {k: getattr(args, k, None) for k in (
         "arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
         "arch_interaction_op", "arch_interaction_itself", "max_ind_range", "mini_batch_size",
-        "learning_rate", "num_indices_per_lookup", "labels", "precision",
-        "lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps")}
+        "learning_rate", "num_indices_per_lookup", "labels", "precision", "optimizer",
+        "index_distribution", "zipf_alpha", "lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps")}
     fixed = getattr(args, "num_indices_per_lookup_fixed", None)
     flags["num_indices_per_lookup_fixed"] = None if fixed is None else bool(fixed)
     flags.update(extra)
@@ -100,8 +106,13 @@ def cmd_train(args) -> int:
         if args.precision and args.precision != base.train.precision:
             raise ValueError(f"the artifact was compiled for {base.train.precision}; "
                              f"recompile for --precision {args.precision}")
+        if args.optimizer and args.optimizer != base.train.optimizer:
+            raise ValueError(f"the artifact was compiled for --optimizer {base.train.optimizer}; "
+                             f"recompile for --optimizer {args.optimizer}")
         cfg = apply_overrides(base, steps=args.steps, seed=args.seed,
-                              learning_rate=args.learning_rate, labels=args.labels)
+                              learning_rate=args.learning_rate, labels=args.labels,
+                              index_distribution=args.index_distribution,
+                              zipf_alpha=args.zipf_alpha)
     else:
         cfg = _resolve_config(args, steps=args.steps, seed=args.seed)
     summary = train(cfg, args.out, artifact=args.artifact, target=args.target,

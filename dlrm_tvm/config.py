@@ -145,6 +145,10 @@ class ModelConfig:
         return 4 * (self.total_rows * self.embedding_dim + self.mlp_param_count())
 
 
+OPTIMIZERS = ("sgd", "rwsadagrad")
+INDEX_DISTRIBUTIONS = ("uniform", "zipf")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD training. The LR schedule is the reference's: linear warmup, then polynomial decay."""
@@ -158,10 +162,15 @@ class TrainConfig:
     lr_num_decay_steps: int = 0
     log_every: int = 1
     precision: str = "fp32"  # "bf16": bf16 GEMMs and Split-SGD-BF16 weights and tables
+    # "rwsadagrad": the reference's row-wise sparse Adagrad (one accumulator per table row)
+    # for the embeddings and dense Adagrad for the MLPs, as its --optimizer rwsadagrad
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _positive("batch_size", self.batch_size)
         _positive("log_every", self.log_every)
         if not self.learning_rate > 0:
@@ -194,12 +203,17 @@ class DataConfig:
         draws its size uniformly in [1, num_indices_per_lookup] as the reference does.
     labels: "random" (the reference: 0/1 coin flips, nothing to learn) or "teacher" (labels
         from a fixed random linear model of the inputs: a task the model can learn).
+    index_distribution: "uniform" (the reference) or "zipf": row ranks drawn with P(rank k)
+        proportional to k^-zipf_alpha over the table's rows (a power law, as real Criteo
+        indices), the hot ranks spread over the table by a fixed per-table permutation.
     """
 
     kind: str = "synthetic"
     num_indices_per_lookup: int = 1
     num_indices_per_lookup_fixed: bool = True
     labels: str = "random"
+    index_distribution: str = "uniform"
+    zipf_alpha: float = 1.05
 
     def __post_init__(self) -> None:
         if self.kind != "synthetic":
@@ -207,6 +221,11 @@ class DataConfig:
         _positive("num_indices_per_lookup", self.num_indices_per_lookup)
         if self.labels not in ("random", "teacher"):
             raise ConfigError(f"labels must be 'random' or 'teacher', got {self.labels!r}")
+        if self.index_distribution not in INDEX_DISTRIBUTIONS:
+            raise ConfigError(f"index_distribution must be one of {INDEX_DISTRIBUTIONS}, "
+                              f"got {self.index_distribution!r}")
+        if not self.zipf_alpha > 0:
+            raise ConfigError(f"zipf_alpha must be > 0, got {self.zipf_alpha}")
 
 
 @dataclass(frozen=True)
@@ -381,6 +400,8 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
         t["seed"] = int(f["seed"])
     if "precision" in f:
         t["precision"] = f["precision"]
+    if "optimizer" in f:
+        t["optimizer"] = f["optimizer"]
     for key in ("lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps"):
         if key in f:
             t[key] = int(f[key])
@@ -390,6 +411,10 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
         d["num_indices_per_lookup_fixed"] = bool(f["num_indices_per_lookup_fixed"])
     if "labels" in f:
         d["labels"] = f["labels"]
+    if "index_distribution" in f:
+        d["index_distribution"] = f["index_distribution"]
+    if "zipf_alpha" in f:
+        d["zipf_alpha"] = float(f["zipf_alpha"])
     return Config(
         name=cfg.name, model=ModelConfig(**m), train=TrainConfig(**t), data=DataConfig(**d)
     )

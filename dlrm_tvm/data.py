@@ -86,12 +86,24 @@ class SyntheticData:
     a fixed random linear teacher of the inputs (labels="teacher": a learnable task).
     Unlike the reference, duplicate indices inside a bag are kept (the reference drops them
     with np.unique): the kernels handle duplicates, and it keeps generation vectorised.
+
+    index_distribution "zipf": the rank k (1-based) of a lookup's row has P(k) proportional to
+    k^-alpha over the table's rows (inverse CDF on a per-table cumulative table); rank k maps
+    to row perm_t[k-1], a fixed random permutation per table, so hot rows are scattered over
+    the table as in real data rather than packed at its start.
     """
 
     def __init__(self, model: ModelConfig, data: DataConfig, batch_size: int, seed: int):
         self.m, self.d, self.B = model, data, batch_size
         self.rng = np.random.default_rng([seed, 0x5EED])
         self.rows = np.asarray(model.table_rows, np.int64)
+        self._zipf = None
+        if data.index_distribution == "zipf":
+            zrng = np.random.default_rng([seed, 0x21BF])
+            self._zipf = []
+            for r in model.table_rows:
+                cdf = np.cumsum(np.arange(1, r + 1, dtype=np.float64) ** -data.zipf_alpha)
+                self._zipf.append((cdf / cdf[-1], zrng.permutation(r).astype(np.int64)))
         self._teacher = None
         if data.labels == "teacher":
             trng = np.random.default_rng([seed, 0x7EAC])
@@ -99,6 +111,15 @@ class SyntheticData:
                 trng.normal(size=model.num_dense).astype(np.float32),
                 [trng.normal(size=r).astype(np.float32) for r in model.table_rows],
             )
+
+    def zipf_indices(self, table: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Rows for lookups of ``table`` [n] from uniforms ``u`` [n] (Zipf over ranks)."""
+        out = np.empty(u.shape, np.int64)
+        for t, (cdf, perm) in enumerate(self._zipf):
+            sel = table == t
+            rank = np.minimum(np.searchsorted(cdf, u[sel], side="right"), len(cdf) - 1)
+            out[sel] = perm[rank]
+        return out
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -117,7 +138,10 @@ class SyntheticData:
         offsets = np.zeros(T * B + 1, np.int64)
         np.cumsum(sizes, out=offsets[1:])
         table = np.repeat(np.arange(T * B) // B, sizes)
-        indices = np.round(rng.random(offsets[-1]) * (self.rows[table] - 1)).astype(np.int64)
+        if self._zipf is None:
+            indices = np.round(rng.random(offsets[-1]) * (self.rows[table] - 1)).astype(np.int64)
+        else:
+            indices = self.zipf_indices(table, rng.random(offsets[-1]))
         if self._teacher is None:
             labels = np.round(rng.random(B)).astype(np.float32)
         else:

@@ -48,21 +48,15 @@ def compile_dlrm(
     cfg: Config,
     target: TargetInfo,
     batch_size: int | None = None,
-    update_owners: int | None = None,
     prefer: tuple[str, ...] = (),
     dump_dir: str | Path | None = None,
 ) -> CompileResult:
-    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host).
-
-    ``update_owners``: row owners of the fused embedding update (its parallelism; the result is
-    the same for any value); default: TVM_NUM_THREADS, else the host's cores."""
-    if update_owners is None:
-        update_owners = default_update_owners()
+    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host)."""
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     b = batch_size or cfg.train.batch_size
-    mod = DLRMGraph(cfg.model, b, update_owners=update_owners,
-                    precision=cfg.train.precision).build()
+    mod = DLRMGraph(cfg.model, b, precision=cfg.train.precision,
+                    optimizer=cfg.train.optimizer).build()
     secs["graph"] = time.perf_counter() - t0
     tvm_target = target.tvm_target()
     t0 = time.perf_counter()
@@ -84,12 +78,6 @@ def compile_primfunc(func, target: tvm.target.Target):
         func = func.mod["main"]
     return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                        target=target)
-
-
-def default_update_owners() -> int:
-    import os
-
-    return max(1, int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1))
 
 
 def load_vm(executable_or_module):

@@ -74,15 +74,42 @@ def torch_inputs(batch: Batch, num_tables: int):
     return (torch.from_numpy(batch.dense), idx_l, off_l, torch.from_numpy(batch.labels))
 
 
+def _rwsadagrad_step(params, state: dict, lr: float, eps: float = 1e-10) -> None:
+    """The reference's --optimizer rwsadagrad, written out: sparse (embedding) gradients are
+    coalesced, momentum[row] += mean(g^2) over the row, w -= lr * g / (sqrt(momentum) + eps);
+    dense gradients: sum += g^2, w -= lr * g / (sqrt(sum) + eps)."""
+    import torch
+
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if g.is_sparse:
+                g = g.coalesce()
+                rows, vals = g.indices()[0], g.values()
+                mom = state.setdefault(p, torch.zeros(p.shape[0], dtype=torch.float32))
+                mom.index_add_(0, rows, vals.pow(2).mean(dim=1))
+                std = mom[rows].sqrt().add_(eps)
+                p.index_add_(0, rows, -lr * (vals / std[:, None]))
+            else:
+                acc = state.setdefault(p, torch.zeros_like(p))
+                acc.addcmul_(g, g, value=1.0)
+                p.addcdiv_(g, acc.sqrt().add_(eps), value=-lr)
+
+
 class TorchTrainer:
-    """SGD on the torch DLRM, with our LR schedule; ``autocast_bf16`` for the bf16 baseline."""
+    """SGD (or the reference's rwsadagrad, per the config) on the torch DLRM, with our LR
+    schedule; ``autocast_bf16`` for the bf16 baseline."""
 
     def __init__(self, cfg: Config, state: dict[str, np.ndarray], autocast_bf16: bool = False):
         import torch
 
         self.cfg = cfg
         self.model = build(cfg, state)
+        self.adagrad = cfg.train.optimizer == "rwsadagrad"
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.train.learning_rate)
+        self.adagrad_state: dict = {}
         self.loss_fn = torch.nn.BCELoss(reduction="mean")
         self.autocast = autocast_bf16
         self.step_count = 0
@@ -98,7 +125,11 @@ class TorchTrainer:
             p = self.model(dense, idx_l, off_l)
         loss = self.loss_fn(p.float()[:, 0], labels)
         loss.backward()
-        self.opt.step()
+        if self.adagrad:
+            _rwsadagrad_step(list(self.model.parameters()), self.adagrad_state,
+                             self.cfg.train.lr_at(self.step_count))
+        else:
+            self.opt.step()
         self.step_count += 1
         return float(loss.detach())
 

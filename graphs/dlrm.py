@@ -7,7 +7,8 @@ Four named parts as in torchrec: sparse (embedding bags), dense (bottom MLP), in
   dense_forward_backward(dense [B, Din], pooled [B, T, D], labels [B], *mlp_params)
       -> (loss [1], p [B], *mlp_grads, d_pooled [B, T, D])
   dense_update(*mlp_params, *mlp_grads, lr [1]) -> mlp_params        (in place)
-  embedding_update(tables, indices, offsets, d_pooled, lr [1]) -> tables (in place, sparse SGD)
+  embedding_update(tables, indices, offsets, d_pooled, lr [1]) -> tables (in place: the fused
+      sparse backward + optimizer step of graphs/embedding_update.py)
   predict(dense, pooled, *mlp_params) -> p [B]
 
 The runtime calls them in that order; exchanges between ranks can sit between the calls.
@@ -25,6 +26,12 @@ embeddings. Weights and tables are Split-SGD-BF16: the bf16 tensors above are th
 of the fp32 masters, and the update functions take the low halves (uint16) beside them:
   dense_update(*mlp_hi, *mlp_lo, *mlp_grads, lr)
   embedding_update(tables_hi, tables_lo, indices, offsets, d_pooled, lr)
+
+Optimizer "rwsadagrad" (the reference's): the update functions also take the optimizer state,
+in place, after the parameters: one fp32 accumulator per MLP parameter (dense Adagrad) and one
+per table row (row-wise sparse Adagrad):
+  dense_update(*mlp_params, [*mlp_lo,] *mlp_acc, *mlp_grads, lr)
+  embedding_update(tables, [tables_lo,] row_acc [rows], indices, offsets, d_pooled, lr)
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from dlrm_tvm.graphs import ops
+from dlrm_tvm.graphs.embedding_update import embedding_bag_update
 from tvm import relax, tirx
 
 from dlrm_tvm.config import ModelConfig
@@ -72,13 +80,15 @@ class _Kernels:
 class DLRMGraph:
     """Builds the Relax IRModule of one DLRM for one (local) batch size."""
 
-    def __init__(self, model: ModelConfig, batch_size: int, update_owners: int = 2,
-                 loss_scale: float | None = None, precision: str = "fp32"):
+    def __init__(self, model: ModelConfig, batch_size: int, loss_scale: float | None = None,
+                 precision: str = "fp32", optimizer: str = "sgd"):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        if optimizer not in ("sgd", "rwsadagrad"):
+            raise ValueError(f"optimizer must be sgd or rwsadagrad, got {optimizer!r}")
+        self.adagrad = optimizer == "rwsadagrad"
         self.m = model
         self.B = batch_size
-        self.owners = update_owners
         self.loss_scale = loss_scale
         self.specs = mlp_param_specs(model)
         self.bf16 = precision == "bf16"
@@ -275,26 +285,34 @@ class DLRMGraph:
         # dense_update -----------------------------------------------------
         params = self._params()
         lows = self._params("uint16", "_lo") if self.bf16 else []
+        accs = self._params(F32, "_acc") if self.adagrad else []
         grads_v = [relax.Var(f"d_{n}", _t(s)) for n, s in self.specs]
         lr = relax.Var("lr", _t((1,)))
-        with bb.function("dense_update", [*params, *lows, *grads_v, lr]):
+        with bb.function("dense_update", [*params, *lows, *accs, *grads_v, lr]):
             with bb.dataflow():
                 outs = []
                 for i, ((_, shape), pv, gv) in enumerate(zip(self.specs, params, grads_v,
                                                              strict=True)):
                     sh = "x".join(map(str, shape))
-                    if self.bf16:
+                    state = [lows[i]] if self.bf16 else []
+                    state += [accs[i]] if self.adagrad else []
+                    if self.adagrad:
+                        fn = k.get(f"adagrad_update_{sh}{self.sfx}",
+                                   lambda shape=shape: ops.adagrad_update(shape, self.bf16))
+                    elif self.bf16:
                         fn = k.get(f"split_sgd_update_{sh}",
                                    lambda shape=shape: ops.split_sgd_update(shape))
-                        res = bb.emit(relax.call_tir_inplace(
-                            fn, [pv, lows[i], gv, lr], [0, 1],
-                            [_t(shape, "bfloat16"), _t(shape, "uint16")]))
-                        outs += [bb.emit(relax.TupleGetItem(res, 0)),
-                                 bb.emit(relax.TupleGetItem(res, 1))]
                     else:
                         fn = k.get(f"sgd_update_{sh}", lambda shape=shape: ops.sgd_update(shape))
-                        outs.append(bb.emit(relax.call_tir_inplace(fn, [pv, gv, lr], [0],
-                                                                   _t(shape))))
+                    types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
+                        [_t(shape)] * self.adagrad
+                    res = bb.emit(relax.call_tir_inplace(
+                        fn, [pv, *state, gv, lr], list(range(len(types))),
+                        types if len(types) > 1 else types[0]))
+                    if len(types) == 1:
+                        outs.append(res)
+                    else:
+                        outs += [bb.emit(relax.TupleGetItem(res, j)) for j in range(len(types))]
                 out = bb.emit_output(relax.Tuple(outs))
             bb.emit_func_output(out)
 
@@ -303,25 +321,20 @@ class DLRMGraph:
         d_pooled = relax.Var("d_pooled", _t((B, T, D)))
         lr = relax.Var("lr", _t((1,)))
         shape = (m.total_rows, D)
-        if self.bf16:
-            lo = relax.Var("tables_lo", _t(shape, "uint16"))
-            with bb.function("embedding_update", [tables, lo, indices, offsets, d_pooled, lr]):
-                with bb.dataflow():
-                    fn = k.get("embedding_bag_split_sgd_update",
-                               lambda: ops.embedding_bag_split_sgd_update(B, T, D, self.owners))
-                    res = bb.emit(relax.call_tir_inplace(
-                        fn, [tables, lo, indices, offsets, row_off, d_pooled, lr], [0, 1],
-                        [_t(shape, "bfloat16"), _t(shape, "uint16")]))
-                    out = bb.emit_output(res)
-                bb.emit_func_output(out)
-        else:
-            with bb.function("embedding_update", [tables, indices, offsets, d_pooled, lr]):
-                with bb.dataflow():
-                    fn = k.get("embedding_bag_sgd_update",
-                               lambda: ops.embedding_bag_sgd_update(B, T, D, self.owners))
-                    out = bb.emit(relax.call_tir_inplace(
-                        fn, [tables, indices, offsets, row_off, d_pooled, lr], [0], _t(shape)))
-                    out = bb.emit_output(out)
-                bb.emit_func_output(out)
+        state = [relax.Var("tables_lo", _t(shape, "uint16"))] if self.bf16 else []
+        state += [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
+        types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
+            [_t((m.total_rows,))] * self.adagrad
+        opt = "rwsadagrad" if self.adagrad else "sgd"
+        storage = "split" if self.bf16 else "fp32"
+        with bb.function("embedding_update", [tables, *state, indices, offsets, d_pooled, lr]):
+            with bb.dataflow():
+                fn = k.get(f"embedding_bag_update_{opt}_{storage}",
+                           lambda: embedding_bag_update(B, T, D, opt, storage))
+                out = bb.emit(relax.call_tir_inplace(
+                    fn, [tables, *state, indices, offsets, row_off, d_pooled, lr],
+                    list(range(len(types))), types if len(types) > 1 else types[0]))
+                out = bb.emit_output(out)
+            bb.emit_func_output(out)
 
         return bb.get()

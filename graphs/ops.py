@@ -179,6 +179,67 @@ def split_sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
     return _tag(func, "split_sgd_update")
 
 
+ADAGRAD_EPS = 1e-10  # torch's and the reference's default
+
+
+def adagrad_update(shape: tuple[int, ...], split: bool = False,
+                   eps: float = ADAGRAD_EPS) -> tirx.PrimFunc:
+    """Dense Adagrad in place, as the reference's rwsadagrad does for the MLP parameters:
+    S += g^2;  w -= lr * g / (sqrt(S) + eps), S fp32 of the parameter's shape.
+    ``split``: the parameter is Split-SGD-BF16 (hi bfloat16, lo uint16), as in split_sgd_update.
+    Parameters: (W, S, G, lr) or (hi, lo, S, G, lr)."""
+    size = 1
+    for s_ in shape:
+        size *= s_
+
+    if not split:
+        @T.prim_func(s_tir=True)
+        def func(w: T.handle, acc: T.handle, g: T.handle, lr: T.Buffer((1,), F32)):
+            W = T.match_buffer(w, shape, F32)
+            S = T.match_buffer(acc, shape, F32)
+            G = T.match_buffer(g, shape, F32)
+            w32 = T.decl_buffer((size,), F32, data=W.data)
+            s32 = T.decl_buffer((size,), F32, data=S.data)
+            g32 = T.decl_buffer((size,), F32, data=G.data)
+            for i in range(size):
+                with T.sblock("update"):
+                    vi = T.axis.spatial(size, i)
+                    T.reads(g32[vi], lr[0])
+                    T.writes(w32[vi], s32[vi])
+                    s32[vi] = s32[vi] + g32[vi] * g32[vi]
+                    w32[vi] = w32[vi] - lr[0] * (g32[vi] / (T.sqrt(s32[vi]) + T.float32(eps)))
+
+        return _tag(func, "adagrad_update", split=0)
+
+    @T.prim_func(s_tir=True)
+    def funcs(hi: T.handle, lo: T.handle, acc: T.handle, g: T.handle, lr: T.Buffer((1,), F32)):
+        H = T.match_buffer(hi, shape, "bfloat16")
+        L = T.match_buffer(lo, shape, "uint16")
+        S = T.match_buffer(acc, shape, F32)
+        G = T.match_buffer(g, shape, F32)
+        h16 = T.decl_buffer((size,), "uint16", data=H.data)
+        l16 = T.decl_buffer((size,), "uint16", data=L.data)
+        s32 = T.decl_buffer((size,), F32, data=S.data)
+        g32 = T.decl_buffer((size,), F32, data=G.data)
+        for i in range(size):
+            with T.sblock("update"):
+                vi = T.axis.spatial(size, i)
+                T.reads(g32[vi], lr[0])
+                T.writes(h16[vi], l16[vi], s32[vi])
+                s32[vi] = s32[vi] + g32[vi] * g32[vi]
+                w = T.reinterpret(
+                    "float32",
+                    T.shift_left(T.Cast("uint32", h16[vi]), T.uint32(16))
+                    | T.Cast("uint32", l16[vi]),
+                )
+                bits = T.reinterpret(
+                    "uint32", w - lr[0] * (g32[vi] / (T.sqrt(s32[vi]) + T.float32(eps))))
+                h16[vi] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
+                l16[vi] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+
+    return _tag(funcs, "adagrad_update", split=1)
+
+
 def relu_bwd(m: int, n: int, act_dtype: str = F32, out_dtype: str = F32) -> tirx.PrimFunc:
     """dX[m, n] = dY[m, n] where Y[m, n] > 0 else 0 (Y: the ReLU's output; dY fp32)."""
     dY = te.placeholder((m, n), F32, name="dY")
@@ -386,77 +447,3 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
                     Y[vs, vt, k] = acc[k]
 
     return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype)
-
-
-def embedding_bag_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimFunc:
-    """In place, fused backward + sparse SGD: W[row] -= lr * dpooled[b, t] for every lookup.
-
-    Race-free by row ownership: owner o applies exactly the updates of rows with
-    row % owners == o, in lookup order, so the result does not depend on how owners are spread
-    over threads. No gradient the size of a table is ever formed.
-    """
-
-    @T.prim_func(s_tir=True)
-    def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, g: T.handle,
-             lr: T.Buffer((1,), F32)):
-        nnz = T.int64()
-        nrows = T.int64()
-        W = T.match_buffer(w, (nrows, d), F32)
-        I_ = T.match_buffer(idx, (nnz,), I64)
-        Off = T.match_buffer(off, (nt * b + 1,), I64)
-        RO = T.match_buffer(roff, (nt,), I64)
-        G = T.match_buffer(g, (b, nt, d), F32)
-        for o in range(owners):
-            with T.sblock("owner"):
-                vo = T.axis.spatial(owners, o)
-                # W is read and written, but each owner touches only its own rows: declared as
-                # written only, so a schedule may run the owners in parallel
-                T.reads(I_[0:nnz], Off[0 : nt * b + 1], RO[0:nt], G[0:b, 0:nt, 0:d],
-                        lr[0])
-                T.writes(W[0:nrows, 0:d])
-                for t, s in T.grid(nt, b):
-                    for p in range(Off[t * b + s], Off[t * b + s + 1]):
-                        if T.floormod(I_[p] + RO[t], T.int64(owners)) == T.int64(vo):
-                            for k in range(d):
-                                W[I_[p] + RO[t], k] = W[I_[p] + RO[t], k] - lr[0] * G[s, t, k]
-
-    return _tag(func, "embedding_bag_sgd_update", d=d, tables=nt, batch=b, owners=owners)
-
-
-def embedding_bag_split_sgd_update(b: int, nt: int, d: int, owners: int) -> tirx.PrimFunc:
-    """As ``embedding_bag_sgd_update`` on Split-SGD-BF16 tables: hi (bfloat16, what the forward
-    reads) and lo (uint16) [rows, D], both updated in place; each lookup rebuilds the fp32
-    master row, applies its step and splits it again (4 bytes per parameter)."""
-
-    @T.prim_func(s_tir=True)
-    def func(hi: T.handle, lo: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
-             g: T.handle, lr: T.Buffer((1,), F32)):
-        nnz = T.int64()
-        nrows = T.int64()
-        H = T.match_buffer(hi, (nrows, d), "bfloat16")
-        L = T.match_buffer(lo, (nrows, d), "uint16")
-        I_ = T.match_buffer(idx, (nnz,), I64)
-        Off = T.match_buffer(off, (nt * b + 1,), I64)
-        RO = T.match_buffer(roff, (nt,), I64)
-        G = T.match_buffer(g, (b, nt, d), F32)
-        h16 = T.decl_buffer((nrows, d), "uint16", data=H.data)
-        for o in range(owners):
-            with T.sblock("owner"):
-                vo = T.axis.spatial(owners, o)
-                T.reads(I_[0:nnz], Off[0 : nt * b + 1], RO[0:nt], G[0:b, 0:nt, 0:d], lr[0])
-                T.writes(h16[0:nrows, 0:d], L[0:nrows, 0:d])
-                for t, s in T.grid(nt, b):
-                    for p in range(Off[t * b + s], Off[t * b + s + 1]):
-                        r = I_[p] + RO[t]
-                        if T.floormod(r, T.int64(owners)) == T.int64(vo):
-                            for k in range(d):
-                                w = T.reinterpret(
-                                    "float32",
-                                    T.shift_left(T.Cast("uint32", h16[r, k]), T.uint32(16))
-                                    | T.Cast("uint32", L[r, k]),
-                                )
-                                bits = T.reinterpret("uint32", w - lr[0] * G[s, t, k])
-                                h16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
-                                L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
-
-    return _tag(func, "embedding_bag_split_sgd_update", d=d, tables=nt, batch=b, owners=owners)

@@ -114,20 +114,35 @@ def embedding_bag_fwd(w, indices, offsets, row_offsets, b):
     return out
 
 
-def embedding_bag_sgd_update(w, indices, offsets, row_offsets, grad, lr):
-    """Sequential lookup-order update (what the owner-partitioned kernel must reproduce)."""
-    w = w.copy()
-    b, nt, _ = grad.shape
+def embedding_bag_update(w, indices, offsets, row_offsets, grad, lr, optimizer="sgd", acc=None,
+                         eps=1e-10):
+    """The coalesced update: each looked-up row steps once with the sum of its lookups'
+    gradients (summed in float64 here; the kernel sums in fp32). Returns (w, acc)."""
+    w = np.asarray(w, np.float32).copy()
+    acc = None if acc is None else np.asarray(acc, np.float32).copy()
+    b, nt, d = grad.shape
+    sizes = np.diff(offsets)
+    bag = np.repeat(np.arange(nt * b), sizes)
+    rows = indices + np.asarray(row_offsets)[bag // b]
+    g = grad[bag % b, bag // b].astype(np.float64)
+    uniq, inv = np.unique(rows, return_inverse=True)
+    gsum = np.zeros((len(uniq), d), np.float64)
+    np.add.at(gsum, inv, g)
+    gsum = gsum.astype(np.float32)
     lr = np.float32(lr)
-    for t in range(nt):
-        for s in range(b):
-            for p in range(offsets[t * b + s], offsets[t * b + s + 1]):
-                r = indices[p] + row_offsets[t]
-                w[r] = w[r] - lr * grad[s, t]
-    return w
+    if optimizer == "sgd":
+        w[uniq] = w[uniq] - lr * gsum
+    elif optimizer == "rwsadagrad":
+        acc[uniq] = acc[uniq] + (gsum.astype(np.float64) ** 2).mean(1).astype(np.float32)
+        rate = lr / (np.sqrt(acc[uniq]) + np.float32(eps))
+        w[uniq] = w[uniq] - rate[:, None] * gsum
+    else:
+        raise ValueError(optimizer)
+    return w, acc
 
 
-def embedding_bag_split_sgd_update(hi_bits, lo_bits, indices, offsets, row_offsets, grad, lr):
-    """The Split-SGD tables after the update: (hi bits, lo bits)."""
-    master = combine_fp32(hi_bits, lo_bits)
-    return split_fp32(embedding_bag_sgd_update(master, indices, offsets, row_offsets, grad, lr))
+def adagrad_update(w, acc, g, lr, eps=1e-10):
+    """Dense Adagrad (the reference's rwsadagrad on MLP parameters): (w, acc) after one step."""
+    acc = (np.asarray(acc, np.float32) + g * g).astype(np.float32)
+    w = (w - np.float32(lr) * (g / (np.sqrt(acc) + np.float32(eps)))).astype(np.float32)
+    return w, acc

@@ -6,6 +6,9 @@
   4. dense_update(*mlp, *mlp_grads, lr)                     in place
   5. embedding_update(tables, indices, offsets, d_pooled, lr) in place, sparse
 
+Optimizer rwsadagrad adds its accumulators (one fp32 per MLP parameter, one per table row,
+zero at start as in the reference) after the parameters of steps 4 and 5.
+
 The parameters live in tensors this object owns across steps; nothing table-sized is copied or
 allocated per step. The compiled functions do no communication, so exchanges between ranks can
 later sit between steps 2 and 3 and between 3 and 4/5.
@@ -98,6 +101,11 @@ class Trainer:
                 self.mlp_lo.append(t(lo, self.dev))
             else:
                 self.mlp.append(t(a, self.dev))
+        self.adagrad = cfg.train.optimizer == "rwsadagrad"
+        self.mlp_acc, self.row_acc = [], []
+        if self.adagrad:
+            self.mlp_acc = [t(np.zeros(shape, np.float32), self.dev) for _, shape in self.specs]
+            self.row_acc = [t(np.zeros(m.total_rows, np.float32), self.dev)]
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self.step_count = 0
 
@@ -108,7 +116,7 @@ class Trainer:
                 t(batch.labels, self.dev))
 
     def step(self, batch: Batch, timings: dict[str, list[float]] | None = None) -> dict:
-        """One SGD step on ``batch``; returns {"loss", "lr", "p"} (p: predictions before it).
+        """One optimizer step on ``batch``; returns {"loss", "lr", "p"} (p: predictions before it).
 
         ``timings``: if given, the seconds of each compiled function are appended to it."""
         dense, idx, off, labels = self._inputs(batch)
@@ -124,13 +132,11 @@ class Trainer:
         grads = [res[2 + i] for i in range(n)]
         d_pooled = res[2 + n]
         with clock("dense_update"):
-            vm["dense_update"](*self.mlp, *self.mlp_lo, *grads, self._lr)
+            vm["dense_update"](*self.mlp, *self.mlp_lo, *self.mlp_acc, *grads, self._lr)
         with clock("embedding_update"):
-            if self.bf16:
-                vm["embedding_update"](self.tables, self.tables_lo, idx, off, d_pooled,
-                                       self._lr)
-            else:
-                vm["embedding_update"](self.tables, idx, off, d_pooled, self._lr)
+            lo = [self.tables_lo] if self.bf16 else []
+            vm["embedding_update"](self.tables, *lo, *self.row_acc, idx, off, d_pooled,
+                                   self._lr)
         self.step_count += 1
         return {"loss": float(res[0].numpy()[0]), "lr": lr, "p": res[1]}
 
@@ -155,5 +161,14 @@ class Trainer:
             return out
         out = {"tables": self.tables.numpy()}
         for (name, _), a in zip(self.specs, self.mlp, strict=True):
+            out[name] = a.numpy()
+        return out
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """rwsadagrad's accumulators ({"row_acc": [rows], "<layer>_w": ...}); {} for sgd."""
+        if not self.adagrad:
+            return {}
+        out = {"row_acc": self.row_acc[0].numpy()}
+        for (name, _), a in zip(self.specs, self.mlp_acc, strict=True):
             out[name] = a.numpy()
         return out

@@ -14,9 +14,9 @@ from tvm.target import Target
 
 from .base import Rule, has_feature, op_of
 from .embedding import (
+    EmbeddingBagBalancedPrefetch,
     EmbeddingBagParallelBags,
-    EmbeddingSplitUpdateRowOwner,
-    EmbeddingUpdateRowOwner,
+    EmbeddingUpdateBucketed,
 )
 from .fallback import Fallback
 from .gemm import GemmPacked, GemmTiled
@@ -34,9 +34,9 @@ ALL_RULES: dict[str, Rule] = {
         GemmTiled(),
         ColsumVectorBlocks(),
         SplitSgdParallel(),
+        EmbeddingBagBalancedPrefetch(),
         EmbeddingBagParallelBags(),
-        EmbeddingUpdateRowOwner(),
-        EmbeddingSplitUpdateRowOwner(),
+        EmbeddingUpdateBucketed(),
         InteractionDotFwd(),
         InteractionDotBwd(),
         Fallback(),
@@ -59,9 +59,9 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
         ALL_RULES["gemm_tiled_fp32"],
         ALL_RULES["colsum_vector_blocks"],
         ALL_RULES["split_sgd_parallel_chunks"],
+        ALL_RULES["embedding_bag_balanced_prefetch"],
         ALL_RULES["embedding_bag_parallel_bags"],
-        ALL_RULES["embedding_update_row_owner"],
-        ALL_RULES["embedding_split_update_row_owner"],
+        ALL_RULES["embedding_update_bucketed"],
         ALL_RULES["interaction_dot_fwd_rfactor"],
         ALL_RULES["interaction_dot_bwd_batched_gemm"],
     ]

@@ -46,7 +46,7 @@ class SplitSgdParallel(Rule):
     """
 
     name = "split_sgd_parallel_chunks"
-    ops = ("split_sgd_update",)
+    ops = ("split_sgd_update", "adagrad_update")  # dense Adagrad: the same elementwise shape
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):

@@ -36,14 +36,14 @@ _CACHE: dict = {}
 
 @pytest.fixture(scope="session")
 def compiled():
-    """compiled(cfg) -> (vm, CompileResult), compiled once per (model, batch, precision)."""
+    """compiled(cfg) -> (vm, CompileResult), compiled once per (model, batch, precision, optimizer)."""
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
     from dlrm_tvm.targets import resolve_target
 
     target = resolve_target("host")
 
     def get(cfg):
-        key = (cfg.model, cfg.train.batch_size, cfg.train.precision)
+        key = (cfg.model, cfg.train.batch_size, cfg.train.precision, cfg.train.optimizer)
         if key not in _CACHE:
             res = compile_dlrm(cfg, target)
             _CACHE[key] = (load_vm(res.executable), res)

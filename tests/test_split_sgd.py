@@ -12,6 +12,7 @@ import pytest
 import tvm
 from dlrm_tvm.graphs import ops
 from dlrm_tvm.graphs import reference as ref
+from dlrm_tvm.graphs.embedding_update import embedding_bag_update
 from dlrm_tvm.schedules import rules_for, schedule_func
 
 from dlrm_tvm.targets import resolve_target
@@ -80,7 +81,7 @@ def test_bf16_table_forward_reads_the_high_half():
     idx, off, roff = _bags(rng, b, nt, rows)
     hi, _ = ref.split_fp32(rng.standard_normal((rows * nt, d)).astype(np.float32))
     lib, rule = _build(ops.embedding_bag_fwd(b, tuple(roff), d, "bfloat16"))
-    assert rule == "embedding_bag_parallel_bags"
+    assert rule == "embedding_bag_balanced_prefetch"
     y = tvm.runtime.tensor(np.full((b, nt, d), np.nan, np.float32))
     table = hi.view(ml_dtypes.bfloat16)
     lib["main"](*[tvm.runtime.tensor(x) for x in (table, idx, off, roff)], y)
@@ -88,7 +89,8 @@ def test_bf16_table_forward_reads_the_high_half():
     np.testing.assert_allclose(y.numpy(), want, rtol=1e-6, atol=1e-6)
 
 
-def test_split_embedding_update_bit_exact_with_fp32_update_any_owner_count():
+def test_split_embedding_update_bit_exact_with_fp32_update():
+    """Split-SGD-BF16 tables step exactly as fp32 tables do (the same coalesced sums)."""
     b, nt, d, rows = 16, 3, 24, 40
     rng = np.random.default_rng(1)
     idx, off, roff = _bags(rng, b, nt, rows)
@@ -96,17 +98,14 @@ def test_split_embedding_update_bit_exact_with_fp32_update_any_owner_count():
     g = rng.standard_normal((b, nt, d)).astype(np.float32)
     lr = tvm.runtime.tensor(np.array([0.1], np.float32))
     common = [tvm.runtime.tensor(x) for x in (idx, off, roff, g)]
-    plain, _ = _build(ops.embedding_bag_sgd_update(b, nt, d, 2))
+    plain, _ = _build(embedding_bag_update(b, nt, d, "sgd", "fp32"))
     W = tvm.runtime.tensor(w)
     plain["main"](W, *common, lr)
-    results = []
-    for owners in (1, 2, 3):
-        lib, rule = _build(ops.embedding_bag_split_sgd_update(b, nt, d, owners))
-        assert rule == "embedding_split_update_row_owner"
-        hi, lo = ref.split_fp32(w)
-        H, L = tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16)), tvm.runtime.tensor(lo)
-        lib["main"](H, L, *common, lr)
-        results.append(ref.combine_fp32(H.numpy().view(np.uint16), L.numpy()))
-    for r in results:
-        assert np.array_equal(r.view(np.uint32), W.numpy().view(np.uint32))
-    assert not np.array_equal(results[0], w)  # rows really moved
+    lib, rule = _build(embedding_bag_update(b, nt, d, "sgd", "split"))
+    assert rule == "embedding_update_bucketed"
+    hi, lo = ref.split_fp32(w)
+    H, L = tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16)), tvm.runtime.tensor(lo)
+    lib["main"](H, L, *common, lr)
+    got = ref.combine_fp32(H.numpy().view(np.uint16), L.numpy())
+    assert np.array_equal(got.view(np.uint32), W.numpy().view(np.uint32))
+    assert not np.array_equal(got, w)  # rows really moved
