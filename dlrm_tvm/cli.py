@@ -150,12 +150,39 @@ def cmd_kernels_list(args) -> int:
     return 0
 
 
+def _kernels_bench_embedding(args) -> int:
+    from dlrm_tvm.embedding_bench import DEFAULT_CASES, bench_embedding, format_embedding
+
+    cases = DEFAULT_CASES
+    if args.shape:
+        try:
+            cases = tuple(tuple(int(x) for x in c.split(",")) for c in args.shape.split(";"))
+            assert all(len(c) == 3 and min(c) > 0 for c in cases)
+        except (ValueError, AssertionError) as e:
+            raise ValueError(f"--shape for embedding ops expects ROWS,DIM,LOOKUPS_PER_BAG "
+                             f"(several separated by ';'), got {args.shape!r}") from e
+    dists = tuple(x.strip() for x in args.dist.split(","))
+    bad = [x for x in dists if x not in ("uniform", "zipf")]
+    if bad:
+        raise ValueError(f"--dist takes uniform and/or zipf, got {bad}")
+    r = bench_embedding(args.op, cases, dists, args.rule, args.optimizer or "sgd", args.dtype,
+                        args.batch, args.reps, not args.no_torch, args.zipf_alpha or 1.05,
+                        args.target)
+    print(format_embedding(r))
+    _write_json(args.json, r)
+    return 0 if all(v.get("status") != "WRONG" for row in r["rows"]
+                    for v in row["variants"].values()) else 1
+
+
 def cmd_kernels_bench(args) -> int:
     from dlrm_tvm.kernels import bench_gemm, format_bench, format_sweep, sweep_gemms
 
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    if args.op in ("embedding_bag_fwd", "embedding_bag_update"):
+        return _kernels_bench_embedding(args)
     if args.op != "gemm":
-        raise ValueError(f"kernels bench supports --op gemm for now, not {args.op!r}")
+        raise ValueError(f"kernels bench takes --op gemm, embedding_bag_fwd or "
+                         f"embedding_bag_update, not {args.op!r}")
     if args.shape is None:
         if args.config is None:
             raise ValueError("give --shape M,K,N, or --config C for every GEMM of a config")
@@ -240,8 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Each candidate is checked against the NumPy reference "
                          "(outputs poisoned first) and timed; torch's matmul (fp32, bf16) runs "
                          "in the same process. Exit status 1 if a candidate is wrong.")
-    kb.add_argument("--op", default="gemm", help="operator (gemm)")
-    kb.add_argument("--shape", help="M,K,N (or --config C: every GEMM of that config)")
+    kb.add_argument("--op", default="gemm",
+                    choices=("gemm", "embedding_bag_fwd", "embedding_bag_update"),
+                    help="operator (default gemm)")
+    kb.add_argument("--shape", help="gemm: M,K,N (or --config C: every GEMM of that config); "
+                    "embedding ops: ROWS,DIM,LOOKUPS_PER_BAG, several separated by ';' "
+                    "(default: 1000000,64,100;1000000,128,1;10000000,64,1)")
+    kb.add_argument("--dist", default="uniform,zipf",
+                    help="embedding ops: index distributions to run (uniform,zipf)")
+    kb.add_argument("--batch", type=int,
+                    help="embedding ops: bags per call (default: 204800 lookups' worth, at "
+                    "least 2048)")
     _add_config_args(kb)
     kb.add_argument("--layout", default="mk", choices=("mk", "km"),
                     help="A as [M, K] (forward, input gradient) or [K, M] (weight gradient)")
@@ -252,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     kb.add_argument("--target", default="host")
     kb.add_argument("--reps", type=int, default=10)
     kb.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
-                    help="operand dtype (bf16: the AVX-512 BF16 rule where the CPU has it)")
+                    help="gemm: operand dtype (bf16: the AVX-512 BF16 rule where the CPU has "
+                    "it); embedding ops: the table (bf16: Split-SGD-BF16 storage)")
     kb.add_argument("--no-torch", action="store_true")
     kb.add_argument("--json", help="also write the table as JSON here")
     kb.set_defaults(func=cmd_kernels_bench)

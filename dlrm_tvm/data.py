@@ -78,6 +78,17 @@ def validate_batch(batch: Batch, model: ModelConfig, batch_size: int) -> None:
         raise BatchError("dense features contain NaN or infinity")
 
 
+def zipf_rows(rows: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(cdf over ranks 1..rows with P(k) ~ k^-alpha, rank -> row permutation) for one table."""
+    cdf = np.cumsum(np.arange(1, rows + 1, dtype=np.float64) ** -alpha)
+    return cdf / cdf[-1], rng.permutation(rows).astype(np.int64)
+
+
+def zipf_draw(cdf: np.ndarray, perm: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Rows for uniforms ``u`` in [0, 1) (inverse CDF over ranks, then the permutation)."""
+    return perm[np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)]
+
+
 class SyntheticData:
     """The reference's random generator, seeded and streaming (an endless batch iterator).
 
@@ -100,10 +111,7 @@ class SyntheticData:
         self._zipf = None
         if data.index_distribution == "zipf":
             zrng = np.random.default_rng([seed, 0x21BF])
-            self._zipf = []
-            for r in model.table_rows:
-                cdf = np.cumsum(np.arange(1, r + 1, dtype=np.float64) ** -data.zipf_alpha)
-                self._zipf.append((cdf / cdf[-1], zrng.permutation(r).astype(np.int64)))
+            self._zipf = [zipf_rows(r, data.zipf_alpha, zrng) for r in model.table_rows]
         self._teacher = None
         if data.labels == "teacher":
             trng = np.random.default_rng([seed, 0x7EAC])
@@ -117,8 +125,7 @@ class SyntheticData:
         out = np.empty(u.shape, np.int64)
         for t, (cdf, perm) in enumerate(self._zipf):
             sel = table == t
-            rank = np.minimum(np.searchsorted(cdf, u[sel], side="right"), len(cdf) - 1)
-            out[sel] = perm[rank]
+            out[sel] = zipf_draw(cdf, perm, u[sel])
         return out
 
     def __iter__(self) -> Iterator[Batch]:

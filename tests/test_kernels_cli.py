@@ -12,7 +12,7 @@ def test_kernels_list_shows_chosen_rule_per_kernel(tmp_path, capsys):
     assert cli.main(["kernels", "list", "--config", "tiny", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     by_op = {k["op"]: k for k in r["kernels"]}
-    assert by_op["embedding_bag_fwd"]["chosen"] == "embedding_bag_parallel_bags"
+    assert by_op["embedding_bag_fwd"]["chosen"] == "embedding_bag_balanced_prefetch"
     for k in r["kernels"]:
         assert k["chosen"] == k["applicable"][0]
         assert "fallback" in k["applicable"]  # every list ends in the rule that takes anything
@@ -58,3 +58,38 @@ def test_kernels_bench_sweeps_every_gemm_of_a_config(tmp_path):
     kinds = {row["kernel"].split("_")[1] for row in r["rows"]}
     assert kinds == {"fwd", "dx", "dw"}
     assert all(row["status"] == "ok" for row in r["rows"])
+
+
+def test_kernels_bench_embedding_forward(tmp_path, capsys):
+    """Small table, both distributions: every variant checked, the plain gather and torch."""
+    out = tmp_path / "e.json"
+    rc = cli.main(["kernels", "bench", "--op", "embedding_bag_fwd", "--shape", "5000,16,8",
+                   "--batch", "256", "--reps", "3", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert [row["dist"] for row in r["rows"]] == ["uniform", "zipf"]
+    for row in r["rows"]:
+        assert row["gather_gbs"] > 0 and row["nnz"] == 256 * 8
+        assert set(row["variants"]) == {"embedding_bag_balanced_prefetch",
+                                        "embedding_bag_parallel_bags"}
+        assert all(v["status"] == "ok" and v["ms"] > 0 for v in row["variants"].values())
+    # Zipf concentrates lookups on few rows
+    assert r["rows"][1]["distinct_rows"] < r["rows"][0]["distinct_rows"] / 2
+    assert "plain gather" in capsys.readouterr().out
+
+
+def test_kernels_bench_embedding_update_adagrad_bf16(tmp_path):
+    out = tmp_path / "u.json"
+    rc = cli.main(["kernels", "bench", "--op", "embedding_bag_update", "--shape", "3000,8,4",
+                   "--batch", "512", "--optimizer", "rwsadagrad", "--dtype", "bf16",
+                   "--dist", "zipf", "--reps", "3", "--json", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    v = row["variants"]["embedding_update_bucketed"]
+    assert v["status"] == "ok" and v["err"] < 1e-5
+    assert row["torch"]["update_ms"] > 0
+
+
+def test_kernels_bench_embedding_rejects_bad_shape(capsys):
+    assert cli.main(["kernels", "bench", "--op", "embedding_bag_fwd", "--shape", "10,4"]) == 2
+    assert "ROWS,DIM,LOOKUPS" in capsys.readouterr().err
