@@ -91,14 +91,14 @@ def bag_fwd_balanced_impl(b: int, nt: int, d: int, table_dtype: str = F32) -> ti
                     lo[1] = mid
             first[k] = T.if_then_else(k == FWD_TASKS, T.int64(tb), lo[0])
         for k in T.parallel(FWD_TASKS):
-            acc = T.decl_buffer((d,), F32, scope="local")
             # loops written from 0: TVM 0.27 mislowers a loop whose start is a buffer load when
-            # an inner loop's bounds use its variable (every iteration saw the first start)
+            # an inner loop's bounds use its variable (every iteration saw the first start).
+            # The sum accumulates in the output row itself: a local accumulator was not kept in
+            # registers and made one-lookup bags 3x slower (10M x 64: 72 vs 25 ms)
             for j in range(first[k + 1] - first[k]):
                 v = first[k] + j
-                for c in T.vectorized(d):
-                    acc[c] = T.float32(0)
-                for i in range(Off[v + 1] - Off[v]):
+                n = Off[v + 1] - Off[v]
+                for i in range(n):
                     p = Off[v] + i
                     if p + FWD_PREFETCH < nnz:
                         for q in range(lines):
@@ -107,10 +107,17 @@ def bag_fwd_balanced_impl(b: int, nt: int, d: int, table_dtype: str = F32) -> ti
                                 T.address_of(W[I_[p + FWD_PREFETCH] + RO[v // b],
                                                T.min(q * per_line, d - 1)]),
                                 T.int32(0), T.int32(3), T.int32(1)))
+                    # the first row is stored, the others added (0 + x is x: same sums)
+                    if i == 0:
+                        for c in T.vectorized(d):
+                            Y[v % b, v // b, c] = T.Cast(F32, W[I_[p] + RO[v // b], c])
+                    else:
+                        for c in T.vectorized(d):
+                            Y[v % b, v // b, c] = Y[v % b, v // b, c] + T.Cast(
+                                F32, W[I_[p] + RO[v // b], c])
+                if n == T.int64(0):
                     for c in T.vectorized(d):
-                        acc[c] = acc[c] + T.Cast(F32, W[I_[p] + RO[v // b], c])
-                for c in T.vectorized(d):
-                    Y[v % b, v // b, c] = acc[c]
+                        Y[v % b, v // b, c] = T.float32(0)
 
     return func
 
