@@ -111,6 +111,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
             nu = T.decl_buffer((nch,), I64)
             cnt = T.decl_buffer((BUCKETS * nch,), I64)  # [bucket][chunk]
             ent = T.decl_buffer((nch * CHUNK,), I64)  # distinct-row entries by bucket
+            erow = T.decl_buffer((nch * CHUNK,), I64)  # and their rows, beside them
             keys = T.decl_buffer((nch * CHUNK * 2,), I64)
             vals = T.decl_buffer((nch * CHUNK * 2,), I64)
             # 0: the bag of every lookup
@@ -159,6 +160,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                 for j in range(nu[c]):
                     bk = _bucket(urow[c * CHUNK + j])
                     ent[cnt[bk * nch + c]] = c * CHUNK + j
+                    erow[cnt[bk * nch + c]] = urow[c * CHUNK + j]
                     cnt[bk * nch + c] = cnt[bk * nch + c] + T.int64(1)
             # 4: per bucket, add each row's partials in chunk order, then step the row once
             for bk in loop(T.int64(BUCKETS)):
@@ -177,7 +179,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                         keys[lo * 2 + q] = T.int64(-1)
                     for i in range(ne):
                         e = ent[lo + i]
-                        r = urow[e]
+                        r = erow[lo + i]
                         h4[0] = T.bitwise_and(_h32(r), msk[0])
                         while keys[lo * 2 + h4[0]] != T.int64(-1) and keys[lo * 2 + h4[0]] != r:
                             h4[0] = T.bitwise_and(h4[0] + T.int64(1), msk[0])
@@ -189,17 +191,17 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                                 P[vals[lo * 2 + h4[0]], k] = P[vals[lo * 2 + h4[0]], k] + P[e, k]
                     for i in range(ne):
                         e = ent[lo + i]
-                        r = urow[e]
+                        r = erow[lo + i]
                         if prefetch and i + T.int64(PREFETCH) < ne:
                             # the rows and partials PREFETCH entries ahead (random addresses)
                             for q in range((d * 4 + 63) // 64):
                                 _prefetch(P, ent[lo + i + PREFETCH], q * 16, 0)
                                 if split:
                                     if q % 2 == 0:
-                                        _prefetch(H16, urow[ent[lo + i + PREFETCH]], q * 16, 1)
-                                        _prefetch(L, urow[ent[lo + i + PREFETCH]], q * 16, 1)
+                                        _prefetch(H16, erow[lo + i + PREFETCH], q * 16, 1)
+                                        _prefetch(L, erow[lo + i + PREFETCH], q * 16, 1)
                                 else:
-                                    _prefetch(W, urow[ent[lo + i + PREFETCH]], q * 16, 1)
+                                    _prefetch(W, erow[lo + i + PREFETCH], q * 16, 1)
                         h4[0] = T.bitwise_and(_h32(r), msk[0])
                         while keys[lo * 2 + h4[0]] != r:
                             h4[0] = T.bitwise_and(h4[0] + T.int64(1), msk[0])
@@ -260,3 +262,107 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
     return func.with_attrs({
         "dlrm.op": "embedding_bag_update", "dlrm.d": d, "dlrm.tables": nt, "dlrm.batch": b,
         "dlrm.optimizer": optimizer, "dlrm.storage": storage})
+
+
+def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32"
+                                   ) -> tirx.PrimFunc:
+    """SGD only: every lookup steps its row by its own gradient, in lookup order (the same step
+    as the coalesced kernel's up to fp32 rounding: the sum is applied one term at a time).
+
+    Deterministic and race-free without atomics or a scan per thread: lookups are bucketed by
+    a hash of their row (fixed buckets, chunk-ordered, so lookup order survives), then each
+    bucket applies its lookups in order. No hash map and no gradient copies, so a lookup costs
+    a row read-modify-write plus sequential index traffic. A hot row stays in one bucket: at
+    many threads its bucket is the critical path (the coalesced kernel does not have that).
+    Parameters as ``embedding_bag_update(..., "sgd", storage)``.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    split = storage == "split"
+    tb = nt * b
+    lines = (d * (2 if split else 4) + 63) // 64  # cache lines per row
+
+    @T.macro(hygienic=False)
+    def body(W, H16, L, I_, Off, RO, G, lr, nnz, split, lines):
+        nch = T.meta_var((nnz + T.int64(CHUNK - 1)) // T.int64(CHUNK))
+        if nnz > T.int64(0):
+            bagof = T.decl_buffer((nnz,), "int32")
+            cnt = T.decl_buffer((BUCKETS * nch,), I64)  # [bucket][chunk]
+            lst = T.decl_buffer((nnz,), "int32")  # lookups by bucket, in lookup order
+            lrow = T.decl_buffer((nnz,), I64)  # and their rows
+            for v in T.parallel(T.int64(tb)):
+                for i in range(Off[v + 1] - Off[v]):
+                    bagof[Off[v] + i] = T.Cast("int32", v)
+            for c in T.parallel(nch):
+                for q in range(T.int64(BUCKETS)):
+                    cnt[q * nch + c] = T.int64(0)
+                for i in range(T.min(nnz - c * CHUNK, T.int64(CHUNK))):
+                    p = c * CHUNK + i
+                    bk = _bucket(I_[p] + RO[T.Cast(I64, bagof[p]) // b])
+                    cnt[bk * nch + c] = cnt[bk * nch + c] + T.int64(1)
+            s2 = T.decl_buffer((1,), I64, scope="local")
+            s2[0] = T.int64(0)
+            for q in range(T.int64(BUCKETS) * nch):
+                t = cnt[q]
+                cnt[q] = s2[0]
+                s2[0] = s2[0] + t
+            for c in T.parallel(nch):
+                for i in range(T.min(nnz - c * CHUNK, T.int64(CHUNK))):
+                    p = c * CHUNK + i
+                    r = I_[p] + RO[T.Cast(I64, bagof[p]) // b]
+                    bk = _bucket(r)
+                    lst[cnt[bk * nch + c]] = T.Cast("int32", p)
+                    lrow[cnt[bk * nch + c]] = r
+                    cnt[bk * nch + c] = cnt[bk * nch + c] + T.int64(1)
+            for bk in T.parallel(T.int64(BUCKETS)):
+                lo = T.if_then_else(bk == T.int64(0), T.int64(0), cnt[bk * nch - 1])
+                for i in range(cnt[bk * nch + nch - 1] - lo):
+                    if i + T.int64(PREFETCH) < cnt[bk * nch + nch - 1] - lo:
+                        for q in range(lines):
+                            if split:
+                                _prefetch(H16, lrow[lo + i + PREFETCH], q * 32, 1)
+                                _prefetch(L, lrow[lo + i + PREFETCH], q * 32, 1)
+                            else:
+                                _prefetch(W, lrow[lo + i + PREFETCH], q * 16, 1)
+                    r = lrow[lo + i]
+                    bv = T.Cast(I64, bagof[T.Cast(I64, lst[lo + i])])
+                    if split:
+                        for k in range(d):
+                            w = T.reinterpret(
+                                F32,
+                                T.shift_left(T.Cast("uint32", H16[r, k]), T.uint32(16))
+                                | T.Cast("uint32", L[r, k]),
+                            )
+                            bits = T.reinterpret("uint32", w - lr[0] * G[bv % b, bv // b, k])
+                            H16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
+                            L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+                    else:
+                        for k in T.vectorized(d):
+                            W[r, k] = W[r, k] - lr[0] * G[bv % b, bv // b, k]
+
+    if not split:
+        @T.prim_func
+        def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, g: T.handle,
+                 lr: T.Buffer((1,), F32)):
+            nnz, nrows = T.int64(), T.int64()
+            W = T.match_buffer(w, (nrows, d), F32)
+            I_ = T.match_buffer(idx, (nnz,), I64)
+            Off = T.match_buffer(off, (tb + 1,), I64)
+            RO = T.match_buffer(roff, (nt,), I64)
+            G = T.match_buffer(g, (b, nt, d), F32)
+            body(W, W, W, I_, Off, RO, G, lr, nnz, split, lines)
+    else:
+        @T.prim_func
+        def func(hi: T.handle, lo_: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
+                 g: T.handle, lr: T.Buffer((1,), F32)):
+            nnz, nrows = T.int64(), T.int64()
+            H = T.match_buffer(hi, (nrows, d), "bfloat16")
+            L = T.match_buffer(lo_, (nrows, d), "uint16")
+            I_ = T.match_buffer(idx, (nnz,), I64)
+            Off = T.match_buffer(off, (tb + 1,), I64)
+            RO = T.match_buffer(roff, (nt,), I64)
+            G = T.match_buffer(g, (b, nt, d), F32)
+            H16 = T.decl_buffer((nrows, d), "uint16", data=H.data)
+            body(L, H16, L, I_, Off, RO, G, lr, nnz, split, lines)
+
+    return func

@@ -17,6 +17,7 @@ from .embedding import (
     EmbeddingBagBalancedPrefetch,
     EmbeddingBagParallelBags,
     EmbeddingUpdateBucketed,
+    EmbeddingUpdateLookupOrder,
 )
 from .fallback import Fallback
 from .gemm import GemmPacked, GemmTiled
@@ -36,6 +37,7 @@ ALL_RULES: dict[str, Rule] = {
         SplitSgdParallel(),
         EmbeddingBagBalancedPrefetch(),
         EmbeddingBagParallelBags(),
+        EmbeddingUpdateLookupOrder(),
         EmbeddingUpdateBucketed(),
         InteractionDotFwd(),
         InteractionDotBwd(),
@@ -61,6 +63,7 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
         ALL_RULES["split_sgd_parallel_chunks"],
         ALL_RULES["embedding_bag_balanced_prefetch"],
         ALL_RULES["embedding_bag_parallel_bags"],
+        ALL_RULES["embedding_update_bucketed_lookups"],
         ALL_RULES["embedding_update_bucketed"],
         ALL_RULES["interaction_dot_fwd_rfactor"],
         ALL_RULES["interaction_dot_bwd_batched_gemm"],

@@ -27,7 +27,7 @@ U32 = 2.0**-24  # fp32 unit roundoff
 
 EXPECTED_RULE = {
     "embedding_bag_fwd": "embedding_bag_balanced_prefetch",
-    "embedding_bag_update": "embedding_update_bucketed",
+    "embedding_bag_update": "embedding_update_bucketed_lookups",  # sgd
     "interaction_dot_fwd": "interaction_dot_fwd_rfactor",
     "interaction_dot_bwd": "interaction_dot_bwd_batched_gemm",
 }

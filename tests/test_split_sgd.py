@@ -102,7 +102,7 @@ def test_split_embedding_update_bit_exact_with_fp32_update():
     W = tvm.runtime.tensor(w)
     plain["main"](W, *common, lr)
     lib, rule = _build(embedding_bag_update(b, nt, d, "sgd", "split"))
-    assert rule == "embedding_update_bucketed"
+    assert rule == "embedding_update_bucketed_lookups"
     hi, lo = ref.split_fp32(w)
     H, L = tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16)), tvm.runtime.tensor(lo)
     lib["main"](H, L, *common, lr)
