@@ -145,7 +145,8 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
                     t = _median_time(lambda: lib["main"](*tables, *t_in, y), reps)
                 else:
                     ok, err = _check_update(lib, tables, idx, off, roff, grad, d, optimizer,
-                                            bf16, rows, rng)
+                                            bf16, rows, rng,
+                                            sequential=name == "embedding_update_bucketed_lookups")
                     acc = [tvm.runtime.tensor(np.zeros(rows, np.float32))] \
                         if optimizer == "rwsadagrad" else []
                     args = [*tables, *acc, *t_in, tvm.runtime.tensor(grad),
@@ -165,8 +166,11 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             "target": ti.to_dict(), "zipf_alpha": zipf_alpha, "rows": rows_out}
 
 
-def _check_update(lib, tables, idx, off, roff, grad, d, optimizer, bf16, rows, rng):
-    """Run once; the touched rows must match NumPy, a sample of the others must not move."""
+def _check_update(lib, tables, idx, off, roff, grad, d, optimizer, bf16, rows, rng,
+                  sequential=False):
+    """Run once; the touched rows must match NumPy, a sample of the others must not move.
+    ``sequential``: the kernel steps lookup by lookup (its oracle too: with hot rows, that and
+    the coalesced sum part by more than fp32 rounding of one step)."""
     import tvm
 
     from dlrm_tvm.graphs import reference as ref
@@ -188,8 +192,11 @@ def _check_update(lib, tables, idx, off, roff, grad, d, optimizer, bf16, rows, r
                 tvm.runtime.tensor(np.array([lr], np.float32)))
     # the oracle on the touched sub-table (rows renumbered 0..len(touched))
     local = np.searchsorted(touched, idx)
-    want, _ = ref.embedding_bag_update(before, local, off, roff, grad, lr, optimizer,
-                                       acc0[touched] if acc else None)
+    if sequential:
+        want = ref.embedding_bag_sgd_sequential(before, local, off, roff, grad, lr)
+    else:
+        want, _ = ref.embedding_bag_update(before, local, off, roff, grad, lr, optimizer,
+                                           acc0[touched] if acc else None)
     got = master(touched)
     err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
     ok = err < 1e-5 and np.array_equal(master(others), before_o)

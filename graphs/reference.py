@@ -146,3 +146,14 @@ def adagrad_update(w, acc, g, lr, eps=1e-10):
     acc = (np.asarray(acc, np.float32) + g * g).astype(np.float32)
     w = (w - np.float32(lr) * (g / (np.sqrt(acc) + np.float32(eps)))).astype(np.float32)
     return w, acc
+
+
+def embedding_bag_sgd_sequential(w, indices, offsets, row_offsets, grad, lr):
+    """SGD applied lookup by lookup in lookup order, in fp32 (what the lookup-order kernel
+    computes; the coalesced sum differs from it by rounding only)."""
+    w = np.asarray(w, np.float32).copy()
+    b, nt, _ = grad.shape
+    bag = np.repeat(np.arange(nt * b), np.diff(offsets))
+    rows = indices + np.asarray(row_offsets)[bag // b]
+    np.subtract.at(w, rows, np.float32(lr) * grad[bag % b, bag // b])
+    return w
