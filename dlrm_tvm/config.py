@@ -254,12 +254,16 @@ class Config:
         return dataclasses.replace(self, **sections)
 
     def check_fits(self, available_bytes: int | None = None) -> None:
-        """Refuse a config whose parameters cannot fit in this machine's memory."""
+        """Refuse a config whose parameters (and optimizer state) cannot fit in memory."""
         need = self.model.param_bytes()
+        what = "parameters"
+        if self.train.optimizer == "rwsadagrad":  # a row accumulator, an MLP-sized one
+            need += 4 * (self.model.total_rows + self.model.mlp_param_count())
+            what = "parameters and rwsadagrad accumulators"
         avail = available_bytes if available_bytes is not None else available_memory()
         if avail is not None and need > 0.8 * avail:
             raise ConfigError(
-                f"the model's parameters need {need / 2**30:.1f} GiB "
+                f"the model's {what} need {need / 2**30:.1f} GiB "
                 f"({self.model.total_rows:,} embedding rows x {self.model.embedding_dim} fp32) "
                 f"but only {avail / 2**30:.1f} GiB of memory is available: "
                 f"lower the table sizes (e.g. --max-ind-range) or the embedding dim"

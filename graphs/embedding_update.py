@@ -288,8 +288,9 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
         if nnz > T.int64(0):
             bagof = T.decl_buffer((nnz,), "int32")
             cnt = T.decl_buffer((BUCKETS * nch,), I64)  # [bucket][chunk]
-            lst = T.decl_buffer((nnz,), "int32")  # lookups by bucket, in lookup order
-            lrow = T.decl_buffer((nnz,), I64)  # and their rows
+            lgrad = T.decl_buffer((nnz,), "int32")  # lookups by bucket, in lookup order: the
+            lrow = T.decl_buffer((nnz,), I64)  # row of G2 holding their gradient, their row
+            G2 = T.decl_buffer((b * nt, d), F32, data=G.data)  # G[s, t] is G2[s * nt + t]
             for v in T.parallel(T.int64(tb)):
                 for i in range(Off[v + 1] - Off[v]):
                     bagof[Off[v] + i] = T.Cast("int32", v)
@@ -309,9 +310,10 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
             for c in T.parallel(nch):
                 for i in range(T.min(nnz - c * CHUNK, T.int64(CHUNK))):
                     p = c * CHUNK + i
-                    r = I_[p] + RO[T.Cast(I64, bagof[p]) // b]
+                    bv = T.Cast(I64, bagof[p])
+                    r = I_[p] + RO[bv // b]
                     bk = _bucket(r)
-                    lst[cnt[bk * nch + c]] = T.Cast("int32", p)
+                    lgrad[cnt[bk * nch + c]] = T.Cast("int32", (bv % b) * nt + bv // b)
                     lrow[cnt[bk * nch + c]] = r
                     cnt[bk * nch + c] = cnt[bk * nch + c] + T.int64(1)
             for bk in T.parallel(T.int64(BUCKETS)):
@@ -324,8 +326,10 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
                                 _prefetch(L, lrow[lo + i + PREFETCH], q * 32, 1)
                             else:
                                 _prefetch(W, lrow[lo + i + PREFETCH], q * 16, 1)
+                        for q in range((d * 4 + 63) // 64):
+                            _prefetch(G2, T.Cast(I64, lgrad[lo + i + PREFETCH]), q * 16, 0)
                     r = lrow[lo + i]
-                    bv = T.Cast(I64, bagof[T.Cast(I64, lst[lo + i])])
+                    gr = T.Cast(I64, lgrad[lo + i])
                     if split:
                         for k in range(d):
                             w = T.reinterpret(
@@ -333,12 +337,12 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
                                 T.shift_left(T.Cast("uint32", H16[r, k]), T.uint32(16))
                                 | T.Cast("uint32", L[r, k]),
                             )
-                            bits = T.reinterpret("uint32", w - lr[0] * G[bv % b, bv // b, k])
+                            bits = T.reinterpret("uint32", w - lr[0] * G2[gr, k])
                             H16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
                             L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
                     else:
                         for k in T.vectorized(d):
-                            W[r, k] = W[r, k] - lr[0] * G[bv % b, bv // b, k]
+                            W[r, k] = W[r, k] - lr[0] * G2[gr, k]
 
     if not split:
         @T.prim_func

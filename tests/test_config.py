@@ -370,3 +370,15 @@ def test_lr_warmup_only():
     t = TrainConfig(learning_rate=1.0, lr_num_warmup_steps=4)
     assert [t.lr_at(s) for s in range(6)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
 
+
+
+def test_check_fits_counts_rwsadagrad_state():
+    """rwsadagrad adds a row accumulator and an MLP-sized one: a budget that fits SGD can
+    refuse it."""
+    c = dataclasses.replace(PRESETS["small"], train=dataclasses.replace(
+        PRESETS["small"].train, optimizer="rwsadagrad"))
+    need_sgd = c.model.param_bytes()
+    budget = int(need_sgd / 0.8) + 1024  # SGD fits exactly, the accumulators do not
+    PRESETS["small"].check_fits(available_bytes=budget)
+    with pytest.raises(ConfigError, match="rwsadagrad accumulators"):
+        c.check_fits(available_bytes=budget)
