@@ -49,6 +49,56 @@ def _h32(r):
     return T.floormod(r * T.int64(HASH_MUL), T.int64(1 << 32))
 
 
+# Split-SGD step of 8 elements: rebuild the fp32 masters from (hi, lo), fma, split again. TVM's
+# vectoriser mistranslates this body written in TIR (7 of 8 lanes wrong, see docs/bf16.md), so
+# the parallel kernels import it as LLVM IR (loop annotation pragma_import_llvm) and call it;
+# LLVM inlines it. Plain LLVM vectors: legal on any x86-64 (AVX2: one ymm per step). The fma is
+# what TVM's own fp32 code does with w - rate * g (fused), so both storages stay bit-identical.
+SPLIT_SGD_LLVM_IR = """
+declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)
+
+define void @dlrm_split_sgd8(ptr %hi, ptr %lo, ptr %g, float %rate) alwaysinline {
+  %h = load <8 x i16>, ptr %hi, align 2
+  %l = load <8 x i16>, ptr %lo, align 2
+  %gv = load <8 x float>, ptr %g, align 4
+  %h32 = zext <8 x i16> %h to <8 x i32>
+  %l32 = zext <8 x i16> %l to <8 x i32>
+  %hs = shl <8 x i32> %h32, <i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16>
+  %bits = or <8 x i32> %hs, %l32
+  %w = bitcast <8 x i32> %bits to <8 x float>
+  %nr = fneg float %rate
+  %r0 = insertelement <8 x float> poison, float %nr, i32 0
+  %rs = shufflevector <8 x float> %r0, <8 x float> poison, <8 x i32> zeroinitializer
+  %nw = call <8 x float> @llvm.fma.v8f32(<8 x float> %rs, <8 x float> %gv, <8 x float> %w)
+  %nb = bitcast <8 x float> %nw to <8 x i32>
+  %nh = lshr <8 x i32> %nb, <i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16>
+  %nh16 = trunc <8 x i32> %nh to <8 x i16>
+  %nl16 = trunc <8 x i32> %nb to <8 x i16>
+  store <8 x i16> %nh16, ptr %hi, align 2
+  store <8 x i16> %nl16, ptr %lo, align 2
+  ret void
+}
+"""
+
+
+@T.macro(hygienic=False)
+def _split_step(H16, L, r, Gsrc, grow, rate, d, vector):
+    """hi/lo row r -= rate * Gsrc[grow, :]: vector steps of 8 (``vector``), then scalar."""
+    if vector:
+        for kk in T.serial(d // 8, annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
+            T.evaluate(T.call_extern("void", "dlrm_split_sgd8", T.address_of(H16[r, kk * 8]),
+                                     T.address_of(L[r, kk * 8]),
+                                     T.address_of(Gsrc[grow, kk * 8]), rate))
+    for k in range(d // 8 * 8 if vector else 0, d):
+        w = T.reinterpret(
+            F32,
+            T.shift_left(T.Cast("uint32", H16[r, k]), T.uint32(16)) | T.Cast("uint32", L[r, k]),
+        )
+        bits = T.reinterpret("uint32", w - rate * Gsrc[grow, k])
+        H16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
+        L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+
+
 def _prefetch(buf, row, col, write: int):
     """A software prefetch of buf[row, col]'s cache line (never faults)."""
     return T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buf[row, col]),
@@ -75,7 +125,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
     prefetch = parallel
 
     @T.macro(hygienic=False)
-    def step_row(W, H16, L, M, r, P, e, lr, vec, adagrad, split, eps):
+    def step_row(W, H16, L, M, r, P, e, lr, vec, adagrad, split, eps, vector):
         # one optimizer step of row r with its summed gradient P[e, :]
         rate = T.decl_buffer((1,), F32, scope="local")
         rate[0] = lr[0]
@@ -87,16 +137,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
             M[r] = M[r] + sq[0] / T.float32(d)
             rate[0] = lr[0] / (T.sqrt(M[r]) + T.float32(eps))
         if split:
-            # scalar: TVM's vectoriser mistranslates this reinterpret-and-shift body
-            for k in range(d):
-                w = T.reinterpret(
-                    F32,
-                    T.shift_left(T.Cast("uint32", H16[r, k]), T.uint32(16))
-                    | T.Cast("uint32", L[r, k]),
-                )
-                bits = T.reinterpret("uint32", w - rate[0] * P[e, k])
-                H16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
-                L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+            _split_step(H16, L, r, P, e, rate[0], d, vector)
         else:
             for k in vec(d):
                 W[r, k] = W[r, k] - rate[0] * P[e, k]
@@ -206,7 +247,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                         while keys[lo * 2 + h4[0]] != r:
                             h4[0] = T.bitwise_and(h4[0] + T.int64(1), msk[0])
                         if vals[lo * 2 + h4[0]] == e:
-                            step_row(W, H16, L, M, r, P, e, lr, vec, adagrad, split, eps)
+                            step_row(W, H16, L, M, r, P, e, lr, vec, adagrad, split, eps, prefetch)
 
     if not split and not adagrad:
         @T.prim_func
@@ -331,15 +372,7 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
                     r = lrow[lo + i]
                     gr = T.Cast(I64, lgrad[lo + i])
                     if split:
-                        for k in range(d):
-                            w = T.reinterpret(
-                                F32,
-                                T.shift_left(T.Cast("uint32", H16[r, k]), T.uint32(16))
-                                | T.Cast("uint32", L[r, k]),
-                            )
-                            bits = T.reinterpret("uint32", w - lr[0] * G2[gr, k])
-                            H16[r, k] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
-                            L[r, k] = T.Cast("uint16", bits & T.uint32(0xFFFF))
+                        _split_step(H16, L, r, G2, gr, lr[0], d, True)
                     else:
                         for k in T.vectorized(d):
                             W[r, k] = W[r, k] - lr[0] * G2[gr, k]
