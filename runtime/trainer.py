@@ -25,6 +25,7 @@ import time
 import numpy as np
 import tvm
 from dlrm_tvm.graphs.dlrm import mlp_param_specs
+from dlrm_tvm.runtime.memory import table_tensor
 from dlrm_tvm.runtime.params import init_mlp, init_tables
 
 from dlrm_tvm.config import Config
@@ -83,12 +84,13 @@ class Trainer:
         self.bf16 = cfg.train.precision == "bf16"
         t = tvm.runtime.tensor
         self.tables_lo = None
+        # tables (and their row state) in huge-page memory: random rows over GBs
         if self.bf16:
             hi, lo = split_fp32(tables)
-            self.tables, self.tables_lo = t(hi, self.dev), t(lo, self.dev)
+            self.tables, self.tables_lo = table_tensor(hi), table_tensor(lo)
             del hi, lo
         else:
-            self.tables = t(tables, self.dev)
+            self.tables = table_tensor(tables)
         self.mlp, self.mlp_lo = [], []
         for name, shape in self.specs:
             a = mlp[name]
@@ -105,7 +107,7 @@ class Trainer:
         self.mlp_acc, self.row_acc = [], []
         if self.adagrad:
             self.mlp_acc = [t(np.zeros(shape, np.float32), self.dev) for _, shape in self.specs]
-            self.row_acc = [t(np.zeros(m.total_rows, np.float32), self.dev)]
+            self.row_acc = [table_tensor(np.zeros(m.total_rows, np.float32))]
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self.step_count = 0
 
