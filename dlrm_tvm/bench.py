@@ -71,14 +71,10 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
     from dlrm_tvm.runtime.params import init_mlp, init_tables
     from dlrm_tvm.runtime.trainer import Trainer
-    from dlrm_tvm.targets import missing_cpu_flags, resolve_target
+    from dlrm_tvm.targets import runnable_target
 
     cfg.check_fits()
-    ti = resolve_target(target)
-    missing = missing_cpu_flags(ti.required_cpu_flags)
-    if missing:
-        raise ValueError(f"cannot benchmark target {target} here: this CPU lacks "
-                         f"{', '.join(missing)}")
+    ti = runnable_target(target, "benchmark")
     tables = init_tables(cfg.model, cfg.train.seed)
     mlp = init_mlp(cfg.model, cfg.train.seed)
     data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, cfg.train.seed)

@@ -69,17 +69,13 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
     from dlrm_tvm.graphs.embedding_update import embedding_bag_update
     from dlrm_tvm.pipeline import compile_primfunc
     from dlrm_tvm.schedules import ALL_RULES
-    from dlrm_tvm.targets import missing_cpu_flags, resolve_target
+    from dlrm_tvm.targets import runnable_target
 
     if op not in ("embedding_bag_fwd", "embedding_bag_update"):
         raise ValueError(f"op must be embedding_bag_fwd or embedding_bag_update, got {op!r}")
     if table_dtype not in ("fp32", "bf16"):
         raise ValueError(f"table dtype must be fp32 or bf16, got {table_dtype!r}")
-    ti = resolve_target(target_name)
-    missing = missing_cpu_flags(ti.required_cpu_flags)
-    if missing:
-        raise ValueError(f"cannot run target {target_name} here: this CPU lacks "
-                         f"{', '.join(missing)}")
+    ti = runnable_target(target_name)
     target = ti.tvm_target()
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))

@@ -100,14 +100,10 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
     from dlrm_tvm.graphs import reference as ref
     from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops
     from dlrm_tvm.schedules import ALL_RULES
-    from dlrm_tvm.targets import missing_cpu_flags, resolve_target
+    from dlrm_tvm.targets import runnable_target
 
     m, k, n = shape
-    ti = resolve_target(target_name)
-    missing = missing_cpu_flags(ti.required_cpu_flags)
-    if missing:
-        raise ValueError(f"cannot run target {target_name} here: this CPU lacks "
-                         f"{', '.join(missing)} (compile-only: use `dlrm-tvm compile`)")
+    ti = runnable_target(target_name)
     target = ti.tvm_target()
     func = ops.gemm(m, k, n, a_layout, epilogue, b_layout, in_dtype=dtype)
     # default: the rules written for this op (the generic fallback only when named: it is slow)
@@ -208,9 +204,9 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops
     from dlrm_tvm.schedules import rules_for, schedule_func
     from dlrm_tvm.schedules.base import attr, op_of
-    from dlrm_tvm.targets import resolve_target
+    from dlrm_tvm.targets import runnable_target
 
-    target = resolve_target(target_name).tvm_target()
+    target = runnable_target(target_name).tvm_target()
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
     bf16 = cfg.train.precision == "bf16"
     peaks = (fp32_peak_gflops(target, threads), bf16_peak_gflops(target, threads) if bf16

@@ -119,3 +119,14 @@ def missing_cpu_flags(required: list[str] | tuple[str, ...]) -> list[str]:
     if not flags:  # not Linux: cannot check, do not refuse
         return []
     return [f for f in required if f not in flags]
+
+
+def runnable_target(name: str, what: str = "run") -> TargetInfo:
+    """``resolve_target(name)``, refused (ValueError naming the missing flags) if this CPU
+    cannot execute code built for it: benchmarks run what they compile."""
+    ti = resolve_target(name)
+    missing = missing_cpu_flags(ti.required_cpu_flags)
+    if missing:
+        raise ValueError(f"cannot {what} target {name} here: this CPU lacks "
+                         f"{', '.join(missing)} (compile-only: use `dlrm-tvm compile`)")
+    return ti

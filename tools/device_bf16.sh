@@ -10,19 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log() { echo "== $(date +%T) $*"; }
 log cpu; lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core|Socket|NUMA node\(s\)|MHz|L2|L3"
 grep -m1 -o -w 'avx512[a-z_0-9]*\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
-site=/tmp/site
-if ! PYTHONSAFEPATH=1 PYTHONPATH=$site python3 -c "import tvm, dlrm_tvm" 2>/dev/null; then
-  log install
-  mkdir -p $site
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $site .dev/apache_tvm_ffi-*.whl || exit 3
-  tar -xJf .dev/tvm_py.tar.xz -C $site || exit 3
-  xz -dc -T0 .dev/libtvm_compiler.so.xz > $site/tvm/lib/libtvm_compiler.so || exit 3
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --ignore-requires-python \
-    --target $site . || exit 3
-fi
-export PYTHONPATH=$site
-# the repo root holds a dlrm_tvm/ without graphs/ (pyproject maps it): never import from cwd
-export PYTHONSAFEPATH=1
+source tools/device_setup.sh
 python3 -c "import tvm, tvm_ffi, torch, dlrm_tvm.graphs; print('tvm', tvm.__version__, 'ffi', tvm_ffi.__version__, 'torch', torch.__version__)" || exit 4
 export TVM_NUM_THREADS=${THREADS:-$(nproc)}
 log "threads $TVM_NUM_THREADS"

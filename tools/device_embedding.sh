@@ -5,17 +5,7 @@ set -u
 export PYTHONUNBUFFERED=1 TVM_THREAD_POOL_SPIN_COUNT=0
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 log() { echo "== $(date +%T) $*"; }
-site=/tmp/site
-if ! PYTHONSAFEPATH=1 PYTHONPATH=$site python3 -c "import tvm, dlrm_tvm" 2>/dev/null; then
-  log install
-  mkdir -p $site
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $site .dev/apache_tvm_ffi-*.whl || exit 3
-  tar -xJf .dev/tvm_py.tar.xz -C $site || exit 3
-  xz -dc -T0 .dev/libtvm_compiler.so.xz > $site/tvm/lib/libtvm_compiler.so || exit 3
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --ignore-requires-python \
-    --target $site . || exit 3
-fi
-export PYTHONPATH=$site PYTHONSAFEPATH=1
+source tools/device_setup.sh
 export TVM_NUM_THREADS=${THREADS:-$(nproc)}
 lscpu | grep -E "Model name|^CPU\(s\)"
 log "threads $TVM_NUM_THREADS"
