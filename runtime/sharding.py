@@ -1,0 +1,124 @@
+"""Which rank holds which embedding rows: the sharding plan of model-parallel tables.
+
+Computed once (on rank 0, then broadcast, when ranks exist), printed and saved with the run.
+Pure Python: the plan does not depend on MPI, so it is tested and inspected without ranks.
+
+A *shard* is a contiguous row range [row_start, row_stop) of one table, owned by one rank.
+Table-wise placement first: tables go whole to ranks, largest cost first, each to the rank with
+the least cost so far (LPT), where a table's cost is its memory plus its lookup traffic
+(bytes). A table bigger than one rank's memory budget is cut row-wise into the fewest equal
+ranges that fit, and the ranges are placed the same way. The result is deterministic: it
+depends only on the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Shard:
+    table: int
+    row_start: int
+    row_stop: int
+    rank: int
+
+    @property
+    def rows(self) -> int:
+        return self.row_stop - self.row_start
+
+
+@dataclass(frozen=True)
+class ShardingPlan:
+    ranks: int
+    table_rows: tuple[int, ...]
+    dim: int
+    shards: tuple[Shard, ...]
+
+    def shards_of(self, rank: int) -> list[Shard]:
+        return [s for s in self.shards if s.rank == rank]
+
+    def rank_bytes(self, bytes_per_value: int = 4) -> list[int]:
+        out = [0] * self.ranks
+        for s in self.shards:
+            out[s.rank] += s.rows * self.dim * bytes_per_value
+        return out
+
+    def owner(self, table: int, row: int) -> int:
+        for s in self.shards:
+            if s.table == table and s.row_start <= row < s.row_stop:
+                return s.rank
+        raise KeyError(f"row {row} of table {table} is in no shard")
+
+    def to_dict(self) -> dict:
+        return {"ranks": self.ranks, "table_rows": list(self.table_rows), "dim": self.dim,
+                "shards": [asdict(s) for s in self.shards]}
+
+    @staticmethod
+    def from_dict(d: dict) -> ShardingPlan:
+        return ShardingPlan(int(d["ranks"]), tuple(int(x) for x in d["table_rows"]),
+                            int(d["dim"]), tuple(Shard(**s) for s in d["shards"]))
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    def format(self) -> str:
+        mb = self.rank_bytes()
+        lines = [f"sharding: {len(self.table_rows)} tables over {self.ranks} ranks "
+                 f"({sum(s.row_stop > s.row_start for s in self.shards)} shards)"]
+        for r in range(self.ranks):
+            mine = ", ".join(
+                f"t{s.table}" if s.rows == self.table_rows[s.table]
+                else f"t{s.table}[{s.row_start}:{s.row_stop}]" for s in self.shards_of(r))
+            lines.append(f"  rank {r}: {mb[r] / 2**20:9.1f} MiB  {mine or '-'}")
+        return "\n".join(lines)
+
+
+def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
+                lookups_per_table: tuple[float, ...] | list[float] | None = None,
+                rank_budget_bytes: int | None = None,
+                bytes_per_value: int = 4) -> ShardingPlan:
+    """The plan for ``ranks`` ranks. ``lookups_per_table``: lookups per step of each table
+    (default: 1 each); ``rank_budget_bytes``: the most table memory one rank may hold
+    (default: no limit). Raises ValueError when the tables cannot fit at all."""
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    nt = len(table_rows)
+    lookups = list(lookups_per_table) if lookups_per_table is not None else [1.0] * nt
+    if len(lookups) != nt:
+        raise ValueError(f"lookups_per_table has {len(lookups)} entries for {nt} tables")
+    row_bytes = dim * bytes_per_value
+    total = sum(table_rows) * row_bytes
+    if rank_budget_bytes is not None and total > rank_budget_bytes * ranks:
+        raise ValueError(f"the tables need {total / 2**30:.2f} GiB but {ranks} ranks of "
+                         f"{rank_budget_bytes / 2**30:.2f} GiB hold "
+                         f"{rank_budget_bytes * ranks / 2**30:.2f} GiB")
+    pieces = []  # (cost, table, start, stop)
+    for t, rows in enumerate(table_rows):
+        parts = 1
+        if rank_budget_bytes is not None:
+            parts = max(1, -(-rows * row_bytes // rank_budget_bytes))
+            if parts > ranks:
+                raise ValueError(f"table {t} ({rows:,} rows) does not fit in {ranks} ranks")
+        bounds = [rows * i // parts for i in range(parts + 1)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            share = (b - a) / rows if rows else 0.0
+            cost = (b - a) * row_bytes + lookups[t] * share * row_bytes
+            pieces.append((cost, t, a, b))
+    pieces.sort(key=lambda p: (-p[0], p[1], p[2]))
+    load = [0.0] * ranks
+    used = [0] * ranks
+    placed: list[Shard] = []
+    for cost, t, a, b in pieces:
+        fits = [r for r in range(ranks) if rank_budget_bytes is None
+                or used[r] + (b - a) * row_bytes <= rank_budget_bytes]
+        if not fits:
+            raise ValueError(f"no rank has room for rows {a}:{b} of table {t}")
+        r = min(fits, key=lambda r: (load[r], r))
+        load[r] += cost
+        used[r] += (b - a) * row_bytes
+        placed.append(Shard(t, a, b, r))
+    placed.sort(key=lambda s: (s.table, s.row_start))
+    return ShardingPlan(ranks, tuple(int(x) for x in table_rows), dim, tuple(placed))

@@ -1,0 +1,57 @@
+"""The sharding plan (pure Python: no ranks needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dlrm_tvm.runtime.sharding import ShardingPlan, plan_shards
+
+
+def _covered_once(plan):
+    for t, rows in enumerate(plan.table_rows):
+        spans = sorted((s.row_start, s.row_stop) for s in plan.shards if s.table == t)
+        assert spans[0][0] == 0 and spans[-1][1] == rows
+        for (a0, b0), (a1, b1) in zip(spans, spans[1:], strict=False):
+            assert b0 == a1, f"table {t}: gap or overlap at {b0}/{a1}"
+
+
+def test_table_wise_balances_memory():
+    rows = (1000, 900, 800, 700, 600, 500, 400, 300)
+    plan = plan_shards(rows, 16, 3)
+    _covered_once(plan)
+    assert all(s.rows == rows[s.table] for s in plan.shards)  # whole tables
+    mb = plan.rank_bytes()
+    bound = max(sum(mb) / 3, max(rows) * 16 * 4)  # no plan does better than this
+    assert max(mb) <= 4 / 3 * bound  # the LPT guarantee
+    assert plan == plan_shards(rows, 16, 3)  # deterministic
+
+
+def test_a_table_too_big_for_one_rank_is_cut_row_wise():
+    rows = (10_000, 100, 100)
+    budget = 4000 * 8 * 4  # a rank holds 4000 rows of D=8
+    plan = plan_shards(rows, 8, 4, rank_budget_bytes=budget)
+    _covered_once(plan)
+    big = [s for s in plan.shards if s.table == 0]
+    assert len(big) == 3 and len({s.rank for s in big}) == 3
+    assert all(b <= budget for b in plan.rank_bytes())
+    assert plan.owner(0, 9_999) == big[-1].rank
+
+
+def test_more_ranks_than_tables_and_lookup_cost():
+    plan = plan_shards((100, 100), 4, 5, lookups_per_table=(1000, 1))
+    _covered_once(plan)
+    assert sum(1 for r in range(5) if not plan.shards_of(r)) == 3  # idle ranks are fine
+    assert "rank 4" in plan.format()
+
+
+def test_refuses_what_cannot_fit():
+    with pytest.raises(ValueError, match="GiB"):
+        plan_shards((1000,), 8, 2, rank_budget_bytes=100 * 8 * 4)
+
+
+def test_round_trips_through_json(tmp_path):
+    plan = plan_shards((50, 60, 70), 8, 2, rank_budget_bytes=40 * 8 * 4 * 3)
+    plan.save(tmp_path / "p.json")
+    again = ShardingPlan.from_dict(json.loads((tmp_path / "p.json").read_text()))
+    assert again == plan
