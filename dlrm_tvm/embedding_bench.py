@@ -68,6 +68,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
     from dlrm_tvm.graphs import reference as ref
     from dlrm_tvm.graphs.embedding_update import embedding_bag_update
     from dlrm_tvm.pipeline import compile_primfunc
+    from dlrm_tvm.runtime.memory import aligned_copy, shared_tensor
     from dlrm_tvm.schedules import ALL_RULES
     from dlrm_tvm.targets import runnable_target
 
@@ -89,15 +90,28 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
         rng = np.random.default_rng([rows, d, lookups])
         log(f"[{rows:,} x {d}, {lookups}/bag] building the table ({rows * d * 4 / 2**30:.2f} GiB)")
         w32 = rng.standard_normal((rows, d), dtype=np.float32)
+        # the TVM tables share these arrays' memory: the checks read them without copies
         if bf16:
             hi, lo = ref.split_fp32(w32)
-            tables = [tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16)), tvm.runtime.tensor(lo)]
+            tables_np = [aligned_copy(hi.view(ml_dtypes.bfloat16)), aligned_copy(lo)]
             del hi, lo
         else:
-            tables = [tvm.runtime.tensor(w32)]
+            tables_np = [aligned_copy(w32)]  # w32 itself is torch's table
+        tables = [shared_tensor(a) for a in tables_np]
         off = (np.arange(b + 1, dtype=np.int64) * lookups)
         roff = np.zeros(1, np.int64)
         grad = rng.standard_normal((b, 1, d), dtype=np.float32)
+        # the plain gather and every candidate, compiled once per case
+        glib = compile_primfunc(_gather_kernel(d, tdt), target)
+        if op == "embedding_bag_fwd":
+            func = ops.embedding_bag_fwd(b, (0,), d, tdt)
+        else:
+            func = embedding_bag_update(b, 1, d, optimizer, "split" if bf16 else "fp32")
+        names = rules or [n for n, r in ALL_RULES.items() if r.ops and r.matches_op(func)]
+        libs = {}
+        for name in names:
+            sch = ALL_RULES[name].apply(func, target)
+            libs[name] = None if sch is None else compile_primfunc(sch, target)
         for dist in dists:
             idx = _indices(rows, nnz, dist, zipf_alpha, rng)
             uniq = int(np.unique(idx).size)
@@ -111,7 +125,6 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             row = {"rows": rows, "dim": d, "lookups_per_bag": lookups, "bags": b, "nnz": nnz,
                    "dist": dist, "distinct_rows": uniq, "bytes": floor_bytes, "variants": {}}
             # the plain gather: this machine's random-gather rate over these rows
-            glib = compile_primfunc(_gather_kernel(d, tdt), target)
             gbuf = np.zeros((nnz, d), np.float32) if not bf16 else \
                 np.zeros((nnz, d), np.uint16).view(ml_dtypes.bfloat16)
             gout = tvm.runtime.tensor(gbuf)
@@ -119,29 +132,22 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             row["gather_ms"] = tg * 1e3
             row["gather_gbs"] = nnz * d * esize / tg / 1e9
             if op == "embedding_bag_fwd":
-                func = ops.embedding_bag_fwd(b, (0,), d, tdt)
-                want = np.add.reduceat(np.asarray(tables[0].numpy()[idx], np.float32), off[:-1],
+                want = np.add.reduceat(np.asarray(tables_np[0][idx], np.float32), off[:-1],
                                        axis=0) if nnz else np.zeros((b, d), np.float32)
-            else:
-                storage = "split" if bf16 else "fp32"
-                func = embedding_bag_update(b, 1, d, optimizer, storage)
-            names = rules or [n for n, r in ALL_RULES.items() if r.ops and r.matches_op(func)]
-            for name in names:
-                sch = ALL_RULES[name].apply(func, target)
-                if sch is None:
+            for name, lib in libs.items():
+                if lib is None:
                     row["variants"][name] = {"status": "n/a"}
                     continue
-                lib = compile_primfunc(sch, target)
                 if op == "embedding_bag_fwd":
                     y = tvm.runtime.tensor(np.full((b, 1, d), np.nan, np.float32))
-                    lib["main"](*tables, *t_in, y)
+                    lib["main"](tables[0], *t_in, y)
                     got = y.numpy()[:, 0]
                     err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
                     ok = bool(not np.isnan(got).any() and err < 1e-5)
-                    t = _median_time(lambda: lib["main"](*tables, *t_in, y), reps)
+                    t = _median_time(lambda: lib["main"](tables[0], *t_in, y), reps)
                 else:
-                    ok, err = _check_update(lib, tables, idx, off, roff, grad, d, optimizer,
-                                            bf16, rows, rng,
+                    ok, err = _check_update(lib, tables, tables_np, idx, off, roff, grad,
+                                            optimizer, bf16, rows, rng,
                                             sequential=name == "embedding_update_bucketed_lookups")
                     acc = [tvm.runtime.tensor(np.zeros(rows, np.float32))] \
                         if optimizer == "rwsadagrad" else []
@@ -157,12 +163,12 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             if torch_baseline:
                 row["torch"] = _torch_times(op, w32, idx, off, grad, optimizer, reps, threads)
             rows_out.append(row)
-        del w32, tables
+        del w32, tables, tables_np
     return {"op": op, "optimizer": optimizer, "table_dtype": table_dtype, "threads": threads,
             "target": ti.to_dict(), "zipf_alpha": zipf_alpha, "rows": rows_out}
 
 
-def _check_update(lib, tables, idx, off, roff, grad, d, optimizer, bf16, rows, rng,
+def _check_update(lib, tables, tables_np, idx, off, roff, grad, optimizer, bf16, rows, rng,
                   sequential=False):
     """Run once; the touched rows must match NumPy, a sample of the others must not move.
     ``sequential``: the kernel steps lookup by lookup (its oracle too: with hot rows, that and
@@ -175,10 +181,10 @@ def _check_update(lib, tables, idx, off, roff, grad, d, optimizer, bf16, rows, r
     others = rng.integers(0, rows, 4096)
     others = others[~np.isin(others, touched)]
 
-    def master(rws):
+    def master(rws):  # tables_np share the TVM tables' memory
         if bf16:
-            return ref.combine_fp32(tables[0].numpy()[rws].view(np.uint16), tables[1].numpy()[rws])
-        return tables[0].numpy()[rws]
+            return ref.combine_fp32(tables_np[0][rws].view(np.uint16), tables_np[1][rws])
+        return tables_np[0][rws]
 
     before, before_o = master(touched), master(others)
     acc0 = np.random.default_rng(1).random(rows).astype(np.float32)

@@ -27,21 +27,40 @@ def hugepages_enabled() -> bool:
     return os.environ.get("DLRM_TVM_HUGEPAGES", "1") != "0" and hasattr(mmap, "MADV_HUGEPAGE")
 
 
-def table_tensor(src: np.ndarray, min_bytes: int = HUGE_MIN_BYTES) -> tvm.runtime.Tensor:
+def aligned_copy(src: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``src`` starting on an ``align``-byte boundary (TVM's DLPack
+    import requires 64)."""
+    raw = np.empty(src.nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    out = raw[start:start + src.nbytes].view(src.dtype).reshape(src.shape)
+    out[...] = src
+    return out
+
+
+def shared_tensor(arr: np.ndarray) -> tvm.runtime.Tensor:
+    """A TVM tensor over ``arr``'s memory, no copy (DLPack; bfloat16 through a uint16 view).
+    ``arr`` must be C-contiguous and 64-byte aligned (``aligned_copy``, or an mmap). The tensor
+    keeps ``arr`` alive; writes through either side show in both."""
+    if arr.dtype.name == "bfloat16":
+        return tvm.runtime.from_dlpack(arr.view(np.uint16))._create_view(arr.shape, "bfloat16")
+    return tvm.runtime.from_dlpack(arr)
+
+
+def table_tensor(src: np.ndarray, min_bytes: int | None = None) -> tvm.runtime.Tensor:
     """A TVM tensor holding a copy of ``src`` (float32, uint16 or bfloat16), in huge-page
-    advised memory when it is at least ``min_bytes`` and the OS offers it."""
+    advised memory when it is at least ``min_bytes`` (default HUGE_MIN_BYTES) and the OS
+    offers it."""
     src = np.ascontiguousarray(src)
+    if min_bytes is None:
+        min_bytes = HUGE_MIN_BYTES
     if src.nbytes < max(min_bytes, 1) or not hugepages_enabled():
         return tvm.runtime.tensor(src)
-    bf16 = src.dtype.name == "bfloat16"
-    flat = src.view(np.uint16) if bf16 else src
     try:
-        m = mmap.mmap(-1, flat.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m = mmap.mmap(-1, src.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         m.madvise(mmap.MADV_HUGEPAGE)
     except (OSError, ValueError):
         return tvm.runtime.tensor(src)
     # the array keeps the mapping alive, and the tensor keeps the array alive (DLPack)
-    arr = np.frombuffer(m, dtype=flat.dtype).reshape(flat.shape)
-    arr[...] = flat
-    t = tvm.runtime.from_dlpack(arr)
-    return t._create_view(src.shape, "bfloat16") if bf16 else t
+    arr = np.frombuffer(m, dtype=src.dtype).reshape(src.shape)
+    arr[...] = src
+    return shared_tensor(arr)

@@ -93,3 +93,14 @@ def test_kernels_bench_embedding_update_adagrad_bf16(tmp_path):
 def test_kernels_bench_embedding_rejects_bad_shape(capsys):
     assert cli.main(["kernels", "bench", "--op", "embedding_bag_fwd", "--shape", "10,4"]) == 2
     assert "ROWS,DIM,LOOKUPS" in capsys.readouterr().err
+
+
+def test_kernels_bench_embedding_forward_bf16_tables(tmp_path):
+    """bf16 tables: the forward takes the high half only (it was once handed both halves)."""
+    out = tmp_path / "f.json"
+    rc = cli.main(["kernels", "bench", "--op", "embedding_bag_fwd", "--shape", "3000,16,4",
+                   "--batch", "256", "--dtype", "bf16", "--dist", "uniform", "--reps", "3",
+                   "--no-torch", "--json", str(out)])
+    assert rc == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert all(v["status"] == "ok" for v in row["variants"].values())

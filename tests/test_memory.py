@@ -43,8 +43,6 @@ def test_training_identical_with_and_without_hugepages(compiled, monkeypatch, pr
     states = []
     for huge in (True, False):
         monkeypatch.setattr(memory, "HUGE_MIN_BYTES", 0 if huge else 1 << 62)
-        monkeypatch.setattr("dlrm_tvm.runtime.trainer.table_tensor",
-                            lambda a, m=memory: m.table_tensor(a, m.HUGE_MIN_BYTES))
         tr = Trainer(cfg, vm)
         data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, seed=5)
         for _ in range(5):
