@@ -63,7 +63,8 @@ def _resolve_config(args: argparse.Namespace, **extra):
         "arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
         "arch_interaction_op", "arch_interaction_itself", "max_ind_range", "mini_batch_size",
         "learning_rate", "num_indices_per_lookup", "labels", "precision", "optimizer",
-        "index_distribution", "zipf_alpha", "lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps")}
+        "index_distribution", "zipf_alpha", "lr_num_warmup_steps", "lr_decay_start_step",
+        "lr_num_decay_steps")}
     fixed = getattr(args, "num_indices_per_lookup_fixed", None)
     flags["num_indices_per_lookup_fixed"] = None if fixed is None else bool(fixed)
     flags.update(extra)
@@ -115,8 +116,16 @@ def cmd_train(args) -> int:
                               zipf_alpha=args.zipf_alpha)
     else:
         cfg = _resolve_config(args, steps=args.steps, seed=args.seed)
+    if args.threads:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    dist = {"sharding": args.sharding, "rank_memory_gib": args.rank_memory_gib,
+            "threads": args.threads, "comm_timeout": args.comm_timeout,
+            "progress_thread": not args.no_progress_thread}
     summary = train(cfg, args.out, artifact=args.artifact, target=args.target,
-                    prefer=tuple(args.rule or ()), quiet=args.quiet)
+                    prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist,
+                    save_params=args.save_params)
+    if summary.get("rank", 0) != 0:
+        return 0  # only rank 0 reports
     print(f"{summary['steps']} steps  final loss {summary['final_loss']:.5f}  "
           f"{summary['ms_per_step_median']:.2f} ms/step (median)  "
           f"{summary['samples_per_s']:.0f} samples/s  -> {args.out}/summary.json")
@@ -238,6 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     t.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--save-params", action="store_true",
+                   help="write every fp32 parameter to RUNDIR/params.npz at the end")
+    t.add_argument("--threads", type=int, help="TVM threads (per rank under mpiexec; default: "
+                   "all cores, or the rank's share of its node's cores)")
+    g = t.add_argument_group("distributed (under mpiexec -n N)")
+    g.add_argument("--sharding", default="auto", choices=("auto", "table", "row"),
+                   help="auto: whole tables balanced by memory + lookups, row ranges for a "
+                   "table over a rank's budget; table: whole tables only; row: every table "
+                   "cut into N row ranges (default auto)")
+    g.add_argument("--rank-memory-gib", type=float,
+                   help="table memory one rank may hold (default: 80%% of the node's "
+                   "available memory over its ranks)")
+    g.add_argument("--comm-timeout", type=float, default=300.0,
+                   help="seconds an exchange may wait before the job is aborted (default 300)")
+    g.add_argument("--no-progress-thread", action="store_true",
+                   help="do not advance MPI from a background thread while compiled code runs")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="ms/step vs PyTorch in the same process, per-op breakdown",

@@ -50,13 +50,21 @@ def compile_dlrm(
     batch_size: int | None = None,
     prefer: tuple[str, ...] = (),
     dump_dir: str | Path | None = None,
+    model=None,
+    parts: tuple[str, ...] = ("sparse", "dense"),
+    loss_scale: float | None = None,
 ) -> CompileResult:
-    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host)."""
+    """Build, schedule and compile the DLRM step for ``target`` (any target, from any host).
+
+    A rank of a distributed run compiles its parts separately: ``model`` (the config's model
+    with the rank's table shards as its tables) with ``parts=("sparse",)`` at the global batch,
+    and the dense part at its local batch with ``loss_scale`` 1 / global batch."""
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     b = batch_size or cfg.train.batch_size
-    mod = DLRMGraph(cfg.model, b, precision=cfg.train.precision,
-                    optimizer=cfg.train.optimizer).build()
+    mod = DLRMGraph(model or cfg.model, b, loss_scale=loss_scale,
+                    precision=cfg.train.precision,
+                    optimizer=cfg.train.optimizer).build(parts)
     secs["graph"] = time.perf_counter() - t0
     tvm_target = target.tvm_target()
     t0 = time.perf_counter()

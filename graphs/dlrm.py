@@ -196,7 +196,14 @@ class DLRMGraph:
         return dw, db, dx
 
     # ------------------------------------------------------------ module
-    def build(self) -> tvm.IRModule:
+    def build(self, parts: tuple[str, ...] = ("sparse", "dense")) -> tvm.IRModule:
+        """The module's functions: "sparse" (embedding_forward, embedding_update) and/or
+        "dense" (dense_forward_backward, predict, dense_update). A rank of a distributed run
+        builds the sparse part for its table shards at the global batch and the dense part at
+        its local batch."""
+        bad = set(parts) - {"sparse", "dense"}
+        if bad or not parts:
+            raise ValueError(f"parts must be sparse and/or dense, got {parts}")
         m, B = self.m, self.B
         T, D = m.num_tables, m.embedding_dim
         W = m.interaction_width_padded
@@ -210,131 +217,136 @@ class DLRMGraph:
                     relax.Var("indices", _t((nnz,), "int64")),
                     relax.Var("offsets", _t((T * B + 1,), "int64")))
 
-        # embedding_forward ------------------------------------------------
-        tables, indices, offsets = sparse_inputs()
-        with bb.function("embedding_forward", [tables, indices, offsets]):
-            with bb.dataflow():
-                out = self._emit_tir(
-                    k, f"embedding_bag_fwd{self.sfx}",
-                    lambda: ops.embedding_bag_fwd(B, m.table_offsets, D, self.act),
-                    [tables, indices, offsets, row_off], _t((B, T, D)))
-                out = bb.emit_output(out)
-            bb.emit_func_output(out)
+        if "sparse" in parts:
+            # embedding_forward ------------------------------------------------
+            tables, indices, offsets = sparse_inputs()
+            with bb.function("embedding_forward", [tables, indices, offsets]):
+                with bb.dataflow():
+                    out = self._emit_tir(
+                        k, f"embedding_bag_fwd{self.sfx}",
+                        lambda: ops.embedding_bag_fwd(B, m.table_offsets, D, self.act),
+                        [tables, indices, offsets, row_off], _t((B, T, D)))
+                    out = bb.emit_output(out)
+                bb.emit_func_output(out)
 
-        # dense_forward_backward -------------------------------------------
-        dense = relax.Var("dense", _t((B, m.num_dense)))
-        pooled = relax.Var("pooled", _t((B, T, D)))
-        labels = relax.Var("labels", _t((B,)))
-        params = self._params()
-        with bb.function("dense_forward_backward", [dense, pooled, labels, *params]):
-            with bb.dataflow():
-                acts_bot, acts_top, tc = self._forward(k, dense, pooled, params)
-                res = self._emit_tir(k, "bce_loss", lambda: ops.bce_loss(B, self.loss_scale),
-                                     [acts_top[-1], labels], [_t((B,)), _t((1,)), _t((B, 1))])
-                p = bb.emit(relax.TupleGetItem(res, 0))
-                loss = bb.emit(relax.TupleGetItem(res, 1))
-                dz = bb.emit(relax.TupleGetItem(res, 2))
-                dz = self._to_act(k, dz, (B, 1))
-                bot, top = self._layers(params)
-                grads: dict[int, tuple] = {}
-                for i in reversed(range(len(top))):
-                    w, _, shape = top[i]
-                    mask = acts_top[i] if i > 0 else False
-                    # the interaction's gradient (top layer 0's dX) stays fp32
-                    dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask,
-                                                      dx_dtype=F32 if i == 0 else None)
-                    grads[len(bot) + i] = (dw, db)
-                if m.interaction == "dot":
-                    _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
-                    res = self._emit_tir(
-                        k, "interaction_dot_bwd",
-                        lambda: ops.interaction_dot_bwd(B, T + 1, D, m.interaction_itself, W),
-                        [dz, tc, relax.const(np.array(pidx, np.int32), "int32")],
-                        [_t((B, D)), _t((B, T, D))])
-                else:
-                    res = self._emit_tir(k, "interaction_cat_bwd",
-                                         lambda: ops.interaction_cat_bwd(B, T, D, W), [dz],
-                                         [_t((B, D)), _t((B, T, D))])
-                dx = bb.emit(relax.TupleGetItem(res, 0))
-                d_pooled = bb.emit(relax.TupleGetItem(res, 1))
-                # the bottom MLP's output went through a ReLU: mask its gradient
-                dz = self._emit_tir(k, f"relu_bwd_{B}x{D}{self.sfx}",
-                                    lambda: ops.relu_bwd(B, D, self.act, self.act),
-                                    [dx, acts_bot[-1]], _t((B, D), self.act))
-                for i in reversed(range(len(bot))):
-                    w, _, shape = bot[i]
-                    mask = acts_bot[i] if i > 0 else None
-                    dw, db, dz = self._layer_backward(k, acts_bot[i], w, shape, dz, mask)
-                    grads[i] = (dw, db)
-                flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]
-                out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled]))
-            bb.emit_func_output(out)
-
-        # predict ----------------------------------------------------------
-        dense = relax.Var("dense", _t((B, m.num_dense)))
-        pooled = relax.Var("pooled", _t((B, T, D)))
-        params = self._params()
-        with bb.function("predict", [dense, pooled, *params]):
-            with bb.dataflow():
-                _, acts_top, _ = self._forward(k, dense, pooled, params)
-                p = self._emit_tir(k, f"sigmoid_{B}", lambda: ops.sigmoid(B), [acts_top[-1]],
-                                   _t((B,)))
-                out = bb.emit_output(p)
-            bb.emit_func_output(out)
-
-        # dense_update -----------------------------------------------------
-        params = self._params()
-        lows = self._params("uint16", "_lo") if self.bf16 else []
-        accs = self._params(F32, "_acc") if self.adagrad else []
-        grads_v = [relax.Var(f"d_{n}", _t(s)) for n, s in self.specs]
-        lr = relax.Var("lr", _t((1,)))
-        with bb.function("dense_update", [*params, *lows, *accs, *grads_v, lr]):
-            with bb.dataflow():
-                outs = []
-                for i, ((_, shape), pv, gv) in enumerate(zip(self.specs, params, grads_v,
-                                                             strict=True)):
-                    sh = "x".join(map(str, shape))
-                    state = [lows[i]] if self.bf16 else []
-                    state += [accs[i]] if self.adagrad else []
-                    if self.adagrad:
-                        fn = k.get(f"adagrad_update_{sh}{self.sfx}",
-                                   lambda shape=shape: ops.adagrad_update(shape, self.bf16))
-                    elif self.bf16:
-                        fn = k.get(f"split_sgd_update_{sh}",
-                                   lambda shape=shape: ops.split_sgd_update(shape))
+        if "dense" in parts:
+            # dense_forward_backward -------------------------------------------
+            dense = relax.Var("dense", _t((B, m.num_dense)))
+            pooled = relax.Var("pooled", _t((B, T, D)))
+            labels = relax.Var("labels", _t((B,)))
+            params = self._params()
+            with bb.function("dense_forward_backward", [dense, pooled, labels, *params]):
+                with bb.dataflow():
+                    acts_bot, acts_top, tc = self._forward(k, dense, pooled, params)
+                    res = self._emit_tir(k, "bce_loss", lambda: ops.bce_loss(B, self.loss_scale),
+                                         [acts_top[-1], labels], [_t((B,)), _t((1,)), _t((B, 1))])
+                    p = bb.emit(relax.TupleGetItem(res, 0))
+                    loss = bb.emit(relax.TupleGetItem(res, 1))
+                    dz = bb.emit(relax.TupleGetItem(res, 2))
+                    dz = self._to_act(k, dz, (B, 1))
+                    bot, top = self._layers(params)
+                    grads: dict[int, tuple] = {}
+                    for i in reversed(range(len(top))):
+                        w, _, shape = top[i]
+                        mask = acts_top[i] if i > 0 else False
+                        # the interaction's gradient (top layer 0's dX) stays fp32
+                        dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask,
+                                                          dx_dtype=F32 if i == 0 else None)
+                        grads[len(bot) + i] = (dw, db)
+                    if m.interaction == "dot":
+                        _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
+                        res = self._emit_tir(
+                            k, "interaction_dot_bwd",
+                            lambda: ops.interaction_dot_bwd(B, T + 1, D, m.interaction_itself, W),
+                            [dz, tc, relax.const(np.array(pidx, np.int32), "int32")],
+                            [_t((B, D)), _t((B, T, D))])
                     else:
-                        fn = k.get(f"sgd_update_{sh}", lambda shape=shape: ops.sgd_update(shape))
-                    types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
-                        [_t(shape)] * self.adagrad
-                    res = bb.emit(relax.call_tir_inplace(
-                        fn, [pv, *state, gv, lr], list(range(len(types))),
-                        types if len(types) > 1 else types[0]))
-                    if len(types) == 1:
-                        outs.append(res)
-                    else:
-                        outs += [bb.emit(relax.TupleGetItem(res, j)) for j in range(len(types))]
-                out = bb.emit_output(relax.Tuple(outs))
-            bb.emit_func_output(out)
+                        res = self._emit_tir(k, "interaction_cat_bwd",
+                                             lambda: ops.interaction_cat_bwd(B, T, D, W), [dz],
+                                             [_t((B, D)), _t((B, T, D))])
+                    dx = bb.emit(relax.TupleGetItem(res, 0))
+                    d_pooled = bb.emit(relax.TupleGetItem(res, 1))
+                    # the bottom MLP's output went through a ReLU: mask its gradient
+                    dz = self._emit_tir(k, f"relu_bwd_{B}x{D}{self.sfx}",
+                                        lambda: ops.relu_bwd(B, D, self.act, self.act),
+                                        [dx, acts_bot[-1]], _t((B, D), self.act))
+                    for i in reversed(range(len(bot))):
+                        w, _, shape = bot[i]
+                        mask = acts_bot[i] if i > 0 else None
+                        dw, db, dz = self._layer_backward(k, acts_bot[i], w, shape, dz, mask)
+                        grads[i] = (dw, db)
+                    flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]
+                    out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled]))
+                bb.emit_func_output(out)
 
-        # embedding_update -------------------------------------------------
-        tables, indices, offsets = sparse_inputs()
-        d_pooled = relax.Var("d_pooled", _t((B, T, D)))
-        lr = relax.Var("lr", _t((1,)))
-        shape = (m.total_rows, D)
-        state = [relax.Var("tables_lo", _t(shape, "uint16"))] if self.bf16 else []
-        state += [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
-        types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
-            [_t((m.total_rows,))] * self.adagrad
-        opt = "rwsadagrad" if self.adagrad else "sgd"
-        storage = "split" if self.bf16 else "fp32"
-        with bb.function("embedding_update", [tables, *state, indices, offsets, d_pooled, lr]):
-            with bb.dataflow():
-                fn = k.get(f"embedding_bag_update_{opt}_{storage}",
-                           lambda: embedding_bag_update(B, T, D, opt, storage))
-                out = bb.emit(relax.call_tir_inplace(
-                    fn, [tables, *state, indices, offsets, row_off, d_pooled, lr],
-                    list(range(len(types))), types if len(types) > 1 else types[0]))
-                out = bb.emit_output(out)
-            bb.emit_func_output(out)
+            # predict ----------------------------------------------------------
+            dense = relax.Var("dense", _t((B, m.num_dense)))
+            pooled = relax.Var("pooled", _t((B, T, D)))
+            params = self._params()
+            with bb.function("predict", [dense, pooled, *params]):
+                with bb.dataflow():
+                    _, acts_top, _ = self._forward(k, dense, pooled, params)
+                    p = self._emit_tir(k, f"sigmoid_{B}", lambda: ops.sigmoid(B), [acts_top[-1]],
+                                       _t((B,)))
+                    out = bb.emit_output(p)
+                bb.emit_func_output(out)
+
+            # dense_update -----------------------------------------------------
+            params = self._params()
+            lows = self._params("uint16", "_lo") if self.bf16 else []
+            accs = self._params(F32, "_acc") if self.adagrad else []
+            grads_v = [relax.Var(f"d_{n}", _t(s)) for n, s in self.specs]
+            lr = relax.Var("lr", _t((1,)))
+            with bb.function("dense_update", [*params, *lows, *accs, *grads_v, lr]):
+                with bb.dataflow():
+                    outs = []
+                    for i, ((_, shape), pv, gv) in enumerate(zip(self.specs, params, grads_v,
+                                                                 strict=True)):
+                        sh = "x".join(map(str, shape))
+                        state = [lows[i]] if self.bf16 else []
+                        state += [accs[i]] if self.adagrad else []
+                        if self.adagrad:
+                            fn = k.get(f"adagrad_update_{sh}{self.sfx}",
+                                       lambda shape=shape: ops.adagrad_update(shape, self.bf16))
+                        elif self.bf16:
+                            fn = k.get(f"split_sgd_update_{sh}",
+                                       lambda shape=shape: ops.split_sgd_update(shape))
+                        else:
+                            fn = k.get(f"sgd_update_{sh}",
+                                       lambda shape=shape: ops.sgd_update(shape))
+                        types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
+                            [_t(shape)] * self.adagrad
+                        res = bb.emit(relax.call_tir_inplace(
+                            fn, [pv, *state, gv, lr], list(range(len(types))),
+                            types if len(types) > 1 else types[0]))
+                        if len(types) == 1:
+                            outs.append(res)
+                        else:
+                            outs += [bb.emit(relax.TupleGetItem(res, j)) for j in range(len(types))]
+                    out = bb.emit_output(relax.Tuple(outs))
+                bb.emit_func_output(out)
+
+        if "sparse" in parts:
+            # embedding_update -------------------------------------------------
+            tables, indices, offsets = sparse_inputs()
+            d_pooled = relax.Var("d_pooled", _t((B, T, D)))
+            lr = relax.Var("lr", _t((1,)))
+            shape = (m.total_rows, D)
+            state = [relax.Var("tables_lo", _t(shape, "uint16"))] if self.bf16 else []
+            state += [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
+            types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
+                [_t((m.total_rows,))] * self.adagrad
+            opt = "rwsadagrad" if self.adagrad else "sgd"
+            storage = "split" if self.bf16 else "fp32"
+            with bb.function("embedding_update", [tables, *state, indices, offsets, d_pooled, lr]):
+                with bb.dataflow():
+                    fn = k.get(f"embedding_bag_update_{opt}_{storage}",
+                               lambda: embedding_bag_update(B, T, D, opt, storage))
+                    out = bb.emit(relax.call_tir_inplace(
+                        fn, [tables, *state, indices, offsets, row_off, d_pooled, lr],
+                        list(range(len(types))), types if len(types) > 1 else types[0]))
+                    out = bb.emit_output(out)
+                bb.emit_func_output(out)
+
 
         return bb.get()

@@ -51,3 +51,15 @@ def init_mlp(model: ModelConfig, seed: int) -> dict[str, np.ndarray]:
             (n,) = shape
             params[name] = rng.normal(0.0, np.sqrt(1.0 / n), size=n).astype(np.float32)
     return params
+
+
+def init_table_rows(seed: int, t: int, rows: int, dim: int, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of ``init_table(seed, t, rows, dim)``, drawn without the others: the
+    stream is advanced past the first ``start`` rows (one 64-bit draw per value), so a rank
+    holding a row range of a table too big for it initialises exactly those rows."""
+    if not 0 <= start <= stop <= rows:
+        raise ValueError(f"rows [{start}, {stop}) are not within a table of {rows} rows")
+    bound = np.sqrt(1.0 / rows)
+    rng = _rng(seed, f"table{t}")
+    rng.bit_generator.advance(start * dim)
+    return rng.uniform(-bound, bound, size=(stop - start, dim)).astype(np.float32)

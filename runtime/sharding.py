@@ -79,10 +79,12 @@ class ShardingPlan:
 def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
                 lookups_per_table: tuple[float, ...] | list[float] | None = None,
                 rank_budget_bytes: int | None = None,
-                bytes_per_value: int = 4) -> ShardingPlan:
+                bytes_per_value: int = 4, min_parts: int = 1) -> ShardingPlan:
     """The plan for ``ranks`` ranks. ``lookups_per_table``: lookups per step of each table
     (default: 1 each); ``rank_budget_bytes``: the most table memory one rank may hold
-    (default: no limit). Raises ValueError when the tables cannot fit at all."""
+    (default: no limit); ``min_parts``: cut every table into at least this many row ranges
+    (``ranks`` gives torchrec's row-wise sharding of every table; default 1: table-wise
+    unless a table exceeds the budget). Raises ValueError when the tables cannot fit."""
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
     nt = len(table_rows)
@@ -97,9 +99,9 @@ def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
                          f"{rank_budget_bytes * ranks / 2**30:.2f} GiB")
     pieces = []  # (cost, table, start, stop)
     for t, rows in enumerate(table_rows):
-        parts = 1
+        parts = max(1, min(min_parts, rows))
         if rank_budget_bytes is not None:
-            parts = max(1, -(-rows * row_bytes // rank_budget_bytes))
+            parts = max(parts, -(-rows * row_bytes // rank_budget_bytes))
             if parts > ranks:
                 raise ValueError(f"table {t} ({rows:,} rows) does not fit in {ranks} ranks")
         bounds = [rows * i // parts for i in range(parts + 1)]

@@ -65,6 +65,67 @@ class _Clock:
             self.timings.setdefault(self.name, []).append(time.perf_counter() - self.t0)
 
 
+class SparseParams:
+    """Embedding rows held by this process (all tables, or one rank's shards), concatenated
+    [rows, D], in huge-page memory; in bf16 as Split-SGD halves; rwsadagrad's row accumulators.
+    """
+
+    def __init__(self, tables: np.ndarray, bf16: bool, adagrad: bool):
+        self.bf16 = bf16
+        self.tables_lo = None
+        if bf16:
+            hi, lo = split_fp32(tables)
+            self.tables, self.tables_lo = table_tensor(hi), table_tensor(lo)
+            del hi, lo
+        else:
+            self.tables = table_tensor(tables)
+        self.row_acc = [table_tensor(np.zeros(tables.shape[0], np.float32))] if adagrad else []
+
+    def update_args(self) -> list:
+        """The arguments of embedding_update before (indices, offsets, d_pooled, lr)."""
+        return [self.tables, *([self.tables_lo] if self.bf16 else []), *self.row_acc]
+
+    def fp32(self) -> np.ndarray:
+        if self.bf16:
+            return combine_fp32(self.tables.numpy(), self.tables_lo.numpy())
+        return self.tables.numpy()
+
+
+class DenseParams:
+    """The MLP parameters (replicated on every rank), in the module's order, with their
+    Split-SGD low halves (bf16) and Adagrad accumulators (rwsadagrad)."""
+
+    def __init__(self, specs, mlp: dict[str, np.ndarray], bf16: bool, adagrad: bool, dev):
+        self.specs, self.bf16 = specs, bf16
+        t = tvm.runtime.tensor
+        self.mlp, self.mlp_lo = [], []
+        for name, shape in specs:
+            a = mlp[name]
+            if a.shape != shape:
+                raise ValueError(f"parameter {name} must have shape {shape}, got {a.shape}")
+            a = np.ascontiguousarray(a, np.float32)
+            if bf16:
+                hi, lo = split_fp32(a)
+                self.mlp.append(t(hi, dev))
+                self.mlp_lo.append(t(lo, dev))
+            else:
+                self.mlp.append(t(a, dev))
+        self.mlp_acc = [t(np.zeros(s, np.float32), dev) for _, s in specs] if adagrad else []
+
+    def update_args(self) -> list:
+        """The arguments of dense_update before (grads, lr)."""
+        return [*self.mlp, *self.mlp_lo, *self.mlp_acc]
+
+    def fp32(self) -> dict[str, np.ndarray]:
+        if self.bf16:
+            return {name: combine_fp32(hi.numpy(), lo.numpy())
+                    for (name, _), hi, lo in zip(self.specs, self.mlp, self.mlp_lo, strict=True)}
+        return {name: a.numpy() for (name, _), a in zip(self.specs, self.mlp, strict=True)}
+
+    def acc(self) -> dict[str, np.ndarray]:
+        return {name: a.numpy() for (name, _), a in zip(self.specs, self.mlp_acc, strict=True)}
+
+
 class Trainer:
     def __init__(self, cfg: Config, vm, tables: np.ndarray | None = None,
                  mlp: dict[str, np.ndarray] | None = None):
@@ -82,32 +143,12 @@ class Trainer:
         if tables.shape != expect or tables.dtype != np.float32:
             raise ValueError(f"tables must be float32 {expect}, got {tables.dtype} {tables.shape}")
         self.bf16 = cfg.train.precision == "bf16"
-        t = tvm.runtime.tensor
-        self.tables_lo = None
-        # tables (and their row state) in huge-page memory: random rows over GBs
-        if self.bf16:
-            hi, lo = split_fp32(tables)
-            self.tables, self.tables_lo = table_tensor(hi), table_tensor(lo)
-            del hi, lo
-        else:
-            self.tables = table_tensor(tables)
-        self.mlp, self.mlp_lo = [], []
-        for name, shape in self.specs:
-            a = mlp[name]
-            if a.shape != shape:
-                raise ValueError(f"parameter {name} must have shape {shape}, got {a.shape}")
-            a = np.ascontiguousarray(a, np.float32)
-            if self.bf16:
-                hi, lo = split_fp32(a)
-                self.mlp.append(t(hi, self.dev))
-                self.mlp_lo.append(t(lo, self.dev))
-            else:
-                self.mlp.append(t(a, self.dev))
         self.adagrad = cfg.train.optimizer == "rwsadagrad"
-        self.mlp_acc, self.row_acc = [], []
-        if self.adagrad:
-            self.mlp_acc = [t(np.zeros(shape, np.float32), self.dev) for _, shape in self.specs]
-            self.row_acc = [table_tensor(np.zeros(m.total_rows, np.float32))]
+        # tables (and their row state) in huge-page memory: random rows over GBs
+        self.sparse = SparseParams(tables, self.bf16, self.adagrad)
+        self.dense = DenseParams(self.specs, mlp, self.bf16, self.adagrad, self.dev)
+        self.tables = self.sparse.tables
+        self.mlp = self.dense.mlp
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self.step_count = 0
 
@@ -134,11 +175,9 @@ class Trainer:
         grads = [res[2 + i] for i in range(n)]
         d_pooled = res[2 + n]
         with clock("dense_update"):
-            vm["dense_update"](*self.mlp, *self.mlp_lo, *self.mlp_acc, *grads, self._lr)
+            vm["dense_update"](*self.dense.update_args(), *grads, self._lr)
         with clock("embedding_update"):
-            lo = [self.tables_lo] if self.bf16 else []
-            vm["embedding_update"](self.tables, *lo, *self.row_acc, idx, off, d_pooled,
-                                   self._lr)
+            vm["embedding_update"](*self.sparse.update_args(), idx, off, d_pooled, self._lr)
         self.step_count += 1
         return {"loss": float(res[0].numpy()[0]), "lr": lr, "p": res[1]}
 
@@ -156,21 +195,10 @@ class Trainer:
     def state(self) -> dict[str, np.ndarray]:
         """A copy of every fp32 parameter (master): {"tables": [rows, D], "<layer>_w": Wt
         [in, out], ...}; in bf16, rebuilt exactly from the Split-SGD halves."""
-        if self.bf16:
-            out = {"tables": combine_fp32(self.tables.numpy(), self.tables_lo.numpy())}
-            for (name, _), hi, lo in zip(self.specs, self.mlp, self.mlp_lo, strict=True):
-                out[name] = combine_fp32(hi.numpy(), lo.numpy())
-            return out
-        out = {"tables": self.tables.numpy()}
-        for (name, _), a in zip(self.specs, self.mlp, strict=True):
-            out[name] = a.numpy()
-        return out
+        return {"tables": self.sparse.fp32(), **self.dense.fp32()}
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """rwsadagrad's accumulators ({"row_acc": [rows], "<layer>_w": ...}); {} for sgd."""
         if not self.adagrad:
             return {}
-        out = {"row_acc": self.row_acc[0].numpy()}
-        for (name, _), a in zip(self.specs, self.mlp_acc, strict=True):
-            out[name] = a.numpy()
-        return out
+        return {"row_acc": self.sparse.row_acc[0].numpy(), **self.dense.acc()}

@@ -55,7 +55,7 @@ def test_bf16_trainer_keeps_exact_fp32_masters(compiled):
     tr.step(SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, seed=1).next_batch())
     after = tr.state()
     assert not np.array_equal(after["tables"], init["tables"])
-    assert tr.tables.numpy().dtype.itemsize == 2 and tr.tables_lo.numpy().dtype.itemsize == 2
+    assert tr.tables.numpy().dtype.itemsize == 2 and tr.sparse.tables_lo.numpy().dtype.itemsize == 2
 
 
 def test_artifact_precision_must_match(tmp_path, capsys):

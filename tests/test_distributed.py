@@ -1,0 +1,205 @@
+"""Training per MPI rank (runtime/distributed.py).
+
+The ``mpi`` tests launch ``mpiexec -n 2 dlrm-tvm train`` themselves (``pytest -m mpi`` runs
+only them; .ci/run runs them with the rest) and compare the result with one rank training on
+the same global batches in this process: same loss, same parameters after 20 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dlrm_tvm.config import ConfigError, apply_overrides, load_config
+
+MPIEXEC = shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH")
+
+
+def _cfg(interaction="dot", **kw):
+    cfg = load_config("tiny")
+    return apply_overrides(cfg, arch_interaction_op=interaction, steps=20, **kw)
+
+
+# ------------------------------------------------------------------ pure Python parts
+def test_init_table_rows_equals_the_whole_table_slice():
+    from dlrm_tvm.runtime.params import init_table, init_table_rows
+
+    whole = init_table(7, 3, 1000, 16)
+    for a, b in ((0, 1000), (0, 1), (333, 667), (999, 1000), (500, 500)):
+        np.testing.assert_array_equal(init_table_rows(7, 3, 1000, 16, a, b), whole[a:b])
+    with pytest.raises(ValueError):
+        init_table_rows(7, 3, 1000, 16, 10, 1001)
+
+
+def test_local_slice_takes_each_ranks_samples_with_their_bags():
+    from dlrm_tvm.data import SyntheticData, validate_batch
+    from dlrm_tvm.runtime.distributed import local_slice
+
+    cfg = apply_overrides(load_config("tiny"), num_indices_per_lookup=5,
+                          num_indices_per_lookup_fixed=False)
+    m, G = cfg.model, cfg.train.batch_size
+    batch = SyntheticData(m, cfg.data, G, 1).next_batch()
+    R, Bl = 4, G // 4
+    parts = [local_slice(batch, r, R, m.num_tables) for r in range(R)]
+    for r, p in enumerate(parts):
+        validate_batch(p, m, Bl)
+        np.testing.assert_array_equal(p.dense, batch.dense[r * Bl:(r + 1) * Bl])
+        for t in range(m.num_tables):
+            for i in (0, Bl - 1):
+                g = t * G + r * Bl + i
+                want = batch.indices[batch.offsets[g]:batch.offsets[g + 1]]
+                got = p.indices[p.offsets[t * Bl + i]:p.offsets[t * Bl + i + 1]]
+                np.testing.assert_array_equal(got, want)
+    assert sum(p.indices.size for p in parts) == batch.indices.size
+
+
+def test_make_plan_modes():
+    from dlrm_tvm.runtime.distributed import make_plan
+
+    cfg = load_config("tiny")
+    table = make_plan(cfg, 2, "table")
+    assert all(s.rows == cfg.model.table_rows[s.table] for s in table.shards)
+    row = make_plan(cfg, 2, "row")
+    assert len(row.shards) == 2 * cfg.model.num_tables
+    assert {s.rank for s in row.shards} == {0, 1}
+    # auto: a budget below one table's bytes cuts it; others stay whole
+    big = apply_overrides(cfg, arch_embedding_size="20000-1000-1000")
+    plan = make_plan(big, 2, "auto", rank_budget_bytes=int(20000 * 16 * 4 * 0.6))
+    assert sum(s.table == 0 for s in plan.shards) == 2
+    assert sum(s.table == 1 for s in plan.shards) == 1
+    with pytest.raises(ConfigError, match="cannot shard"):
+        make_plan(big, 2, "auto", rank_budget_bytes=1000)
+    with pytest.raises(ConfigError):
+        make_plan(cfg, 2, "diagonal")
+
+
+# ------------------------------------------------------------------ launched under mpiexec
+def _mpiexec(args: list[str], n: int = 2, env_extra: dict | None = None, timeout: float = 240,
+             mpmd: list[list[str]] | None = None):
+    env = dict(os.environ)
+    env.pop("TVM_NUM_THREADS", None)
+    env.update(env_extra or {})
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "dlrm_tvm", *args]
+    if mpmd:
+        cmd = [MPIEXEC]
+        for i, a in enumerate(mpmd):
+            cmd += ([":"] if i else []) + ["-n", "1", sys.executable, "-m", "dlrm_tvm", *a]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return p, time.monotonic() - t0
+
+
+def _one_rank(cfg, compiled):
+    from dlrm_tvm.data import SyntheticData
+    from dlrm_tvm.runtime.trainer import Trainer
+
+    vm, _ = compiled(cfg)
+    tr = Trainer(cfg, vm)
+    data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, cfg.train.seed)
+    losses = [tr.step(data.next_batch())["loss"] for _ in range(cfg.train.steps)]
+    return losses, {**tr.state(), **{f"acc_{k}": v for k, v in tr.optimizer_state().items()}}
+
+
+CASES = [
+    # (interaction, sharding, extra flags)
+    ("dot", "table", []),
+    ("cat", "table", []),
+    ("dot", "row", []),
+    ("cat", "row", []),
+    ("dot", "row", ["--optimizer", "rwsadagrad"]),
+    ("dot", "table", ["--arch-embedding-size", "1000", "--num-indices-per-lookup", "3",
+                      "--num-indices-per-lookup-fixed", "0"]),  # rank 1 holds no table
+]
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("interaction,sharding,extra", CASES,
+                         ids=["dot-table", "cat-table", "dot-row", "cat-row",
+                              "dot-row-rwsadagrad", "one-table"])
+def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interaction, sharding,
+                                                   extra):
+    out = tmp_path / "run"
+    args = ["train", "--config", "tiny", "--arch-interaction-op", interaction, "--steps", "20",
+            "--sharding", sharding, "--out", str(out), "--save-params", "--quiet", *extra]
+    p, _ = _mpiexec(args)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2
+    got = np.load(out / "params.npz")
+    # the same run on one rank, in this process
+    flags = dict(zip(extra[::2], extra[1::2], strict=True))
+    kw = {k.lstrip("-").replace("-", "_"): v for k, v in flags.items()}
+    if "num_indices_per_lookup" in kw:
+        kw["num_indices_per_lookup"] = int(kw["num_indices_per_lookup"])
+        kw["num_indices_per_lookup_fixed"] = bool(int(kw["num_indices_per_lookup_fixed"]))
+    cfg = _cfg(interaction, **kw)
+    losses, want = _one_rank(cfg, compiled)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([m["loss"] for m in metrics], losses, rtol=1e-5)
+    for k in ("tables", *[n for n in want if not n.startswith("acc_") and n != "tables"]):
+        scale = max(float(np.abs(want[k]).max()), 1e-30)
+        err = float(np.abs(got[k] - want[k]).max()) / scale
+        assert err < 1e-5, f"{k}: max relative difference {err:.2e}"
+    # the shards moved: the tables are not at their initial values
+    from dlrm_tvm.runtime.params import init_tables
+
+    assert not np.allclose(got["tables"], init_tables(cfg.model, cfg.train.seed))
+    plan = json.loads((out / "sharding.json").read_text())
+    assert plan["ranks"] == 2
+    if sharding == "row":
+        assert len(plan["shards"]) == 2 * len(plan["table_rows"])
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_a_killed_rank_ends_every_rank(tmp_path):
+    p, secs = _mpiexec(["train", "--config", "tiny", "--steps", "100000", "--quiet",
+                        "--out", str(tmp_path / "run")], env_extra={"DLRM_TVM_FAULT": "1:5:kill"},
+                       timeout=120)
+    assert p.returncode != 0
+    assert secs < 90
+    text = p.stdout + p.stderr
+    # mpiexec names the process that died; the layout printed at start maps pid -> rank
+    assert "BAD TERMINATION" in text or "Killed" in text or "signal 9" in text, text[-2000:]
+    layout = json.loads((tmp_path / "run" / "layout.json").read_text())
+    pid1 = [r["pid"] for r in layout if r["rank"] == 1][0]
+    assert str(pid1) in text or "Killed" in text
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_a_rank_that_raises_ends_every_rank_with_its_reason(tmp_path):
+    p, secs = _mpiexec(["train", "--config", "tiny", "--steps", "100000", "--quiet",
+                        "--out", str(tmp_path / "run")], env_extra={"DLRM_TVM_FAULT": "1:3:raise"},
+                       timeout=120)
+    assert p.returncode != 0
+    assert secs < 90
+    assert "rank 1 of 2 failed: RuntimeError: injected fault at step 3" in p.stderr, \
+        p.stderr[-2000:]
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_mismatched_configs_are_refused_at_start(tmp_path):
+    base = ["train", "--config", "tiny", "--steps", "3", "--quiet", "--out", str(tmp_path / "r")]
+    p, _ = _mpiexec([], mpmd=[base, [*base, "--learning-rate", "0.5"]], timeout=120)
+    assert p.returncode != 0
+    assert "different configs" in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_batch_not_divisible_by_ranks_is_a_clear_error(tmp_path):
+    p, _ = _mpiexec(["train", "--config", "tiny", "--mini-batch-size", "127", "--steps", "2",
+                     "--quiet", "--out", str(tmp_path / "r")], timeout=120)
+    assert p.returncode != 0
+    assert "does not divide into 2 ranks" in p.stderr, p.stderr[-2000:]
