@@ -145,10 +145,19 @@ def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interactio
     losses, want = _one_rank(cfg, compiled)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([m["loss"] for m in metrics], losses, rtol=1e-5)
+    adagrad = "rwsadagrad" in extra
     for k in ("tables", *[n for n in want if not n.startswith("acc_") and n != "tables"]):
         scale = max(float(np.abs(want[k]).max()), 1e-30)
-        err = float(np.abs(got[k] - want[k]).max()) / scale
-        assert err < 1e-5, f"{k}: max relative difference {err:.2e}"
+        diff = np.abs(got[k] - want[k]) / scale
+        if adagrad:
+            # Adagrad divides a gradient by its own root-sum-square: where a gradient is a
+            # near-cancelling sum, the rounding of a different reduction order (two partial
+            # sums, allreduced) moves its step by up to lr. Most parameters still agree to
+            # fp32 rounding (as in test_model_vs_torch's rwsadagrad test).
+            assert float(diff.max()) < 1e-3, f"{k}: max relative difference {diff.max():.2e}"
+            assert float(np.mean(diff < 1e-5)) > 0.99, f"{k}: {np.mean(diff < 1e-5):.4f}"
+        else:
+            assert float(diff.max()) < 1e-5, f"{k}: max relative difference {diff.max():.2e}"
     # the shards moved: the tables are not at their initial values
     from dlrm_tvm.runtime.params import init_tables
 
