@@ -53,18 +53,20 @@ def compile_dlrm(
     model=None,
     parts: tuple[str, ...] = ("sparse", "dense"),
     loss_scale: float | None = None,
+    hooks: bool = False,
 ) -> CompileResult:
     """Build, schedule and compile the DLRM step for ``target`` (any target, from any host).
 
     A rank of a distributed run compiles its parts separately: ``model`` (the config's model
     with the rank's table shards as its tables) with ``parts=("sparse",)`` at the global batch,
-    and the dense part at its local batch with ``loss_scale`` 1 / global batch."""
+    and the dense part at its local batch with ``loss_scale`` 1 / global batch and ``hooks``
+    (graphs/dlrm.py: calls back into the runtime to overlap its exchanges)."""
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     b = batch_size or cfg.train.batch_size
     mod = DLRMGraph(model or cfg.model, b, loss_scale=loss_scale,
                     precision=cfg.train.precision,
-                    optimizer=cfg.train.optimizer).build(parts)
+                    optimizer=cfg.train.optimizer, hooks=hooks).build(parts)
     secs["graph"] = time.perf_counter() - t0
     tvm_target = target.tvm_target()
     t0 = time.perf_counter()

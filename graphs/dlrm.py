@@ -46,6 +46,15 @@ from dlrm_tvm.config import ModelConfig
 
 F32 = "float32"
 
+# With ``hooks=True`` (a rank of a distributed run) dense_forward_backward calls back into the
+# runtime mid-function: HOOK_WAIT_POOLED(pooled) -> pooled after the bottom MLP (the runtime
+# waits for the pooled rows' exchange and fills the tensor: the exchange overlaps the bottom
+# MLP), and HOOK_GRAD_READY(layer, dWt, db) -> token as each layer's gradients are final (the
+# runtime starts their allreduce while the next layer's backward runs). The tokens are extra
+# outputs after d_pooled, so that nothing removes the calls.
+HOOK_WAIT_POOLED = "dlrm_tvm.wait_pooled"
+HOOK_GRAD_READY = "dlrm_tvm.grad_ready"
+
 
 def mlp_param_specs(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every MLP parameter in the module's order."""
@@ -81,12 +90,13 @@ class DLRMGraph:
     """Builds the Relax IRModule of one DLRM for one (local) batch size."""
 
     def __init__(self, model: ModelConfig, batch_size: int, loss_scale: float | None = None,
-                 precision: str = "fp32", optimizer: str = "sgd"):
+                 precision: str = "fp32", optimizer: str = "sgd", hooks: bool = False):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if optimizer not in ("sgd", "rwsadagrad"):
             raise ValueError(f"optimizer must be sgd or rwsadagrad, got {optimizer!r}")
         self.adagrad = optimizer == "rwsadagrad"
+        self.hooks = hooks
         self.m = model
         self.B = batch_size
         self.loss_scale = loss_scale
@@ -125,7 +135,7 @@ class DLRMGraph:
         top = [(w, b, shapes[nb + i]) for i, (w, b) in enumerate(pairs[nb:])]
         return bot, top
 
-    def _forward(self, k: _Kernels, dense, pooled, params):
+    def _forward(self, k: _Kernels, dense, pooled, params, wait: bool = False):
         m, B = self.m, self.B
         T, D = m.num_tables, m.embedding_dim
         W = m.interaction_width_padded
@@ -141,6 +151,9 @@ class DLRMGraph:
                 [h, w, b], _t((B, n), act))
             acts_bot.append(h)
         h = self._to_f32(k, h, (B, D))
+        if wait:  # the bottom MLP ran while the pooled rows were on their way
+            pooled = k.bb.emit(relax.op.call_pure_packed(HOOK_WAIT_POOLED, pooled,
+                                                         ty_args=_t((B, T, D))))
         tc = None
         if m.interaction == "dot":
             li, lj, _ = ops.pair_tables(m.num_features, m.interaction_itself)
@@ -237,7 +250,8 @@ class DLRMGraph:
             params = self._params()
             with bb.function("dense_forward_backward", [dense, pooled, labels, *params]):
                 with bb.dataflow():
-                    acts_bot, acts_top, tc = self._forward(k, dense, pooled, params)
+                    acts_bot, acts_top, tc = self._forward(k, dense, pooled, params,
+                                                           wait=self.hooks)
                     res = self._emit_tir(k, "bce_loss", lambda: ops.bce_loss(B, self.loss_scale),
                                          [acts_top[-1], labels], [_t((B,)), _t((1,)), _t((B, 1))])
                     p = bb.emit(relax.TupleGetItem(res, 0))
@@ -246,6 +260,13 @@ class DLRMGraph:
                     dz = self._to_act(k, dz, (B, 1))
                     bot, top = self._layers(params)
                     grads: dict[int, tuple] = {}
+                    tokens = []
+
+                    def ready(i, dw, db):  # layer i's gradients are final: start reducing
+                        if self.hooks:
+                            tokens.append(bb.emit(relax.op.call_pure_packed(
+                                HOOK_GRAD_READY, relax.prim_value(tirx.IntImm("int64", i)),
+                                dw, db, ty_args=_t((1,)))))
                     for i in reversed(range(len(top))):
                         w, _, shape = top[i]
                         mask = acts_top[i] if i > 0 else False
@@ -253,6 +274,7 @@ class DLRMGraph:
                         dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask,
                                                           dx_dtype=F32 if i == 0 else None)
                         grads[len(bot) + i] = (dw, db)
+                        ready(len(bot) + i, dw, db)
                     if m.interaction == "dot":
                         _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
                         res = self._emit_tir(
@@ -275,8 +297,9 @@ class DLRMGraph:
                         mask = acts_bot[i] if i > 0 else None
                         dw, db, dz = self._layer_backward(k, acts_bot[i], w, shape, dz, mask)
                         grads[i] = (dw, db)
+                        ready(i, dw, db)
                     flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]
-                    out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled]))
+                    out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled, *tokens]))
                 bb.emit_func_output(out)
 
             # predict ----------------------------------------------------------

@@ -14,14 +14,17 @@ output_dist and the SC20 paper:
   2. input_dist    alltoallv: each bag's lookups go to the ranks owning its table's rows
                    (a row-wise shard gets the lookups in its range, rebased to its first row)
   3. lookup        embedding_forward over the rank's shards for all G samples
-  4. output_dist   alltoallv: pooled rows return to the ranks owning the samples; partial sums
-                   of a row-wise table are added there, in shard order
-  5. dense         dense_forward_backward on the local slice
-  6. allreduce     of the loss and every MLP gradient, posted non-blocking here ...
-  7. grad_dist     alltoallv: d_pooled goes back to the shard owners (the same gradient to
-                   every row-wise shard of a table) ...
-  8. update        ... the fused sparse update runs while the allreduce progresses
-  9. dense_update  after the allreduce completes
+  4. output_dist   alltoallv of the pooled rows back to the ranks owning the samples, posted
+                   non-blocking; dense_forward_backward starts at once and runs the bottom
+                   MLP, then calls back (graphs/dlrm.py HOOK_WAIT_POOLED) to wait for the
+                   rows; partial sums of a row-wise table are added there, in row order
+  5. dense         the rest of dense_forward_backward on the local slice; as each layer's
+                   gradients are final it calls back (HOOK_GRAD_READY) and their allreduce
+                   starts while the next layer's backward runs
+  6. grad_dist     alltoallv: d_pooled goes back to the shard owners (the same gradient to
+                   every row-wise shard of a table)
+  7. update        the fused sparse update, while the allreduces progress
+  8. dense_update  after the allreduces complete
 
 Nothing is multiplied by the rank count and initialisation depends on (seed, table) only
 (runtime/params.py), unlike the reference (dlrm issue 351). The exchanges are non-blocking;
@@ -179,7 +182,7 @@ class Progress:
             if time.perf_counter() - op.wait_start > self.timeout_s:
                 raise CommTimeout(f"{op.name} did not complete within {self.timeout_s:.0f} s "
                                   f"(another rank stopped or hangs)")
-            time.sleep(self.poll_s)
+            time.sleep(0)  # the waiting thread has nothing else to do: spin, yielding the GIL
         op.wait_end = time.perf_counter()
 
     def take_ops(self) -> list[Op]:
@@ -225,6 +228,27 @@ def fault_point(rank: int, step: int) -> None:
 
 
 # --------------------------------------------------------------------------- the trainer
+_ACTIVE: list = [None]  # the trainer whose dense_forward_backward is running
+_HOOKS_REGISTERED = [False]
+
+
+def _register_hooks() -> None:
+    """Register the callbacks the dense module calls (graphs/dlrm.py HOOK_*), once."""
+    if _HOOKS_REGISTERED[0]:
+        return
+    import tvm_ffi
+    from dlrm_tvm.graphs.dlrm import HOOK_GRAD_READY, HOOK_WAIT_POOLED
+
+    def wait_pooled(p):
+        return _ACTIVE[0]._wait_pooled(p)
+
+    def grad_ready(layer, dw, db):
+        return _ACTIVE[0]._grad_ready(int(layer), dw, db)
+
+    tvm_ffi.register_global_func(HOOK_WAIT_POOLED, wait_pooled, override=True)
+    tvm_ffi.register_global_func(HOOK_GRAD_READY, grad_ready, override=True)
+    _HOOKS_REGISTERED[0] = True
+
 def _counts_displs(counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(counts, np.int64)
     d = np.zeros_like(c)
@@ -278,6 +302,11 @@ class DistributedTrainer:
         self.specs = mlp_param_specs(m)
         self.dense = DenseParams(self.specs, init_mlp(m, seed), bf16, adagrad, self.dev)
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
+        self._token = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
+        self._pooled_t = tvm.runtime.tensor(np.zeros((self.Bl, m.num_tables, self.D),
+                                                     np.float32), self.dev)
+        self._pooled_np = np.from_dlpack(self._pooled_t)
+        _register_hooks()
         self.step_count = 0
 
     # ----------------------------------------------------------- input_dist
@@ -355,7 +384,6 @@ class DistributedTrainer:
             self._lr.copyfrom(np.array([lr], np.float32))
             self.progress.wait(op_l)
             self.progress.wait(op_i)
-        pooled_parts = None
         if self.ns:
             with clock("input_prep"):
                 lengths = np.stack([p.reshape(self.ns, Bl) for p in len_parts], axis=1)
@@ -371,34 +399,30 @@ class DistributedTrainer:
                 idx_t, off_t = t(idx, self.dev), t(off, self.dev)
             with clock("embedding_forward"):
                 pooled_s = self.sparse_vm["embedding_forward"](self.sparse.tables, idx_t, off_t)
-            ps = pooled_s.numpy().reshape(self.R, Bl * self.ns * D)
+            ps = np.from_dlpack(pooled_s).reshape(self.R, Bl * self.ns * D)
             send = [ps[q] for q in range(self.R)]
         else:
             send = [np.zeros(0, np.float32)] * self.R
-        with clock("output_dist"):
-            _, pooled_parts, op_p = self._exchange(
-                "output_dist", send, [Bl * len(self.rank_tables[o]) * D for o in range(self.R)],
-                np.float32, wait=False)
-            self.progress.wait(op_p)
-            pooled = np.empty((Bl, T, D), np.float32)
-            blocks = [p.reshape(Bl, -1, D) for p in pooled_parts]
-            for tb, parts in enumerate(self.table_parts):
-                _, o, j = parts[0]
-                pooled[:, tb] = blocks[o][:, j]
-                for _, o, j in parts[1:]:
-                    pooled[:, tb] += blocks[o][:, j]
-        with clock("dense_forward_backward"):
-            res = self.dense_vm["dense_forward_backward"](dense, t(pooled, self.dev), labels,
-                                                          *self.dense.mlp)
+        # output_dist: posted here, waited for inside dense_forward_backward after the bottom
+        # MLP (HOOK_WAIT_POOLED); each layer's gradients start their allreduce as soon as the
+        # backward has them (HOOK_GRAD_READY)
+        _, self._pooled_parts, self._op_pooled = self._exchange(
+            "output_dist", send, [Bl * len(self.rank_tables[o]) * D for o in range(self.R)],
+            np.float32, wait=False)
+        self._grad_ops = []
+        _ACTIVE[0] = self
+        try:
+            with clock("dense_forward_backward"):
+                res = self.dense_vm["dense_forward_backward"](dense, self._pooled_t, labels,
+                                                              *self.dense.mlp)
+        finally:
+            _ACTIVE[0] = None
         n = len(self.dense.mlp)
         grads = [res[2 + i] for i in range(n)]
-        d_pooled = res[2 + n].numpy()
-        with clock("allreduce_post"):
-            loss = res[0].numpy().astype(np.float64)
-            views = [np.from_dlpack(g) for g in grads]
-            reqs = [self.comm.Iallreduce(MPI.IN_PLACE, v, op=MPI.SUM) for v in views]
-            reqs.append(self.comm.Iallreduce(MPI.IN_PLACE, loss, op=MPI.SUM))
-            op_a = self.progress.post("allreduce", reqs, 2 * sum(v.nbytes for v in views))
+        d_pooled = np.from_dlpack(res[2 + n])
+        loss = res[0].numpy().astype(np.float64)
+        self._grad_ops.append(self.progress.post(
+            "allreduce", [self.comm.Iallreduce(MPI.IN_PLACE, loss, op=MPI.SUM)], 16))
         with clock("grad_dist"):
             send = [np.ascontiguousarray(d_pooled[:, self.rank_tables[o]]).reshape(-1)
                     for o in range(self.R)]
@@ -411,11 +435,33 @@ class DistributedTrainer:
                                                    t(gbuf.reshape(G, self.ns, D), self.dev),
                                                    self._lr)
         with clock("allreduce_wait"):
-            self.progress.wait(op_a)
+            for op in self._grad_ops:
+                self.progress.wait(op)
         with clock("dense_update"):
             self.dense_vm["dense_update"](*self.dense.update_args(), *grads, self._lr)
         self.step_count += 1
         return {"loss": float(loss[0]), "lr": lr}
+
+    # ----------------------------------------------------------- hooks (called by the VM)
+    def _wait_pooled(self, p):
+        self.progress.wait(self._op_pooled)
+        pooled = self._pooled_np
+        blocks = [b.reshape(self.Bl, -1, self.D) for b in self._pooled_parts]
+        for tb, parts in enumerate(self.table_parts):
+            _, o, j = parts[0]
+            pooled[:, tb] = blocks[o][:, j]
+            for _, o, j in parts[1:]:  # a row-wise table: its partial sums, in row order
+                pooled[:, tb] += blocks[o][:, j]
+        return p
+
+    def _grad_ready(self, layer: int, dw, db):
+        from mpi4py import MPI
+
+        views = [np.from_dlpack(dw), np.from_dlpack(db)]
+        reqs = [self.comm.Iallreduce(MPI.IN_PLACE, v, op=MPI.SUM) for v in views]
+        self._grad_ops.append(self.progress.post(
+            "allreduce", reqs, 2 * sum(v.nbytes for v in views)))
+        return self._token
 
     # ----------------------------------------------------------- state
     def gather_state(self) -> dict[str, np.ndarray] | None:
@@ -541,6 +587,7 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
     from dlrm_tvm.targets import resolve_target
 
     target = resolve_target(target_name)
+    _register_hooks()  # the VM looks its extern functions up when it loads
     shards = sorted(plan.shards_of(r), key=lambda s: (s.table, s.row_start))
     t0 = time.perf_counter()
     sparse_vm = None
@@ -551,7 +598,7 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
         sparse_vm = load_vm(res.executable)
     G = cfg.train.batch_size
     res = compile_dlrm(cfg, target, batch_size=G // R, prefer=prefer, parts=("dense",),
-                       loss_scale=1.0 / G)
+                       loss_scale=1.0 / G, hooks=True)
     dense_vm = load_vm(res.executable)
     secs = comm.gather(time.perf_counter() - t0, root=0)
     if r == 0:
