@@ -132,12 +132,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _bench_ranks(args, cfg) -> int:
+    from dlrm_tvm.scaling import format_ranks, measure_ranks, model_tables, plot_scaling
+
+    try:
+        ranks = tuple(int(x) for x in args.ranks.split(","))
+        assert ranks and min(ranks) > 0
+    except (ValueError, AssertionError) as e:
+        raise ValueError(f"--ranks takes rank counts such as 1,2; got {args.ranks!r}") from e
+    res = measure_ranks(cfg, ranks, steps=args.steps, target=args.target,
+                        sharding=args.sharding, threads_per_rank=args.threads_per_rank)
+    res["model"] = model_tables(cfg, res, args.net_bandwidth_gbs, args.net_latency_us)
+    print(format_ranks(res))
+    _write_json(args.json, res)
+    if args.plot:
+        plot_scaling([res], args.plot)
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+def cmd_mpi_probe(args) -> int:
+    from dlrm_tvm.runtime.distributed import probe_mpi
+
+    r = probe_mpi()
+    if r is not None:
+        print(json.dumps({k: v for k, v in r.items() if k.endswith(("_s", "_Bps"))}, indent=1))
+        _write_json(args.json, r)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from dlrm_tvm.bench import format_table, run_bench
 
     # TVM's idle workers otherwise spin after each parallel call and slow torch (TVM_NOTES)
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     cfg = _resolve_config(args)
+    if args.ranks:
+        return _bench_ranks(args, cfg)
     precs = tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (
         cfg.train.precision,)
     bad = [p for p in precs if p not in ("fp32", "bf16")]
@@ -277,7 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the config's)")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
     b.add_argument("--json", help="also write the table as JSON here")
+    g = b.add_argument_group("rank scaling (instead of the PyTorch comparison)")
+    g.add_argument("--ranks", help="rank counts to run, e.g. 1,2: each runs `mpiexec -n N "
+                   "dlrm-tvm train` (--steps steps) and reports ms/step split into compute, "
+                   "exposed and overlapped communication, bytes per exchange, an MPI probe "
+                   "and the scaling model for 1 to 64 sockets")
+    g.add_argument("--threads-per-rank", type=int,
+                   help="threads of each rank (default: its share of this machine's cores)")
+    g.add_argument("--sharding", default="auto", choices=("auto", "table", "row"))
+    g.add_argument("--plot", help="write the scaling efficiency plot (PNG) here")
+    g.add_argument("--net-bandwidth-gbs", type=float, default=12.5,
+                   help="the model's assumed network bandwidth per socket (default 12.5 GB/s)")
+    g.add_argument("--net-latency-us", type=float, default=2.0,
+                   help="the model's assumed network latency (default 2 us)")
     b.set_defaults(func=cmd_bench)
+
+    mp = sub.add_parser("mpi-probe", help="alltoall/allreduce latency and bandwidth (run under "
+                        "mpiexec -n N)")
+    mp.add_argument("--json", help="also write the result as JSON here")
+    mp.set_defaults(func=cmd_mpi_probe)
 
     kp = sub.add_parser("kernels", help="which schedule rule runs each kernel; race rules",
                         description="Experiment with schedules: list the rule chosen per kernel, "

@@ -422,3 +422,25 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
     return Config(
         name=cfg.name, model=ModelConfig(**m), train=TrainConfig(**t), data=DataConfig(**d)
     )
+
+
+def to_toml(cfg: Config) -> str:
+    """``cfg`` as a TOML file that ``load_config`` reads back to an equal Config."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (tuple, list)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    d = cfg.to_dict()
+    lines = [f"name = {val(d['name'])}"]
+    for section in ("model", "train", "data"):
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {val(v)}" for k, v in d[section].items()]
+    return "\n".join(lines) + "\n"

@@ -128,7 +128,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             gbuf = np.zeros((nnz, d), np.float32) if not bf16 else \
                 np.zeros((nnz, d), np.uint16).view(ml_dtypes.bfloat16)
             gout = tvm.runtime.tensor(gbuf)
-            tg = _median_time(lambda: glib["main"](tables[0], t_in[0], gout), reps)
+            tg = _median_time(lambda f=glib["main"], a=(tables[0], t_in[0], gout): f(*a), reps)
             row["gather_ms"] = tg * 1e3
             row["gather_gbs"] = nnz * d * esize / tg / 1e9
             if op == "embedding_bag_fwd":
@@ -144,7 +144,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
                     got = y.numpy()[:, 0]
                     err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
                     ok = bool(not np.isnan(got).any() and err < 1e-5)
-                    t = _median_time(lambda: lib["main"](tables[0], *t_in, y), reps)
+                    t = _median_time(lambda f=lib["main"], a=(tables[0], *t_in, y): f(*a), reps)
                 else:
                     ok, err = _check_update(lib, tables, tables_np, idx, off, roff, grad,
                                             optimizer, bf16, rows, rng,
@@ -153,7 +153,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
                         if optimizer == "rwsadagrad" else []
                     args = [*tables, *acc, *t_in, tvm.runtime.tensor(grad),
                             tvm.runtime.tensor(np.array([1e-4], np.float32))]
-                    t = _median_time(lambda: lib["main"](*args), reps)
+                    t = _median_time(lambda f=lib["main"], a=tuple(args): f(*a), reps)
                 row["variants"][name] = {
                     "status": "ok" if ok else "WRONG", "err": err, "ms": t * 1e3,
                     "mlookups_s": nnz / t / 1e6, "gbs": floor_bytes / t / 1e9,
@@ -163,7 +163,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             if torch_baseline:
                 row["torch"] = _torch_times(op, w32, idx, off, grad, optimizer, reps, threads)
             rows_out.append(row)
-        del w32, tables, tables_np
+        w32 = tables = tables_np = None  # free the tables before the next case
     return {"op": op, "optimizer": optimizer, "table_dtype": table_dtype, "threads": threads,
             "target": ti.to_dict(), "zipf_alpha": zipf_alpha, "rows": rows_out}
 

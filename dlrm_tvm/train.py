@@ -115,13 +115,13 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
     steps = cfg.train.steps
     prog = Progress(steps, "train") if not quiet and lead else None
     times, losses = [], []
-    timings: dict[str, list[float]] | None = {} if dist_info else None
+    timings: dict[str, list[float]] = {}
     metrics = open(out / "metrics.jsonl", "w") if lead else None
     try:
         for s in range(steps):
             batch = data.next_batch()
             t = time.perf_counter()
-            r = trainer.step(batch, timings) if timings is not None else trainer.step(batch)
+            r = trainer.step(batch, timings)
             dt = time.perf_counter() - t
             times.append(dt)
             losses.append(r["loss"])
@@ -170,8 +170,12 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         if red is not None:
             summary["phases_ms"] = red["phases_ms"]
             summary["exchanges"] = red["exchanges"]
-    elif save_params:
-        state = trainer.state()
+    else:
+        skip = min(len(times) - 1, 2) if times else 0
+        summary["phases_ms"] = {k: 1e3 * float(np.median(v[skip:])) for k, v in timings.items()
+                                if v[skip:]}
+        if save_params:
+            state = trainer.state()
     if lead:
         if state is not None:
             np.savez(out / "params.npz", **state)

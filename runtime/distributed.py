@@ -371,7 +371,8 @@ class DistributedTrainer:
             nnz_to = np.array([a.size for a in inds], np.int64)
             nnz_from = np.empty(self.R, np.int64)
         with clock("input_dist"):
-            self.comm.Alltoall(nnz_to, nnz_from)
+            self.progress.wait(self.progress.post(
+                "input_dist.counts", [self.comm.Ialltoall(nnz_to, nnz_from)], 16 * self.R))
             _, len_parts, op_l = self._exchange("input_dist.lengths", lens,
                                                 [self.ns * Bl] * self.R, np.int64, wait=False)
             _, idx_parts, op_i = self._exchange("input_dist.indices", inds,
@@ -644,3 +645,43 @@ def reduce_timings(comm, timings: dict[str, list[float]], ops: list[Op], steps: 
                           for f in ("bytes", "exposed_s", "overlapped_s", "in_flight_s")}
                       for k in names},
     }
+
+
+# --------------------------------------------------------------------------- MPI probe
+def probe_mpi(sizes=(8, 1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22), reps: int = 20) -> dict:
+    """Median seconds of an alltoall (``n`` bytes from each rank to each other rank) and of an
+    allreduce of ``n`` bytes, for each ``n``, on COMM_WORLD; with the fitted latency (s) and
+    bandwidth (bytes/s) of t = latency + n / bandwidth. The result on rank 0; None elsewhere.
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    R = comm.Get_size()
+    out: dict = {"ranks": R, "alltoall": [], "allreduce": []}
+    for n in sizes:
+        k = max(1, n // 4)
+        a = np.ones(k * R, np.float32)
+        b = np.empty_like(a)
+        c = np.ones(k, np.float32)
+        for name, fn in (("alltoall", lambda a=a, b=b: comm.Alltoall(a, b)),
+                         ("allreduce",
+                          lambda c=c: comm.Allreduce(MPI.IN_PLACE, c, op=MPI.SUM))):
+            ts = []
+            for _ in range(reps + 2):
+                comm.Barrier()
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            worst = comm.reduce(float(np.median(ts[2:])), op=MPI.MAX, root=0)
+            out[name].append({"bytes": 4 * k, "s": worst})
+    if comm.Get_rank() != 0:
+        return None
+    for name in ("alltoall", "allreduce"):
+        x = np.array([p["bytes"] for p in out[name]], float)
+        y = np.array([p["s"] for p in out[name]], float)
+        A = np.stack([np.ones_like(x), x], 1)
+        (lat, inv_bw), *_ = np.linalg.lstsq(A, y, rcond=None)
+        lat = max(float(lat), float(y.min()) * 0.5)
+        out[f"{name}_latency_s"] = lat
+        out[f"{name}_bandwidth_Bps"] = float(1.0 / max(inv_bw, 1e-15))
+    return out

@@ -25,11 +25,10 @@ count):
 
 from __future__ import annotations
 
+from dlrm_tvm.graphs.embedding_update import embedding_bag_sgd_lookup_order, embedding_bag_update
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
-
-from dlrm_tvm.graphs.embedding_update import embedding_bag_sgd_lookup_order, embedding_bag_update
 
 from .base import Rule, attr
 

@@ -40,8 +40,9 @@ def test_init_table_rows_equals_the_whole_table_slice():
 
 
 def test_local_slice_takes_each_ranks_samples_with_their_bags():
-    from dlrm_tvm.data import SyntheticData, validate_batch
     from dlrm_tvm.runtime.distributed import local_slice
+
+    from dlrm_tvm.data import SyntheticData, validate_batch
 
     cfg = apply_overrides(load_config("tiny"), num_indices_per_lookup=5,
                           num_indices_per_lookup_fixed=False)
@@ -98,8 +99,9 @@ def _mpiexec(args: list[str], n: int = 2, env_extra: dict | None = None, timeout
 
 
 def _one_rank(cfg, compiled):
-    from dlrm_tvm.data import SyntheticData
     from dlrm_tvm.runtime.trainer import Trainer
+
+    from dlrm_tvm.data import SyntheticData
 
     vm, _ = compiled(cfg)
     tr = Trainer(cfg, vm)
