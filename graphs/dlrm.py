@@ -49,11 +49,14 @@ F32 = "float32"
 # With ``hooks=True`` (a rank of a distributed run) dense_forward_backward calls back into the
 # runtime mid-function: HOOK_WAIT_POOLED(pooled) -> pooled after the bottom MLP (the runtime
 # waits for the pooled rows' exchange and fills the tensor: the exchange overlaps the bottom
-# MLP), and HOOK_GRAD_READY(layer, dWt, db) -> token as each layer's gradients are final (the
-# runtime starts their allreduce while the next layer's backward runs). The tokens are extra
-# outputs after d_pooled, so that nothing removes the calls.
+# MLP), HOOK_GRAD_READY(layer, dWt, db) -> token as each layer's gradients are final (the
+# runtime starts their allreduce while the next layer's backward runs), and
+# HOOK_DPOOLED_READY(d_pooled) -> token once the interaction's backward has it (the runtime
+# sends it to the table owners during the bottom MLP's backward). The tokens are extra outputs
+# after d_pooled, so that nothing removes the calls.
 HOOK_WAIT_POOLED = "dlrm_tvm.wait_pooled"
 HOOK_GRAD_READY = "dlrm_tvm.grad_ready"
+HOOK_DPOOLED_READY = "dlrm_tvm.d_pooled_ready"
 
 
 def mlp_param_specs(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -288,6 +291,9 @@ class DLRMGraph:
                                              [_t((B, D)), _t((B, T, D))])
                     dx = bb.emit(relax.TupleGetItem(res, 0))
                     d_pooled = bb.emit(relax.TupleGetItem(res, 1))
+                    if self.hooks:  # send d_pooled on its way during the bottom backward
+                        tokens.append(bb.emit(relax.op.call_pure_packed(
+                            HOOK_DPOOLED_READY, d_pooled, ty_args=_t((1,)))))
                     # the bottom MLP's output went through a ReLU: mask its gradient
                     dz = self._emit_tir(k, f"relu_bwd_{B}x{D}{self.sfx}",
                                         lambda: ops.relu_bwd(B, D, self.act, self.act),

@@ -22,7 +22,9 @@ output_dist and the SC20 paper:
                    gradients are final it calls back (HOOK_GRAD_READY) and their allreduce
                    starts while the next layer's backward runs
   6. grad_dist     alltoallv: d_pooled goes back to the shard owners (the same gradient to
-                   every row-wise shard of a table)
+                   every row-wise shard of a table), posted from a callback as soon as the
+                   interaction's backward has it (HOOK_DPOOLED_READY), during the bottom
+                   MLP's backward
   7. update        the fused sparse update, while the allreduces progress
   8. dense_update  after the allreduces complete
 
@@ -237,7 +239,7 @@ def _register_hooks() -> None:
     if _HOOKS_REGISTERED[0]:
         return
     import tvm_ffi
-    from dlrm_tvm.graphs.dlrm import HOOK_GRAD_READY, HOOK_WAIT_POOLED
+    from dlrm_tvm.graphs.dlrm import HOOK_DPOOLED_READY, HOOK_GRAD_READY, HOOK_WAIT_POOLED
 
     def wait_pooled(p):
         return _ACTIVE[0]._wait_pooled(p)
@@ -245,6 +247,10 @@ def _register_hooks() -> None:
     def grad_ready(layer, dw, db):
         return _ACTIVE[0]._grad_ready(int(layer), dw, db)
 
+    def d_pooled_ready(d):
+        return _ACTIVE[0]._d_pooled_ready(d)
+
+    tvm_ffi.register_global_func(HOOK_DPOOLED_READY, d_pooled_ready, override=True)
     tvm_ffi.register_global_func(HOOK_WAIT_POOLED, wait_pooled, override=True)
     tvm_ffi.register_global_func(HOOK_GRAD_READY, grad_ready, override=True)
     _HOOKS_REGISTERED[0] = True
@@ -303,6 +309,8 @@ class DistributedTrainer:
         self.dense = DenseParams(self.specs, init_mlp(m, seed), bf16, adagrad, self.dev)
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self._token = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
+        big = max(m.table_rows) >= 2**31 or cfg.data.num_indices_per_lookup >= 2**31
+        self._index_dtype = np.int64 if big else np.int32
         self._pooled_t = tvm.runtime.tensor(np.zeros((self.Bl, m.num_tables, self.D),
                                                      np.float32), self.dev)
         self._pooled_np = np.from_dlpack(self._pooled_t)
@@ -373,11 +381,14 @@ class DistributedTrainer:
         with clock("input_dist"):
             self.progress.wait(self.progress.post(
                 "input_dist.counts", [self.comm.Ialltoall(nnz_to, nnz_from)], 16 * self.R))
-            _, len_parts, op_l = self._exchange("input_dist.lengths", lens,
-                                                [self.ns * Bl] * self.R, np.int64, wait=False)
-            _, idx_parts, op_i = self._exchange("input_dist.indices", inds,
-                                                [int(x) for x in nnz_from], np.int64,
-                                                wait=False)
+            # rows and bag sizes below 2^31 travel as int32: half the bytes
+            it = self._index_dtype
+            _, len_parts, op_l = self._exchange("input_dist.lengths",
+                                                [a.astype(it) for a in lens],
+                                                [self.ns * Bl] * self.R, it, wait=False)
+            _, idx_parts, op_i = self._exchange("input_dist.indices",
+                                                [a.astype(it) for a in inds],
+                                                [int(x) for x in nnz_from], it, wait=False)
             t = tvm.runtime.tensor
             dense = t(local.dense, self.dev)
             labels = t(local.labels, self.dev)
@@ -394,7 +405,7 @@ class DistributedTrainer:
                     bounds = np.concatenate([[0], np.cumsum(per_shard[q])])
                     segs.append([idx_parts[q][bounds[j]:bounds[j + 1]] for j in range(self.ns)])
                 idx = np.concatenate([segs[q][j] for j in range(self.ns) for q in range(self.R)]
-                                     or [np.zeros(0, np.int64)])
+                                     or [np.zeros(0, np.int64)]).astype(np.int64)
                 off = np.zeros(self.ns * G + 1, np.int64)
                 np.cumsum(lengths.reshape(-1), out=off[1:])
                 idx_t, off_t = t(idx, self.dev), t(off, self.dev)
@@ -420,15 +431,11 @@ class DistributedTrainer:
             _ACTIVE[0] = None
         n = len(self.dense.mlp)
         grads = [res[2 + i] for i in range(n)]
-        d_pooled = np.from_dlpack(res[2 + n])
         loss = res[0].numpy().astype(np.float64)
         self._grad_ops.append(self.progress.post(
             "allreduce", [self.comm.Iallreduce(MPI.IN_PLACE, loss, op=MPI.SUM)], 16))
-        with clock("grad_dist"):
-            send = [np.ascontiguousarray(d_pooled[:, self.rank_tables[o]]).reshape(-1)
-                    for o in range(self.R)]
-            gbuf, _, op_g = self._exchange("grad_dist", send, [Bl * self.ns * D] * self.R,
-                                           np.float32, wait=False)
+        with clock("grad_dist"):  # posted by the d_pooled hook during the bottom backward
+            gbuf, op_g = self._grad_dist
             self.progress.wait(op_g)
         if self.ns:
             with clock("embedding_update"):
@@ -454,6 +461,15 @@ class DistributedTrainer:
             for _, o, j in parts[1:]:  # a row-wise table: its partial sums, in row order
                 pooled[:, tb] += blocks[o][:, j]
         return p
+
+    def _d_pooled_ready(self, d):
+        d_pooled = np.from_dlpack(d)
+        send = [np.ascontiguousarray(d_pooled[:, self.rank_tables[o]]).reshape(-1)
+                for o in range(self.R)]
+        gbuf, _, op = self._exchange("grad_dist", send, [self.Bl * self.ns * self.D] * self.R,
+                                     np.float32, wait=False)
+        self._grad_dist = (gbuf, op)
+        return self._token
 
     def _grad_ready(self, layer: int, dw, db):
         from mpi4py import MPI
