@@ -120,7 +120,8 @@ def cmd_train(args) -> int:
         os.environ["TVM_NUM_THREADS"] = str(args.threads)
     dist = {"sharding": args.sharding, "rank_memory_gib": args.rank_memory_gib,
             "threads": args.threads, "comm_timeout": args.comm_timeout,
-            "progress_thread": not args.no_progress_thread}
+            "progress_thread": not args.no_progress_thread,
+            "progress_poll_us": args.progress_poll_us}
     summary = train(cfg, args.out, artifact=args.artifact, target=args.target,
                     prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist,
                     save_params=args.save_params)
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds an exchange may wait before the job is aborted (default 300)")
     g.add_argument("--no-progress-thread", action="store_true",
                    help="do not advance MPI from a background thread while compiled code runs")
+    g.add_argument("--progress-poll-us", type=float, default=50.0,
+                   help="how often the progress thread tests pending exchanges (default 50 us)")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="ms/step vs PyTorch in the same process, per-op breakdown",

@@ -353,7 +353,10 @@ class DistributedTrainer:
         rbuf = np.empty(int(rc.sum()), dtype)
         mt = MPI._typedict[np.dtype(dtype).char]
         req = self.comm.Ialltoallv([sbuf, (sc, sd), mt], [rbuf, (rc, rd), mt])
-        op = self.progress.post(name, [req], sbuf.nbytes + rbuf.nbytes)
+        # bytes that leave or reach this rank (its block to itself moves no data between ranks)
+        moved = (sbuf.nbytes - send[self.r].nbytes if send else 0) + \
+            rbuf.itemsize * (int(rc.sum()) - int(rc[self.r]))
+        op = self.progress.post(name, [req], moved)
         op.keep = sbuf  # the send buffer must live until completion
         if wait:
             self.progress.wait(op)
@@ -569,7 +572,7 @@ def default_rank_budget(comm) -> int | None:
 def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[str, ...] = (),
                sharding: str = "auto", rank_memory_gib: float | None = None,
                threads: int | None = None, comm_timeout: float = 300.0,
-               progress_thread: bool = True, log=print):
+               progress_thread: bool = True, progress_poll_us: float = 50.0, log=print):
     """Everything before the first step on this rank: cores and threads, the config check, the
     plan (rank 0, broadcast, printed, saved), the two compiled modules, the parameters.
     Returns (trainer, info) where info holds the layout and plan for the summary."""
@@ -621,7 +624,8 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
     if r == 0:
         log(f"compiled per rank for {target.name}: {max(secs):.1f} s (slowest rank)")
     level_ok = MPI.Query_thread() == MPI.THREAD_MULTIPLE
-    progress = Progress(thread=progress_thread and level_ok, timeout_s=comm_timeout)
+    progress = Progress(thread=progress_thread and level_ok, timeout_s=comm_timeout,
+                        poll_s=progress_poll_us * 1e-6)
     trainer = DistributedTrainer(cfg, comm, plan, sparse_vm, dense_vm, progress)
     comm.Barrier()
     info = {"ranks": R, "layout": layouts, "sharding": plan_d, "progress_thread":

@@ -119,6 +119,8 @@ CASES = [
     ("dot", "row", ["--optimizer", "rwsadagrad"]),
     ("dot", "table", ["--arch-embedding-size", "1000", "--num-indices-per-lookup", "3",
                       "--num-indices-per-lookup-fixed", "0"]),  # rank 1 holds no table
+    # table 0 (1.28 MB) is over a rank's 0.97 MB budget: auto cuts it row-wise, the rest whole
+    ("cat", "auto", ["--arch-embedding-size", "20000-1000-1000", "--rank-memory-gib", "0.0009"]),
 ]
 
 
@@ -126,7 +128,7 @@ CASES = [
 @needs_mpi
 @pytest.mark.parametrize("interaction,sharding,extra", CASES,
                          ids=["dot-table", "cat-table", "dot-row", "cat-row",
-                              "dot-row-rwsadagrad", "one-table"])
+                              "dot-row-rwsadagrad", "one-table", "auto-over-budget"])
 def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interaction, sharding,
                                                    extra):
     out = tmp_path / "run"
@@ -139,6 +141,7 @@ def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interactio
     got = np.load(out / "params.npz")
     # the same run on one rank, in this process
     flags = dict(zip(extra[::2], extra[1::2], strict=True))
+    flags.pop("--rank-memory-gib", None)
     kw = {k.lstrip("-").replace("-", "_"): v for k, v in flags.items()}
     if "num_indices_per_lookup" in kw:
         kw["num_indices_per_lookup"] = int(kw["num_indices_per_lookup"])
@@ -168,6 +171,8 @@ def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interactio
     assert plan["ranks"] == 2
     if sharding == "row":
         assert len(plan["shards"]) == 2 * len(plan["table_rows"])
+    if sharding == "auto":
+        assert [s["table"] for s in plan["shards"]] == [0, 0, 1, 2]
 
 
 @pytest.mark.mpi
@@ -214,3 +219,52 @@ def test_batch_not_divisible_by_ranks_is_a_clear_error(tmp_path):
                      "--quiet", "--out", str(tmp_path / "r")], timeout=120)
     assert p.returncode != 0
     assert "does not divide into 2 ranks" in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_bench_ranks_reports_the_split_and_the_model(tmp_path):
+    out = tmp_path / "ranks.json"
+    p = subprocess.run([sys.executable, "-m", "dlrm_tvm", "bench", "--config", "tiny",
+                        "--ranks", "1,2", "--steps", "5", "--json", str(out),
+                        "--plot", str(tmp_path / "s.png")],
+                       capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "exp.share" in p.stdout and "model, strong" in p.stdout
+    r = json.loads(out.read_text())
+    one, two = r["rows"]
+    assert (one["ranks"], two["ranks"]) == (1, 2)
+    assert one["exposed_comm_ms"] == 0
+    assert two["exposed_comm_ms"] > 0 and two["overlapped_comm_ms"] > 0
+    # bytes per exchange between ranks: rank 0 pools its 13 tables for all 128 samples and
+    # sends the other rank's 64 (64 x 13 x 16 x 4 B), and receives as much
+    assert two["bytes_per_rank"]["output_dist"] == 2 * 64 * 13 * 16 * 4
+    assert r["mpi_probe"]["alltoall_bandwidth_Bps"] > 0
+    assert set(r["model"]["tables"]) >= {"strong / assumed fabric", "weak / assumed fabric"}
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_scaling_model_shapes():
+    from dlrm_tvm.scaling import predict
+
+    cfg = load_config("small")
+    one = {"ranks": 1, "threads_per_rank": 2, "ms_per_step": 500.0,
+           "phases_ms": {"embedding_forward": 50.0, "embedding_update": 100.0,
+                         "dense_forward_backward": 340.0, "dense_update": 2.0}}
+    strong = predict(cfg, one, 2e-6, 12.5e9)
+    weak = predict(cfg, one, 2e-6, 12.5e9, weak=True)
+    assert strong[0]["efficiency"] == pytest.approx(1.0)
+    assert strong[0]["step_ms"] == pytest.approx(500.0)
+    assert [r["global_batch"] for r in weak] == [2048 * n for n in (1, 2, 4, 8, 16, 32, 64)]
+    assert all(a["compute_ms"] > b["compute_ms"] for a, b in zip(strong, strong[1:], strict=False))
+    assert all(0 < r["efficiency"] <= 1.0 + 1e-9 for r in strong + weak)
+    # a slower network can only make it worse
+    slow = predict(cfg, one, 50e-6, 1e9)
+    assert all(s["step_ms"] >= f["step_ms"] for s, f in zip(slow, strong, strict=True))
+    # 8 tables: past 8 sockets table-wise placement cannot split the embedding work, so the
+    # model cuts tables row-wise; the busiest rank's share keeps falling
+    from dlrm_tvm.scaling import _busiest_share
+
+    shares = [_busiest_share(cfg, n) for n in (1, 2, 4, 8, 16)]
+    assert shares == sorted(shares, reverse=True) and shares[0] == 1.0
