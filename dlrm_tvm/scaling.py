@@ -16,7 +16,8 @@ phases scale with the work it gets); exchanges cost latency + bytes / bandwidth:
   input_dist        alltoall of each rank's lookups (8 bytes each) and bag lengths
   output_dist, grad_dist  alltoall of each rank's pooled rows: local batch x tables x D x 4 B
   allreduce         ring: 2 (N-1)/N x MLP bytes / bandwidth + 2 (N-1) latency
-  other             the rest of the measured 1-rank step (input checks, set-up): fixed
+  other             the rest of the measured 1-rank step (input checks, set-up), scaled by
+                    the local batch
   exposed           input_dist + max(0, output_dist - bottom MLP forward) + grad_dist
                     + max(0, allreduce - (top/bottom backward after the first layer + update))
 
@@ -149,9 +150,11 @@ def _mlp_flops(cfg: Config, batch: int) -> tuple[float, float]:
 
 
 def predict(cfg: Config, measured_1: dict, lat_s: float, bw_Bps: float,
-            sockets=SOCKETS, weak: bool = False, allreduce_bw_Bps: float | None = None) -> list:
+            sockets=SOCKETS, weak: bool = False, allreduce_bw_Bps: float | None = None,
+            compute_speedup: float = 1.0) -> list:
     """Predicted step per socket count (see the module docstring). ``measured_1``: the 1-rank
-    row of ``measure_ranks`` for ``cfg`` (its phases at the config's batch)."""
+    row of ``measure_ranks`` for ``cfg`` (its phases at the config's batch);
+    ``compute_speedup``: a socket computes this much faster than the measured run."""
     m, d = cfg.model, cfg.data
     ph = measured_1["phases_ms"]
     B0 = cfg.train.batch_size
@@ -159,6 +162,7 @@ def predict(cfg: Config, measured_1: dict, lat_s: float, bw_Bps: float,
     dense1 = (ph.get("dense_forward_backward", 0) + ph.get("dense_update", 0)) / 1e3
     # the rest of the measured step (input checks, tensor set-up): a fixed cost per step
     other = max(0.0, measured_1["ms_per_step"] / 1e3 - emb1 - dense1)
+    emb1, dense1, other = (x / compute_speedup for x in (emb1, dense1, other))
     bot_f, all_f = _mlp_flops(cfg, B0)
     per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
         (d.num_indices_per_lookup + 1) / 2
@@ -183,12 +187,13 @@ def predict(cfg: Config, measured_1: dict, lat_s: float, bw_Bps: float,
         bot_fwd = dense * bot_f / all_f
         window = dense * (2 / 3) + emb * 0.5  # the backward, and the sparse update
         exposed = inp + max(0.0, outd - bot_fwd) + gradd + max(0.0, ar - window)
-        step = dense + emb + other + exposed
+        rest = other * Bl / B0  # per-sample work: input checks, tensor set-up
+        step = dense + emb + rest + exposed
         if base is None:
             base = step
         eff = (base / step) if weak else base / (n * step)
         out.append({"sockets": n, "global_batch": int(G), "step_ms": step * 1e3,
-                    "compute_ms": (dense + emb + other) * 1e3,
+                    "compute_ms": (dense + emb + rest) * 1e3,
                     "exposed_comm_ms": exposed * 1e3,
                     "comm_total_ms": (inp + outd + gradd + ar) * 1e3,
                     "efficiency": eff,
@@ -197,20 +202,29 @@ def predict(cfg: Config, measured_1: dict, lat_s: float, bw_Bps: float,
 
 
 def model_tables(cfg: Config, result: dict, net_bw_gbs: float = 12.5,
-                 net_lat_us: float = 2.0) -> dict:
+                 net_lat_us: float = 2.0, socket_cores: int = 28) -> dict:
+    """The model's tables: measured network (this machine's shared memory), the assumed
+    fabric, and the assumed fabric with sockets of ``socket_cores`` cores computing
+    socket_cores / (cores measured) times faster (an assumption: linear in cores)."""
     one = next((r for r in result["rows"] if r["ranks"] == 1), None)
     if one is None:
         return {}
-    nets = {"assumed fabric": (net_lat_us * 1e-6, net_bw_gbs * 1e9, net_bw_gbs * 1e9)}
+    fabric = (net_lat_us * 1e-6, net_bw_gbs * 1e9, net_bw_gbs * 1e9)
+    nets = {"assumed fabric": fabric}
     p = result.get("mpi_probe")
     if p:
         nets["measured here (shm)"] = (p["alltoall_latency_s"], p["alltoall_bandwidth_Bps"],
                                        p["allreduce_bandwidth_Bps"])
+    measured_cores = one["ranks"] * one["threads_per_rank"]
+    speedup = max(1.0, socket_cores / measured_cores)
+    scenarios = [(name, net, 1.0) for name, net in nets.items()]
+    scenarios.append((f"fabric, {socket_cores}-core sockets", fabric, speedup))
     tables = {}
-    for net, (lat, bw, arbw) in nets.items():
+    for name, (lat, bw, arbw), sp in scenarios:
         for kind in ("strong", "weak"):
-            tables[f"{kind} / {net}"] = predict(cfg, one, lat, bw, weak=kind == "weak",
-                                                allreduce_bw_Bps=arbw)
+            tables[f"{kind} / {name}"] = predict(cfg, one, lat, bw, weak=kind == "weak",
+                                                 allreduce_bw_Bps=arbw, compute_speedup=sp)
+    nets[f"fabric, {socket_cores}-core sockets"] = fabric
     return {"networks": {k: {"latency_us": v[0] * 1e6, "bandwidth_GBps": v[1] / 1e9,
                              "allreduce_bandwidth_GBps": v[2] / 1e9} for k, v in nets.items()},
             "tables": tables}

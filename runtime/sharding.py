@@ -5,9 +5,12 @@ Pure Python: the plan does not depend on MPI, so it is tested and inspected with
 
 A *shard* is a contiguous row range [row_start, row_stop) of one table, owned by one rank.
 Table-wise placement first: tables go whole to ranks, largest cost first, each to the rank with
-the least cost so far (LPT), where a table's cost is its memory plus its lookup traffic
-(bytes). A table bigger than one rank's memory budget is cut row-wise into the fewest equal
-ranges that fit, and the ranges are placed the same way. The result is deterministic: it
+the least load so far (LPT) in two dimensions: a table's share of all table memory and its
+share of all lookups; a table goes to the rank whose larger share stays lowest (memory bounds
+what a rank holds, lookups bound its embedding time; one cost in raw bytes let GB-sized tables
+drown the lookups and piled the many small tables of a Criteo model, each with as many
+lookups as a big one, onto one rank). A table bigger than one rank's memory budget is cut
+row-wise into the fewest equal ranges that fit, and the ranges are placed the same way. The result is deterministic: it
 depends only on the inputs.
 """
 
@@ -97,6 +100,8 @@ def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
         raise ValueError(f"the tables need {total / 2**30:.2f} GiB but {ranks} ranks of "
                          f"{rank_budget_bytes / 2**30:.2f} GiB hold "
                          f"{rank_budget_bytes * ranks / 2**30:.2f} GiB")
+    total_rows = max(1, sum(table_rows))
+    total_lookups = sum(lookups) or 1.0
     pieces = []  # (cost, table, start, stop)
     for t, rows in enumerate(table_rows):
         parts = max(1, min(min_parts, rows))
@@ -107,19 +112,23 @@ def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
         bounds = [rows * i // parts for i in range(parts + 1)]
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             share = (b - a) / rows if rows else 0.0
-            cost = (b - a) * row_bytes + lookups[t] * share * row_bytes
-            pieces.append((cost, t, a, b))
-    pieces.sort(key=lambda p: (-p[0], p[1], p[2]))
-    load = [0.0] * ranks
+            # memory and lookups, each as a fraction of its total
+            pieces.append(((b - a) / total_rows, lookups[t] * share / total_lookups, t, a, b))
+    pieces.sort(key=lambda p: (-max(p[0], p[1]), -(p[0] + p[1]), p[2], p[3]))
+    mem = [0.0] * ranks
+    look = [0.0] * ranks
     used = [0] * ranks
     placed: list[Shard] = []
-    for cost, t, a, b in pieces:
+    for pm, pl, t, a, b in pieces:
         fits = [r for r in range(ranks) if rank_budget_bytes is None
                 or used[r] + (b - a) * row_bytes <= rank_budget_bytes]
         if not fits:
             raise ValueError(f"no rank has room for rows {a}:{b} of table {t}")
-        r = min(fits, key=lambda r: (load[r], r))
-        load[r] += cost
+        # the rank whose worse dimension stays lowest (two-dimensional LPT)
+        r = min(fits, key=lambda r: (max(mem[r] + pm, look[r] + pl),
+                                     mem[r] + pm + look[r] + pl, r))
+        mem[r] += pm
+        look[r] += pl
         used[r] += (b - a) * row_bytes
         placed.append(Shard(t, a, b, r))
     placed.sort(key=lambda s: (s.table, s.row_start))
