@@ -10,8 +10,8 @@ share of all lookups; a table goes to the rank whose larger share stays lowest (
 what a rank holds, lookups bound its embedding time; one cost in raw bytes let GB-sized tables
 drown the lookups and piled the many small tables of a Criteo model, each with as many
 lookups as a big one, onto one rank). A table bigger than one rank's memory budget is cut
-row-wise into the fewest equal ranges that fit, and the ranges are placed the same way. The result is deterministic: it
-depends only on the inputs.
+row-wise into the fewest equal ranges that fit, and the ranges are placed the same way. The
+result is deterministic: it depends only on the inputs.
 """
 
 from __future__ import annotations

@@ -55,3 +55,13 @@ def test_round_trips_through_json(tmp_path):
     plan.save(tmp_path / "p.json")
     again = ShardingPlan.from_dict(json.loads((tmp_path / "p.json").read_text()))
     assert again == plan
+
+
+def test_lookups_balance_even_when_memory_is_dominated_by_a_few_tables():
+    # Criteo-like: a few huge tables and many tiny ones, one lookup each per sample
+    rows = (1_000_000,) * 6 + (1000,) * 20
+    plan = plan_shards(rows, 16, 16, lookups_per_table=[1.0] * 26)
+    per_rank = [len(plan.shards_of(r)) for r in range(16)]
+    assert max(per_rank) == 2  # 26 tables over 16 ranks: no rank serves 3 tables' lookups
+    big_ranks = [s.rank for s in plan.shards if s.rows == 1_000_000]
+    assert len(set(big_ranks)) == 6  # and no rank holds two huge tables
