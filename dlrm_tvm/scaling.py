@@ -103,11 +103,15 @@ def _with_steps(cfg: Config, steps: int):
 def _row(n: int, threads: int, s: dict, wall: float) -> dict:
     ex = s.get("exchanges", {})
     exposed = sum(e["exposed_ms"] for e in ex.values())
+    per_rank = [sum(d.values()) for d in s.get("per_rank_exposed_ms", [])]
     overlapped = sum(e["overlapped_ms"] for e in ex.values())
     step = s["ms_per_step_median"]
     return {
         "ranks": n, "threads_per_rank": threads, "ms_per_step": step,
         "compute_ms": step - exposed, "exposed_comm_ms": exposed,
+        # the rank that waited least: closest to the exchanges' own cost (the others also wait
+        # for a slower peer)
+        "exposed_min_rank_ms": min(per_rank) if per_rank else exposed,
         "overlapped_comm_ms": overlapped,
         "exposed_share": exposed / step if step else None,
         "bytes_per_rank": {k: e["bytes_per_rank"] for k, e in ex.items()},
@@ -225,23 +229,39 @@ def model_tables(cfg: Config, result: dict, net_bw_gbs: float = 12.5,
             tables[f"{kind} / {name}"] = predict(cfg, one, lat, bw, weak=kind == "weak",
                                                  allreduce_bw_Bps=arbw, compute_speedup=sp)
     nets[f"fabric, {socket_cores}-core sockets"] = fabric
+    two = next((r for r in result["rows"] if r["ranks"] == 2), None)
+    validation = None
+    if p and two:
+        # the measured 2-rank run against the model of it: 2 ranks with that run's share of
+        # the cores, on the probed network
+        sp = (two["threads_per_rank"]) / measured_cores
+        pred = predict(cfg, one, p["alltoall_latency_s"], p["alltoall_bandwidth_Bps"],
+                       sockets=(1, 2), allreduce_bw_Bps=p["allreduce_bandwidth_Bps"],
+                       compute_speedup=sp)[1]
+        validation = {"predicted_ms": pred["step_ms"], "measured_ms": two["ms_per_step"],
+                      "predicted_exposed_ms": pred["exposed_comm_ms"],
+                      "measured_exposed_ms": two["exposed_comm_ms"],
+                      "measured_exposed_min_rank_ms": two.get("exposed_min_rank_ms")}
     return {"networks": {k: {"latency_us": v[0] * 1e6, "bandwidth_GBps": v[1] / 1e9,
                              "allreduce_bandwidth_GBps": v[2] / 1e9} for k, v in nets.items()},
-            "tables": tables}
+            "tables": tables, "validation": validation}
 
 
 def format_ranks(result: dict) -> str:
     lines = [f"rank scaling  {result['name']}  {result['cores']} cores (each rank gets its "
-             f"share)", ""]
+             f"share); exposed: mean over ranks of the time waiting on exchanges, (least): "
+             f"the rank that waited least (the others also wait for a slower peer)", ""]
     base = result["rows"][0]["ms_per_step"] if result["rows"] else None
     lines.append(f"{'ranks x threads':<16} {'ms/step':>9} {'compute':>9} {'exposed':>9} "
-                 f"{'overlap':>9} {'exp.share':>9} {'speed':>9}  bytes/rank per step")
+                 f"{'(least)':>9} {'overlap':>9} {'exp.share':>9} {'speed':>9}  "
+                 f"bytes/rank per step")
     for r in result["rows"]:
         b = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(r["bytes_per_rank"].items())
                       if v >= 1e3) or "-"
         lines.append(f"{r['ranks']:>5} x {r['threads_per_rank']:<8} {r['ms_per_step']:9.2f} "
                      f"{r['compute_ms']:9.2f} {r['exposed_comm_ms']:9.2f} "
-                     f"{r['overlapped_comm_ms']:9.2f} {100 * (r['exposed_share'] or 0):8.1f}% "
+                     f"{r['exposed_min_rank_ms']:9.2f} {r['overlapped_comm_ms']:9.2f} "
+                     f"{100 * (r['exposed_share'] or 0):8.1f}% "
                      f"{base / r['ms_per_step']:8.2f}x  {b}")
     if len(result["rows"]) > 1:
         b0 = result["rows"][0]
@@ -256,6 +276,12 @@ def format_ranks(result: dict) -> str:
                      f"{p['allreduce_latency_s'] * 1e6:.1f} us + "
                      f"{p['allreduce_bandwidth_Bps'] / 1e9:.2f} GB/s")
     mod = result.get("model")
+    if mod and mod.get("validation"):
+        v = mod["validation"]
+        lines.append(f"model check, 2 ranks here: predicted {v['predicted_ms']:.1f} ms/step "
+                     f"(exposed {v['predicted_exposed_ms']:.1f}), measured "
+                     f"{v['measured_ms']:.1f} (exposed: mean {v['measured_exposed_ms']:.1f}, "
+                     f"least-waiting rank {v['measured_exposed_min_rank_ms']:.1f})")
     if mod:
         for name, rows in mod["tables"].items():
             lines.append("")

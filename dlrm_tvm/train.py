@@ -170,6 +170,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         if red is not None:
             summary["phases_ms"] = red["phases_ms"]
             summary["exchanges"] = red["exchanges"]
+            summary["per_rank_phases_ms"] = red["per_rank_phases_ms"]
+            summary["per_rank_exposed_ms"] = red["per_rank_exposed_ms"]
     else:
         skip = min(len(times) - 1, 2) if times else 0
         summary["phases_ms"] = {k: 1e3 * float(np.median(v[skip:])) for k, v in timings.items()

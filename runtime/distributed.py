@@ -658,6 +658,9 @@ def reduce_timings(comm, timings: dict[str, list[float]], ops: list[Op], steps: 
     names = sorted({k for _, e in allr for k in e})
     n = len(allr)
     return {
+        "per_rank_phases_ms": [{k: 1e3 * v for k, v in m.items()} for m, _ in allr],
+        "per_rank_exposed_ms": [{k: 1e3 * v["exposed_s"] for k, v in e.items()}
+                                for _, e in allr],
         "phases_ms": {k: 1e3 * sum(m.get(k, 0.0) for m, _ in allr) / n for k in phases},
         "exchanges": {k: {f.replace("_s", "_ms") if f != "bytes" else "bytes_per_rank":
                           (sum(e.get(k, {}).get(f, 0.0) for _, e in allr) / n)

@@ -22,15 +22,17 @@ from dlrm_tvm.scaling import efficiency, plot_scaling  # noqa: E402
 
 
 def measured_table(r: dict) -> str:
-    out = ["| ranks x threads | ms/step | compute | exposed comm | overlapped comm | exposed "
-           "share | speed vs first | core-time efficiency | MB/rank/step (sent + received) |",
+    out = ["| ranks x threads | ms/step | compute | exposed comm (mean; least-waiting rank) | "
+           "overlapped comm | exposed share | speed vs first | core-time efficiency | "
+           "MB/rank/step (sent + received) |",
            "|---|---|---|---|---|---|---|---|---|"]
     b0 = r["rows"][0]
     for row in r["rows"]:
         mb = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(row["bytes_per_rank"].items())
                        if v >= 1e3) or "-"
         out.append(f"| {row['ranks']} x {row['threads_per_rank']} | {row['ms_per_step']:.1f} | "
-                   f"{row['compute_ms']:.1f} | {row['exposed_comm_ms']:.1f} | "
+                   f"{row['compute_ms']:.1f} | {row['exposed_comm_ms']:.1f}; "
+                   f"{row.get('exposed_min_rank_ms', row['exposed_comm_ms']):.1f} | "
                    f"{row['overlapped_comm_ms']:.1f} | {100 * row['exposed_share']:.1f}% | "
                    f"{b0['ms_per_step'] / row['ms_per_step']:.2f}x | "
                    f"{100 * efficiency(b0, row):.0f}% | {mb} |")
@@ -48,6 +50,14 @@ def model_table(r: dict) -> str:
         cells = [f"{tabs[n][i]['step_ms']:.1f} ms, {100 * tabs[n][i]['efficiency']:.0f}%"
                  for n in names]
         out.append(f"| {s} | " + " | ".join(cells) + " |")
+    v = r["model"].get("validation")
+    if v:
+        out.append("")
+        out.append(f"Model check against the measured 2-rank run: predicted "
+                   f"{v['predicted_ms']:.1f} ms/step ({v['predicted_exposed_ms']:.1f} exposed), "
+                   f"measured {v['measured_ms']:.1f} (exposed: mean over ranks "
+                   f"{v['measured_exposed_ms']:.1f}, least-waiting rank "
+                   f"{v['measured_exposed_min_rank_ms']:.1f}).")
     nets = r["model"]["networks"]
     out.append("")
     out.append("Networks: " + "; ".join(
@@ -62,8 +72,16 @@ def main(argv=None) -> int:
     ap.add_argument("files", nargs="+")
     ap.add_argument("--plot")
     ap.add_argument("--measured", nargs="*", default=[])
+    ap.add_argument("--remodel", action="store_true",
+                    help="recompute the model from the measured rows (after a model change)")
     a = ap.parse_args(argv)
     results = [json.loads(Path(f).read_text()) for f in a.files]
+    if a.remodel:
+        from dlrm_tvm.config import Config
+        from dlrm_tvm.scaling import model_tables
+
+        for r in results:
+            r["model"] = model_tables(Config.from_dict(r["config"]), r)
     extra = [json.loads(Path(f).read_text()) for f in a.measured]
     for f, r in zip(a.files, results, strict=True):
         print(f"### {r['name']} ({f})\n")
