@@ -315,7 +315,7 @@ def plot_scaling(results: list[dict], path: str | Path, measured_extra: list[dic
             xs = [r["ranks"] for r in rows]
             ys = [100 * efficiency(b, r) for r in rows]
             ax.plot(xs, ys, "k*" if src is res else "rs", ms=9,
-                    label=f"measured, strong ({src.get('machine', 'this VM')})")
+                    label=f"measured core-time efficiency ({src.get('machine', 'this VM')})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sockets (ranks)")
         ax.set_ylabel("scaling efficiency %")
