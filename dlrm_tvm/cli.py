@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"dlrm-tvm {args.cmd}: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # a distributed run's other ranks stay quiet
+            print(f"dlrm-tvm {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -82,6 +82,8 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
                                               **(dist or {}))
             meta = {"target": dist_info["target"], "schedules": {}, "tvm_version": _tvm_ver()}
             return _train_loop(cfg, out, trainer, meta, quiet, rank, dist_info, save_params)
+        except D.CollectiveError:
+            raise  # every rank has it: each exits with it (rank 0 prints it)
         except BaseException as e:  # any failure on any rank ends every rank
             D.abort_on_error(comm, e)
             raise

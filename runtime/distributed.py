@@ -217,6 +217,15 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- start checks
+class CollectiveError(ConfigError):
+    """An error every rank detects alike (a config check at start): each rank exits with it,
+    no abort needed; only rank 0 prints it."""
+
+    def __init__(self, msg: str, rank: int):
+        super().__init__(msg)
+        self.quiet = rank != 0
+
+
 def config_digest(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -229,8 +238,8 @@ def check_same_config(comm, cfg: Config) -> None:
         for r, d in enumerate(digests):
             groups.setdefault(d, []).append(r)
         desc = "; ".join(f"ranks {v} have config {k}" for k, v in groups.items())
-        raise ConfigError(f"the ranks were started with different configs ({desc}): every "
-                          f"rank must get the same --config and flags")
+        raise CollectiveError(f"the ranks were started with different configs ({desc}): every "
+                          f"rank must get the same --config and flags", comm.Get_rank())
 
 
 def fault_point(rank: int, step: int) -> None:
@@ -543,6 +552,7 @@ def abort_on_error(comm, exc: BaseException) -> None:
     """Print the failing rank and reason, then end every rank (no survivor left waiting)."""
     print(f"dlrm-tvm: rank {comm.Get_rank()} of {comm.Get_size()} failed: "
           f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    time.sleep(0.5)  # let mpiexec forward the line before the abort tears the job down
     comm.Abort(1)
 
 
@@ -601,21 +611,28 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
     layout = layout_threads(comm, threads)
     check_same_config(comm, cfg)
     if cfg.train.batch_size % R:
-        raise ConfigError(f"the global batch {cfg.train.batch_size} does not divide into {R} "
-                          f"ranks: choose --mini-batch-size as a multiple of {R}")
+        raise CollectiveError(f"the global batch {cfg.train.batch_size} does not divide into "
+                              f"{R} ranks: choose --mini-batch-size as a multiple of {R}", r)
     layouts = comm.gather(layout, root=0)
     budget = (int(rank_memory_gib * 2**30) if rank_memory_gib else default_rank_budget(comm))
     plan_d = None
     if r == 0:
-        plan = make_plan(cfg, R, sharding, budget)
-        plan_d = plan.to_dict()
+        try:
+            plan = make_plan(cfg, R, sharding, budget)
+            plan_d = plan.to_dict()
+        except ConfigError as e:  # every rank learns it and stops alike
+            plan_d = {"error": str(e)}
+    plan_d = comm.bcast(plan_d, root=0)
+    if "error" in plan_d:
+        raise CollectiveError(plan_d["error"], r)
+    if r == 0:
         log(format_layout(layouts))
         log(plan.format())
         if out_dir is not None:
             plan.save(os.path.join(out_dir, "sharding.json"))
             with open(os.path.join(out_dir, "layout.json"), "w") as f:
                 json.dump(layouts, f, indent=1)
-    plan = ShardingPlan.from_dict(comm.bcast(plan_d, root=0))
+    plan = ShardingPlan.from_dict(plan_d)
 
     import dataclasses
 
