@@ -122,14 +122,31 @@ def cmd_train(args) -> int:
             "threads": args.threads, "comm_timeout": args.comm_timeout,
             "progress_thread": not args.no_progress_thread,
             "progress_poll_us": args.progress_poll_us}
+    from dlrm_tvm.train import RunOptions
+
+    opts = RunOptions(eval_every=args.eval_every, eval_batches=args.eval_batches,
+                      final_eval=not args.no_eval, target_auc=args.target_auc,
+                      checkpoint_every=args.checkpoint_every,
+                      keep_checkpoints=args.keep_checkpoints,
+                      resume=(args.out if args.resume == "auto" else args.resume),
+                      save_params=args.save_params)
     summary = train(cfg, args.out, artifact=args.artifact, target=args.target,
-                    prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist,
-                    save_params=args.save_params)
+                    prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist, opts=opts)
     if summary.get("rank", 0) != 0:
         return 0  # only rank 0 reports
+    ev = summary.get("eval")
+    evs = (f"  held-out loss {ev['loss']:.5f} accuracy {ev['accuracy']:.4f} auc "
+           f"{ev['auc']:.4f} ({ev['rows']} rows)") if ev else ""
+    tgt = summary.get("target_auc")
+    if tgt:
+        r = tgt["reached"]
+        evs += (f"  target auc {tgt['target']} reached at step {r['step']} after "
+                f"{r['time_s']:.1f} s" if r else f"  target auc {tgt['target']} not reached")
+    sps = summary["samples_per_s"]
     print(f"{summary['steps']} steps  final loss {summary['final_loss']:.5f}  "
           f"{summary['ms_per_step_median']:.2f} ms/step (median)  "
-          f"{summary['samples_per_s']:.0f} samples/s  -> {args.out}/summary.json")
+          f"{sps:.0f} samples/s{evs}  -> {args.out}/summary.json" if sps else
+          f"{summary['steps']} steps  -> {args.out}/summary.json")
     return 0
 
 
@@ -281,6 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.add_argument("--save-params", action="store_true",
                    help="write every fp32 parameter to RUNDIR/params.npz at the end")
+    e = t.add_argument_group("evaluation and checkpoints")
+    e.add_argument("--eval-every", type=int, default=0,
+                   help="evaluate on the held-out split every K steps (loss, accuracy, exact "
+                   "ROC AUC; to metrics.jsonl); a final evaluation runs anyway")
+    e.add_argument("--eval-batches", type=int, default=2,
+                   help="synthetic data: batches in the held-out stream (default 2)")
+    e.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    e.add_argument("--target-auc", type=float,
+                   help="stop when the held-out AUC reaches this (checked at --eval-every); "
+                   "the summary records the step and time it took")
+    e.add_argument("--checkpoint-every", type=int, default=0,
+                   help="write the whole training state to RUNDIR/checkpoints/ every K steps "
+                   "and at the end (atomic: a kill mid-write keeps the previous one)")
+    e.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="how many checkpoints to keep (default 2)")
+    e.add_argument("--resume", nargs="?", const="auto",
+                   help="continue from a checkpoint (a checkpoint dir, a checkpoints/ dir or a "
+                   "run dir; without a value: --out's latest), bit-exactly, at any rank count")
     t.add_argument("--threads", type=int, help="TVM threads (per rank under mpiexec; default: "
                    "all cores, or the rank's share of its node's cores)")
     g = t.add_argument_group("distributed (under mpiexec -n N)")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,22 +52,40 @@ def get_compiled(cfg: Config, artifact: str | Path | None, target_name: str, out
     return vm, art.meta
 
 
+@dataclass
+class RunOptions:
+    """What a training run does besides stepping (CLI flags of ``dlrm-tvm train``)."""
+
+    eval_every: int = 0  # evaluate on the held-out split every K steps (0: only at the end)
+    eval_batches: int = 2  # synthetic data: held-out batches (a separate stream)
+    final_eval: bool = True
+    target_auc: float | None = None  # stop when the held-out AUC reaches it
+    checkpoint_every: int = 0  # write a checkpoint every K steps (and at the end if > 0)
+    keep_checkpoints: int = 2
+    resume: str | None = None  # a checkpoint, checkpoints/ dir or run dir to continue from
+    save_params: bool = False
+    source: object | None = None  # a data source (dlrm_tvm.sources); default synthetic
+
+
 def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
           target: str = "host", prefer: tuple[str, ...] = (), quiet: bool = False,
-          dist: dict | None = None, save_params: bool = False) -> dict:
+          dist: dict | None = None, save_params: bool = False,
+          opts: RunOptions | None = None) -> dict:
     """Train ``cfg.train.steps`` steps on ``cfg.data``; returns the summary it writes.
 
     Under ``mpiexec -n N`` (N > 1) every rank runs this: the tables are sharded over the ranks
     and each rank trains its slice of every global batch (runtime/distributed.py); ``dist``
     holds the distributed options (sharding, rank_memory_gib, threads, comm_timeout,
-    progress_thread). Only rank 0 writes files and prints progress. ``save_params`` writes
-    every fp32 parameter to RUNDIR/params.npz at the end (gathered on rank 0)."""
+    progress_thread). Only rank 0 writes files and prints progress. ``opts``: evaluation,
+    checkpoints, resume (``RunOptions``); ``save_params`` writes every fp32 parameter to
+    RUNDIR/params.npz at the end (gathered on rank 0)."""
     from dlrm_tvm.runtime.distributed import launched_ranks
 
+    opts = opts or RunOptions(save_params=save_params)
+    opts.save_params = opts.save_params or save_params
     out = Path(out_dir)
     ranks = launched_ranks()
-    rank = 0
-    dist_info = None
+    start, manifest = _resume_state(cfg, opts.resume) if opts.resume else (None, None)
     if ranks > 1:
         from dlrm_tvm.runtime import distributed as D
 
@@ -79,9 +100,9 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
             comm.Barrier()
             trainer, dist_info = D.setup_rank(cfg, out if rank == 0 else None, target, prefer,
                                               log=(print if not quiet else log.info),
-                                              **(dist or {}))
+                                              start=start, **(dist or {}))
             meta = {"target": dist_info["target"], "schedules": {}, "tvm_version": _tvm_ver()}
-            return _train_loop(cfg, out, trainer, meta, quiet, rank, dist_info, save_params)
+            return _train_loop(cfg, out, trainer, meta, quiet, rank, dist_info, opts, manifest)
         except D.CollectiveError:
             raise  # every rank has it: each exits with it (rank 0 prints it)
         except BaseException as e:  # any failure on any rank ends every rank
@@ -93,10 +114,10 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
     from dlrm_tvm.runtime.trainer import Trainer
 
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, vm)
-    log.info("initialised parameters in %.1fs (%.2f GiB)", time.perf_counter() - t0,
-             cfg.model.param_bytes() / 2**30)
-    return _train_loop(cfg, out, trainer, meta, quiet, rank, dist_info, save_params)
+    trainer = Trainer(cfg, vm, start=start)
+    log.info("%s parameters in %.1fs (%.2f GiB)", "loaded" if start else "initialised",
+             time.perf_counter() - t0, cfg.model.param_bytes() / 2**30)
+    return _train_loop(cfg, out, trainer, meta, quiet, 0, None, opts, manifest)
 
 
 def _tvm_ver() -> str:
@@ -105,25 +126,177 @@ def _tvm_ver() -> str:
     return tvm.__version__
 
 
+# ----------------------------------------------------------------------------- resume
+def _resume_state(cfg: Config, path: str):
+    """(StartState, manifest) of the checkpoint at ``path``; refuses one of another model."""
+    from dlrm_tvm.runtime import checkpoint as ck
+    from dlrm_tvm.runtime.trainer import StartState
+
+    man = ck.read_manifest(path)
+    old = Config.from_dict(man["config"])
+    if old.model != cfg.model:
+        raise ConfigError(f"checkpoint {man['_dir']} holds a different model than the config "
+                          f"(its config: {man['_dir']}/manifest.json)")
+    for k in ("precision", "optimizer"):
+        if getattr(old.train, k) != getattr(cfg.train, k):
+            raise ConfigError(f"checkpoint {man['_dir']} was trained with {k} "
+                              f"{getattr(old.train, k)}, not {getattr(cfg.train, k)}")
+    D = cfg.model.embedding_dim
+    has_acc = bool(man.get("row_acc"))
+    start = StartState(
+        rows=lambda t, a, b: ck.load_rows(man, t, a, b, D),
+        row_acc=(lambda t, a, b: ck.load_rows(man, t, a, b, D, acc=True)) if has_acc else None,
+        mlp=ck.load_npz(man, "mlp.npz"),
+        mlp_acc=ck.load_npz(man, "mlp_acc.npz") if man.get("mlp_acc") else None,
+        step=int(man["step"]))
+    log.info("resuming from %s (step %d)", man["_dir"], man["step"])
+    return start, man
+
+
+def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=None,
+                    metrics: dict | None = None, keep: int = 2) -> Path | None:
+    """Every rank writes its shards; rank 0 the MLP and the manifest, then commits."""
+    from dlrm_tvm.runtime import checkpoint as ck
+
+    rank = comm.Get_rank() if comm is not None else 0
+    root = out / "checkpoints"
+    token = f"{os.getpid()}-{time.time_ns()}"
+    if comm is not None:
+        token = comm.bcast(token, root=0)
+    tmp = ck.begin(root, step, token) if rank == 0 else None
+    if comm is not None:
+        comm.Barrier()
+        tmp = ck.begin(root, step, token)
+    fault = os.environ.get("DLRM_TVM_CKPT_FAULT")  # test hook: "RANK:STEP" dies mid-write
+    shards = []
+    for i, (t, a, b, rows, acc) in enumerate(trainer.shard_state()):
+        ck.write_array(tmp, ck.shard_file(t, a, b), rows)
+        if acc is not None:
+            ck.write_array(tmp, ck.shard_file(t, a, b, acc=True), acc)
+        shards.append({"table": t, "row_start": a, "row_stop": b, "rank": rank})
+        if fault and i == 0 and fault == f"{rank}:{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+    if comm is not None:
+        allsh = comm.gather(shards, root=0)
+        shards = [s for part in (allsh or []) for s in part]
+    if rank == 0:
+        ck.write_npz(tmp, "mlp.npz", trainer.dense.fp32())
+        adagrad = cfg.train.optimizer == "rwsadagrad"
+        if adagrad:
+            ck.write_npz(tmp, "mlp_acc.npz", trainer.dense.acc())
+        final = ck.commit(root, tmp, step, {
+            "config": cfg.to_dict(), "ranks": comm.Get_size() if comm is not None else 1,
+            "shards": sorted(shards, key=lambda s: (s["table"], s["row_start"])),
+            "row_acc": adagrad, "mlp_acc": adagrad, "data": source.state(),
+            "metrics": metrics or {}}, keep=keep)
+    else:
+        final = None
+    if comm is not None:
+        comm.Barrier()
+    return final
+
+
+# ----------------------------------------------------------------------------- evaluation
+def pad_batch(batch, size: int, num_tables: int):
+    """``batch`` of n < size samples made ``size`` long by repeating its first sample (the
+    compiled step has a fixed batch); the caller drops predictions past n."""
+    from dlrm_tvm.data import Batch
+
+    n = batch.dense.shape[0]
+    if n == size:
+        return batch
+    extra = size - n
+    lens, inds = [], []
+    for t in range(num_tables):
+        o = batch.offsets[t * n:(t + 1) * n + 1]
+        first = batch.indices[o[0]:o[1]]
+        lens.append(np.concatenate([np.diff(o), np.full(extra, first.size, np.int64)]))
+        inds.append(np.concatenate([batch.indices[o[0]:o[-1]], np.tile(first, extra)]))
+    off = np.zeros(num_tables * size + 1, np.int64)
+    np.cumsum(np.concatenate(lens), out=off[1:])
+    return Batch(dense=np.concatenate([batch.dense, np.repeat(batch.dense[:1], extra, 0)]),
+                 indices=np.concatenate(inds).astype(np.int64), offsets=off,
+                 labels=np.concatenate([batch.labels, np.repeat(batch.labels[:1], extra)]))
+
+
+def run_eval(trainer, batches, cfg: Config, comm=None) -> dict:
+    """Loss, accuracy and exact ROC AUC over every held-out row (``batches``: iterable of
+    (global batch, real rows)); across ranks the predictions are gathered on rank 0 and the
+    result is broadcast."""
+    from dlrm_tvm.metrics import evaluate_predictions
+
+    B, T = cfg.train.batch_size, cfg.model.num_tables
+    progress = getattr(trainer, "progress", None)
+    kept = progress.take_ops() if progress is not None else None  # keep eval out of timings
+    ps, ys = [], []
+    for batch, n in batches:
+        full = pad_batch(batch, B, T)
+        p = trainer.predict(full)
+        if comm is not None:
+            parts = comm.gather(p, root=0)
+            p = np.concatenate(parts) if parts is not None else None
+        if p is not None:
+            ps.append(p[:n])
+            ys.append(full.labels[:n])
+    res = None
+    if comm is None or comm.Get_rank() == 0:
+        res = evaluate_predictions(np.concatenate(ys) if ys else np.zeros(0),
+                                   np.concatenate(ps) if ps else np.zeros(0))
+    if comm is not None:
+        res = comm.bcast(res, root=0)
+    if progress is not None:
+        progress.take_ops()
+        progress.ops = kept
+    return res
+
+
+# ----------------------------------------------------------------------------- the loop
 def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: int,
-                dist_info: dict | None, save_params: bool) -> dict:
-    from dlrm_tvm.data import SyntheticData
+                dist_info: dict | None, opts: RunOptions, manifest: dict | None) -> dict:
+    from dlrm_tvm.sources import SyntheticSource
 
     lead = rank == 0
+    comm = trainer.comm if dist_info is not None else None
     if lead:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     # every rank draws the same global batches; a rank keeps only its slice of each
-    data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, cfg.train.seed)
+    source = opts.source or SyntheticSource(cfg)
+    first = 0
+    if manifest is not None:
+        source.restore(manifest["data"])
+        first = int(manifest["step"])
     steps = cfg.train.steps
-    prog = Progress(steps, "train") if not quiet and lead else None
-    times, losses = [], []
+    if first > steps:
+        raise ConfigError(f"the checkpoint is at step {first}, past --steps {steps}")
+    prog = Progress(steps - first, "train") if not quiet and lead else None
+    times, losses, evals = [], [], []
     timings: dict[str, list[float]] = {}
-    metrics = open(out / "metrics.jsonl", "w") if lead else None
+    metrics = open(out / "metrics.jsonl", "a" if manifest else "w") if lead else None
+    t_start = time.perf_counter()
+    reached = None
+    local = getattr(source, "local", False)
+
+    def evaluate(step: int) -> dict:
+        t0 = time.perf_counter()
+        r = run_eval(trainer, source.eval_batches(opts.eval_batches), cfg, comm)
+        r.update(step=step, seconds=time.perf_counter() - t0)
+        evals.append(r)
+        if metrics:
+            metrics.write(json.dumps({"step": step, "eval": r,
+                                      "time_s": time.perf_counter() - t_start}) + "\n")
+            metrics.flush()
+        if not quiet and lead:
+            log.info("eval at step %d: loss %.5f accuracy %.4f auc %.5f (%d rows)", step,
+                     r["loss"], r["accuracy"], r["auc"], r["rows"])
+        return r
+
     try:
-        for s in range(steps):
-            batch = data.next_batch()
+        s = first
+        for s in range(first, steps):
+            batch = source.next_batch()
             t = time.perf_counter()
-            r = trainer.step(batch, timings)
+            r = trainer.step(batch, timings, local=True) if local else trainer.step(batch,
+                                                                                   timings)
             dt = time.perf_counter() - t
             times.append(dt)
             losses.append(r["loss"])
@@ -133,14 +306,37 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
                 metrics.write(json.dumps({"step": s, "loss": r["loss"], "lr": r["lr"],
                                           "ms": dt * 1e3}) + "\n")
             if prog:
-                prog.update(s + 1, loss=float(np.mean(losses[-10:])), ms_per_step=dt * 1e3)
+                prog.update(s + 1 - first, loss=float(np.mean(losses[-10:])),
+                            ms_per_step=dt * 1e3)
+            done = s + 1
+            if opts.eval_every and done % opts.eval_every == 0 and done < steps:
+                e = evaluate(done)
+                if opts.target_auc is not None and e["auc"] >= opts.target_auc:
+                    reached = {"step": done, "auc": e["auc"],
+                               "time_s": time.perf_counter() - t_start}
+            if opts.checkpoint_every and done % opts.checkpoint_every == 0:
+                save_checkpoint(out, trainer, done, source, cfg, comm, keep=opts.keep_checkpoints)
+            if reached:
+                if lead:
+                    log.info("target AUC %.4f reached at step %d (%.1f s)", opts.target_auc,
+                             reached["step"], reached["time_s"])
+                break
+        final_eval = evaluate(len(times) + first) if opts.final_eval and times else None
+        if (opts.target_auc is not None and not reached and final_eval
+                and final_eval["auc"] >= opts.target_auc):
+            reached = {"step": final_eval["step"], "auc": final_eval["auc"],
+                       "time_s": time.perf_counter() - t_start}
+        if opts.checkpoint_every and times and (first + len(times)) % opts.checkpoint_every:
+            save_checkpoint(out, trainer, first + len(times), source, cfg, comm,
+                            keep=opts.keep_checkpoints)
     finally:
         if metrics:
             metrics.close()
     warm = times[min(len(times) - 1, 2):] if times else []
     med = float(np.median(warm)) if warm else float("nan")
     summary = {
-        "steps": steps,
+        "steps": first + len(times),
+        "first_step": first,
         "final_loss": losses[-1] if losses else None,
         "first_loss": losses[0] if losses else None,
         "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
@@ -152,7 +348,12 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         "tvm_version": meta["tvm_version"],
         "ranks": 1,
         "rank": rank,
+        "data": source.describe() if hasattr(source, "describe") else {},
+        "eval": final_eval,
+        "evals": evals,
     }
+    if opts.target_auc is not None:
+        summary["target_auc"] = {"target": opts.target_auc, "reached": reached}
     state = None
     if dist_info is not None:
         from dlrm_tvm.runtime.distributed import reduce_timings
@@ -161,9 +362,10 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         skip = min(len(times) - 1, 2) if times else 0
         tim = {k: v[skip:] for k, v in timings.items()}
         ops = trainer.progress.take_ops()
-        per_step = max(1, len(ops) // max(1, steps))
-        red = reduce_timings(trainer.comm, tim, ops[skip * per_step:], max(1, steps - skip))
-        if save_params:
+        per_step = max(1, len(ops) // max(1, len(times)))
+        red = reduce_timings(trainer.comm, tim, ops[skip * per_step:],
+                             max(1, len(times) - skip))
+        if opts.save_params:
             state = trainer.gather_state()
         trainer.progress.close()
         summary.update(ranks=dist_info["ranks"], layout=dist_info["layout"],
@@ -178,10 +380,11 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         skip = min(len(times) - 1, 2) if times else 0
         summary["phases_ms"] = {k: 1e3 * float(np.median(v[skip:])) for k, v in timings.items()
                                 if v[skip:]}
-        if save_params:
+        if opts.save_params:
             state = trainer.state()
     if lead:
         if state is not None:
             np.savez(out / "params.npz", **state)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
+                                                     default=float))
     return summary

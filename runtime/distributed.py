@@ -290,7 +290,10 @@ def _counts_displs(counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
 class DistributedTrainer:
     """One rank's part of the training step (see the module docstring)."""
 
-    def __init__(self, cfg: Config, comm, plan, sparse_vm, dense_vm, progress: Progress):
+    def __init__(self, cfg: Config, comm, plan, sparse_vm, dense_vm, progress: Progress,
+                 start=None):
+        """``start``: resume from this state instead of the initialisation: a
+        ``runtime.trainer.StartState`` (rows of any table range, MLP, optimizer state, step)."""
         import tvm
         from dlrm_tvm.graphs.dlrm import mlp_param_specs
 
@@ -325,13 +328,24 @@ class DistributedTrainer:
         seed = cfg.train.seed
         self.sparse = None
         if self.ns:
-            rows = np.concatenate([init_table_rows(seed, s.table, m.table_rows[s.table], self.D,
-                                                   s.row_start, s.row_stop)
-                                   for s in self.shards])
+            if start is None:
+                rows = np.concatenate([init_table_rows(seed, s.table, m.table_rows[s.table],
+                                                       self.D, s.row_start, s.row_stop)
+                                       for s in self.shards])
+            else:
+                rows = np.concatenate([start.rows(s.table, s.row_start, s.row_stop)
+                                       for s in self.shards])
             self.sparse = SparseParams(rows, bf16, adagrad)
             del rows
+            if start is not None and adagrad:
+                self.sparse.row_acc[0].copyfrom(np.concatenate(
+                    [start.row_acc(s.table, s.row_start, s.row_stop) for s in self.shards]))
         self.specs = mlp_param_specs(m)
-        self.dense = DenseParams(self.specs, init_mlp(m, seed), bf16, adagrad, self.dev)
+        self.dense = DenseParams(self.specs, start.mlp if start else init_mlp(m, seed), bf16,
+                                 adagrad, self.dev)
+        if start is not None and adagrad:
+            for (name, _), a in zip(self.specs, self.dense.mlp_acc, strict=True):
+                a.copyfrom(start.mlp_acc[name])
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self._token = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         big = max(m.table_rows) >= 2**31 or cfg.data.num_indices_per_lookup >= 2**31
@@ -340,7 +354,7 @@ class DistributedTrainer:
                                                      np.float32), self.dev)
         self._pooled_np = np.from_dlpack(self._pooled_t)
         _register_hooks()
-        self.step_count = 0
+        self.step_count = start.step if start is not None else 0
 
     # ----------------------------------------------------------- input_dist
     def _route(self, idx: np.ndarray, off: np.ndarray):
@@ -388,22 +402,20 @@ class DistributedTrainer:
         parts = [rbuf[d:d + c] for c, d in zip(rc, rd, strict=True)]
         return rbuf, parts, op
 
-    def step(self, batch, timings: dict[str, list[float]] | None = None) -> dict:
-        """One step; ``batch`` is the GLOBAL batch (this rank reads its slice of it)."""
+    def _lookup(self, batch, local: bool, clock):
+        """Steps 1 to 4 up to posting output_dist: (dense, labels, idx, off) as tensors
+        (idx/off None on a rank without shards). ``local``: ``batch`` is already this rank's
+        slice (a loader that reads only its rows), else the global batch."""
         import tvm
-        from mpi4py import MPI
 
         from dlrm_tvm.data import validate_batch
 
-        from .trainer import _Clock
-
-        clock = _Clock(timings)
         Bl, G, D, T = self.Bl, self.G, self.D, self.m.num_tables
-        fault_point(self.r, self.step_count)
         with clock("input_prep"):
-            local = local_slice(batch, self.r, self.R, T)
-            validate_batch(local, self.m, Bl)
-            lens, inds = self._route(local.indices, local.offsets)
+            if not local:
+                batch = local_slice(batch, self.r, self.R, T)
+            validate_batch(batch, self.m, Bl)
+            lens, inds = self._route(batch.indices, batch.offsets)
             nnz_to = np.array([a.size for a in inds], np.int64)
             nnz_from = np.empty(self.R, np.int64)
         with clock("input_dist"):
@@ -418,12 +430,11 @@ class DistributedTrainer:
                                                 [a.astype(it) for a in inds],
                                                 [int(x) for x in nnz_from], it, wait=False)
             t = tvm.runtime.tensor
-            dense = t(local.dense, self.dev)
-            labels = t(local.labels, self.dev)
-            lr = self.cfg.train.lr_at(self.step_count)
-            self._lr.copyfrom(np.array([lr], np.float32))
+            dense = t(batch.dense, self.dev)
+            labels = t(batch.labels, self.dev)
             self.progress.wait(op_l)
             self.progress.wait(op_i)
+        idx_t = off_t = None
         if self.ns:
             with clock("input_prep"):
                 lengths = np.stack([p.reshape(self.ns, Bl) for p in len_parts], axis=1)
@@ -443,12 +454,38 @@ class DistributedTrainer:
             send = [ps[q] for q in range(self.R)]
         else:
             send = [np.zeros(0, np.float32)] * self.R
-        # output_dist: posted here, waited for inside dense_forward_backward after the bottom
-        # MLP (HOOK_WAIT_POOLED); each layer's gradients start their allreduce as soon as the
-        # backward has them (HOOK_GRAD_READY)
         _, self._pooled_parts, self._op_pooled = self._exchange(
             "output_dist", send, [Bl * len(self.rank_tables[o]) * D for o in range(self.R)],
             np.float32, wait=False)
+        return dense, labels, idx_t, off_t
+
+    def predict(self, batch, local: bool = False) -> np.ndarray:
+        """Click probabilities of this rank's samples of ``batch`` (no update)."""
+        from .trainer import _Clock
+
+        dense, _, _, _ = self._lookup(batch, local, _Clock(None))
+        self._wait_pooled(self._pooled_t)
+        return self.dense_vm["predict"](dense, self._pooled_t, *self.dense.mlp).numpy()
+
+    def step(self, batch, timings: dict[str, list[float]] | None = None,
+             local: bool = False) -> dict:
+        """One step; ``batch`` is the GLOBAL batch (this rank reads its slice of it), or with
+        ``local`` this rank's slice already."""
+        import tvm
+        from mpi4py import MPI
+
+        from .trainer import _Clock
+
+        clock = _Clock(timings)
+        G, D = self.G, self.D
+        fault_point(self.r, self.step_count)
+        lr = self.cfg.train.lr_at(self.step_count)
+        self._lr.copyfrom(np.array([lr], np.float32))
+        # output_dist is posted at the end of _lookup and waited for inside
+        # dense_forward_backward after the bottom MLP (HOOK_WAIT_POOLED); each layer's
+        # gradients start their allreduce as soon as the backward has them (HOOK_GRAD_READY)
+        dense, labels, idx_t, off_t = self._lookup(batch, local, clock)
+        t = tvm.runtime.tensor
         self._grad_ops = []
         _ACTIVE[0] = self
         try:
@@ -509,6 +546,20 @@ class DistributedTrainer:
         return self._token
 
     # ----------------------------------------------------------- state
+    def shard_state(self) -> list[tuple]:
+        """[(table, row_start, row_stop, fp32 rows, row accumulators or None)] of the shards
+        this rank holds (for checkpoints)."""
+        if not self.ns:
+            return []
+        rows = self.sparse.fp32()
+        acc = self.sparse.row_acc[0].numpy() if self.sparse.row_acc else None
+        out, at = [], 0
+        for s in self.shards:
+            out.append((s.table, s.row_start, s.row_stop, rows[at:at + s.rows],
+                        None if acc is None else acc[at:at + s.rows]))
+            at += s.rows
+        return out
+
     def gather_state(self) -> dict[str, np.ndarray] | None:
         """Every fp32 parameter on rank 0 (tables assembled from all shards), None elsewhere.
         Gathers whole tables to one rank: for checks and small models."""
@@ -598,7 +649,8 @@ def default_rank_budget(comm) -> int | None:
 def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[str, ...] = (),
                sharding: str = "auto", rank_memory_gib: float | None = None,
                threads: int | None = None, comm_timeout: float = 300.0,
-               progress_thread: bool = True, progress_poll_us: float = 50.0, log=print):
+               progress_thread: bool = True, progress_poll_us: float = 50.0, log=print,
+               start=None):
     """Everything before the first step on this rank: cores and threads, the config check, the
     plan (rank 0, broadcast, printed, saved), the two compiled modules, the parameters.
     Returns (trainer, info) where info holds the layout and plan for the summary."""
@@ -659,7 +711,7 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
     level_ok = MPI.Query_thread() == MPI.THREAD_MULTIPLE
     progress = Progress(thread=progress_thread and level_ok, timeout_s=comm_timeout,
                         poll_s=progress_poll_us * 1e-6)
-    trainer = DistributedTrainer(cfg, comm, plan, sparse_vm, dense_vm, progress)
+    trainer = DistributedTrainer(cfg, comm, plan, sparse_vm, dense_vm, progress, start)
     comm.Barrier()
     info = {"ranks": R, "layout": layouts, "sharding": plan_d, "progress_thread":
             progress.thread is not None, "target": target.to_dict()}

@@ -126,15 +126,28 @@ class DenseParams:
         return {name: a.numpy() for (name, _), a in zip(self.specs, self.mlp_acc, strict=True)}
 
 
+class StartState:
+    """Where training resumes from (a checkpoint): any table's rows by range, the MLP, the
+    optimizer state and the step. ``rows(t, a, b)`` and ``row_acc(t, a, b)`` read exactly
+    the rows asked for, so each rank of any rank count loads only its shards."""
+
+    def __init__(self, rows, row_acc, mlp: dict, mlp_acc: dict | None, step: int):
+        self.rows, self.row_acc, self.mlp, self.mlp_acc, self.step = (rows, row_acc, mlp,
+                                                                      mlp_acc, step)
+
+
 class Trainer:
     def __init__(self, cfg: Config, vm, tables: np.ndarray | None = None,
-                 mlp: dict[str, np.ndarray] | None = None):
+                 mlp: dict[str, np.ndarray] | None = None, start: StartState | None = None):
         self.cfg = cfg
         self.vm = vm
         self.dev = tvm.cpu()
         self.B = cfg.train.batch_size
         m = cfg.model
         self.specs = mlp_param_specs(m)
+        if start is not None:
+            tables = np.concatenate([start.rows(t, 0, r) for t, r in enumerate(m.table_rows)])
+            mlp = start.mlp
         if tables is None:
             tables = init_tables(m, cfg.train.seed)
         if mlp is None:
@@ -151,6 +164,21 @@ class Trainer:
         self.mlp = self.dense.mlp
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)
         self.step_count = 0
+        if start is not None:
+            self.step_count = start.step
+            if self.adagrad:
+                self.sparse.row_acc[0].copyfrom(np.concatenate(
+                    [start.row_acc(t, 0, r) for t, r in enumerate(m.table_rows)]))
+                for (name, _), a in zip(self.specs, self.dense.mlp_acc, strict=True):
+                    a.copyfrom(start.mlp_acc[name])
+
+    def shard_state(self) -> list[tuple]:
+        """[(table, 0, rows, fp32 rows, row accumulators or None)] per table."""
+        rows = self.sparse.fp32()
+        acc = self.sparse.row_acc[0].numpy() if self.sparse.row_acc else None
+        m = self.cfg.model
+        return [(t, 0, r, rows[o:o + r], None if acc is None else acc[o:o + r])
+                for t, (r, o) in enumerate(zip(m.table_rows, m.table_offsets, strict=True))]
 
     def _inputs(self, batch: Batch):
         validate_batch(batch, self.cfg.model, self.B)
