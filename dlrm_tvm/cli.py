@@ -169,6 +169,14 @@ def _bench_ranks(args, cfg) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from dlrm_tvm.plot import plot_run
+
+    path = plot_run(args.run_dir, args.out)
+    print(f"plot -> {path}")
+    return 0
+
+
 def cmd_mpi_probe(args) -> int:
     from dlrm_tvm.runtime.distributed import probe_mpi
 
@@ -360,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--net-latency-us", type=float, default=2.0,
                    help="the model's assumed network latency (default 2 us)")
     b.set_defaults(func=cmd_bench)
+
+    pl = sub.add_parser("plot", help="draw a run's loss and AUC curves to a PNG",
+                        description="Read RUNDIR/metrics.jsonl and draw the training loss and "
+                        "the held-out loss, accuracy and AUC against the step.")
+    pl.add_argument("run_dir", metavar="RUNDIR")
+    pl.add_argument("--out", help="PNG path (default RUNDIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
 
     mp = sub.add_parser("mpi-probe", help="alltoall/allreduce latency and bandwidth (run under "
                         "mpiexec -n N)")

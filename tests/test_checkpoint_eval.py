@@ -171,3 +171,15 @@ def test_two_rank_resume_bit_exact_and_reshard_to_one_rank(tmp_path):
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
         scale = max(float(np.abs(a[k]).max()), 1e-30)
         assert float(np.abs(c[k] - a[k]).max()) / scale < 1e-5, k
+
+
+def test_plot_draws_the_curves(tmp_path):
+    out, _, _ = _train(tmp_path, "p", 8, labels="teacher", eval_every=4)
+    p = subprocess.run([sys.executable, "-m", "dlrm_tvm", "plot", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    bad = subprocess.run([sys.executable, "-m", "dlrm_tvm", "plot", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "metrics.jsonl" in bad.stderr
