@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from dlrm_tvm.config import PRESETS, ConfigError, apply_overrides, load_config
 
@@ -17,6 +18,12 @@ EPILOG = """examples:
   dlrm-tvm bench --config small --precisions fp32,bf16 --json bench.json
   dlrm-tvm kernels list --config small
   dlrm-tvm kernels bench --op gemm --shape 2048,1024,1024 --rule gemm_packed_fp32
+  mpiexec -n 2 dlrm-tvm train --config small --steps 50 --out runs/s2
+  dlrm-tvm preprocess train.txt --out data/kaggle --max-ind-range 10000000
+  dlrm-tvm train --config mlperf --data criteo-kaggle --data-path data/kaggle --eval-every 1000
+  dlrm-tvm eval --checkpoint runs/k --data criteo-kaggle --data-path data/kaggle --out runs/e
+  dlrm-tvm export-onnx --checkpoint runs/k --out model.onnx --check
+  dlrm-tvm plot runs/k
 """
 
 
@@ -55,6 +62,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index-distribution", choices=("uniform", "zipf"),
                    help="synthetic indices: uniform (reference) or Zipf power law over rows")
     g.add_argument("--zipf-alpha", type=float, help="Zipf exponent (default 1.05)")
+    g.add_argument("--data", choices=("synthetic", "criteo-kaggle", "criteo-terabyte",
+                                      "mlperf-bin"),
+                   help="synthetic (default); criteo-kaggle / criteo-terabyte: raw train.txt "
+                   "or day_N files (preprocessed into RUNDIR/data once) or a `dlrm-tvm "
+                   "preprocess` directory; mlperf-bin: MLPerf binary files (40 int32 per row)")
+    g.add_argument("--data-path", help="the data: file(s), comma-separated, or a directory")
+    g.add_argument("--eval-data-path", help="mlperf-bin: held-out file(s) (criteo-*: the "
+                   "preprocessed test split)")
+    g.add_argument("--skip-bad-lines", action="store_true", default=None,
+                   help="raw Criteo: skip malformed lines (counted in the summary) instead of "
+                   "stopping at the first with its file and line")
 
 
 def _resolve_config(args: argparse.Namespace, **extra):
@@ -64,7 +82,7 @@ def _resolve_config(args: argparse.Namespace, **extra):
         "arch_interaction_op", "arch_interaction_itself", "max_ind_range", "mini_batch_size",
         "learning_rate", "num_indices_per_lookup", "labels", "precision", "optimizer",
         "index_distribution", "zipf_alpha", "lr_num_warmup_steps", "lr_decay_start_step",
-        "lr_num_decay_steps")}
+        "lr_num_decay_steps", "data", "data_path", "eval_data_path", "skip_bad_lines")}
     fixed = getattr(args, "num_indices_per_lookup_fixed", None)
     flags["num_indices_per_lookup_fixed"] = None if fixed is None else bool(fixed)
     flags.update(extra)
@@ -166,6 +184,73 @@ def _bench_ranks(args, cfg) -> int:
     if args.plot:
         plot_scaling([res], args.plot)
         print(f"plot -> {args.plot}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from dlrm_tvm.evaluate import eval_checkpoint
+
+    r = eval_checkpoint(args.checkpoint, _resolve_config(args), args.out, target=args.target,
+                        save_predictions=args.save_predictions, eval_batches=args.eval_batches,
+                        split=args.split)
+    print(f"{r['rows']} rows  loss {r['loss']:.5f}  accuracy {r['accuracy']:.4f}  "
+          f"auc {r['auc']:.5f}  -> {args.out}/summary.json")
+    return 0
+
+
+def cmd_preprocess(args) -> int:
+    from dlrm_tvm.criteo import preprocess
+
+    t0 = time.perf_counter()
+    meta = preprocess(args.inputs, args.out, fmt=args.format,
+                      max_ind_range=args.max_ind_range, remap=args.remap,
+                      skip_bad_lines=args.skip_bad_lines, days=args.days)
+    secs = time.perf_counter() - t0
+    splits = {k: sum(b - a for _, a, b in v) for k, v in meta["splits"].items()}
+    print(f"{meta['rows']} rows in {secs:.1f} s ({meta['rows'] / max(secs, 1e-9):.0f} rows/s); "
+          f"skipped {meta['skipped']} bad lines, {meta['padded']} lines with missing trailing "
+          f"fields read as empty; splits {splits}; ids {meta['id_mode']} -> {args.out}")
+    _write_json(args.json, meta)
+    return 0
+
+
+def _export_state(args):
+    from dlrm_tvm.state_io import load_state
+
+    return load_state(args.checkpoint, _resolve_config(args))
+
+
+def cmd_export_onnx(args) -> int:
+    from dlrm_tvm.onnx_export import export_onnx
+
+    cfg, state, desc = _export_state(args)
+    path = export_onnx(cfg, state, args.out, opset=args.opset)
+    print(f"ONNX model of {desc['path']} -> {path} (inputs dense [B, {cfg.model.num_dense}], "
+          f"indices [nnz], offsets [{cfg.model.num_tables}*B+1]; output p [B])")
+    if args.check:
+        import onnxruntime as ort
+
+        from dlrm_tvm.data import SyntheticData
+        from dlrm_tvm.onnx_export import predict_numpy
+
+        b = SyntheticData(cfg.model, cfg.data, 64, 0).next_batch()
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(["p"], {"dense": b.dense, "indices": b.indices,
+                               "offsets": b.offsets})[0]
+        err = float(abs(got - predict_numpy(cfg, state, b)).max())
+        print(f"onnxruntime vs NumPy on 64 synthetic rows: max difference {err:.2e}")
+        if err > 1e-5:
+            return 1
+    return 0
+
+
+def cmd_export_reference(args) -> int:
+    from dlrm_tvm.interop import save_reference_checkpoint
+
+    cfg, state, desc = _export_state(args)
+    save_reference_checkpoint(args.out, cfg, state)
+    print(f"{desc['path']} -> {args.out} (facebookresearch/dlrm layout: state_dict with "
+          f"emb_l.*, bot_l.*, top_l.*; load it with its --load-model)")
     return 0
 
 
@@ -368,6 +453,63 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--net-latency-us", type=float, default=2.0,
                    help="the model's assumed network latency (default 2 us)")
     b.set_defaults(func=cmd_bench)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (ours or the reference's) on "
+                        "held-out data",
+                        description="Load a checkpoint (a dlrm-tvm checkpoint or run directory, "
+                        "or a facebookresearch/dlrm torch.save file), compile its model for "
+                        "this CPU and evaluate every held-out row: RUNDIR/summary.json with loss, "
+                        "accuracy, auc (exact ROC AUC), rows; --save-predictions adds "
+                        "RUNDIR/predictions.npy, one probability per row in file order.")
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(ev)
+    ev.add_argument("--out", required=True, metavar="RUNDIR")
+    ev.add_argument("--target", default="host")
+    ev.add_argument("--save-predictions", action="store_true")
+    ev.add_argument("--eval-batches", type=int, default=2,
+                    help="synthetic data: held-out batches (default 2)")
+    ev.add_argument("--split", choices=("test", "val", "train", "all"),
+                    help="rows of a preprocessed directory to evaluate (default test); raw "
+                    "and binary files are evaluated whole, in file order")
+    ev.set_defaults(func=cmd_eval)
+
+    pp = sub.add_parser("preprocess", help="raw Criteo files -> MLPerf binary shards, once",
+                        description="Parse raw Criteo files (Kaggle train.txt or Terabyte "
+                        "day_N: label, 13 counts, 26 hex categories, tab-separated), with the "
+                        "reference's preprocessing, into 40-int32-per-row binary files plus "
+                        "meta.json; training then memory-maps them (--data criteo-kaggle "
+                        "--data-path OUT).")
+    pp.add_argument("inputs", nargs="+", help="raw files (terabyte: day_0 day_1 ... in order)")
+    pp.add_argument("--out", required=True, help="output directory")
+    pp.add_argument("--format", choices=("kaggle", "terabyte"), default="kaggle",
+                    help="kaggle: one file split into 7 days (days 0-5 train, day 6 halves "
+                    "test/val); terabyte: one day per file (the last day halves test/val)")
+    pp.add_argument("--max-ind-range", type=int,
+                    help="categories int(hex, 16) %% R (default: the raw 32-bit hash)")
+    pp.add_argument("--remap", action="store_true",
+                    help="contiguous ids per column in order of first appearance (counts saved)")
+    pp.add_argument("--skip-bad-lines", action="store_true",
+                    help="skip malformed lines (counted) instead of stopping at the first")
+    pp.add_argument("--days", type=int, default=7, help="kaggle: days to split into")
+    pp.add_argument("--json", help="also write meta.json's content here")
+    pp.set_defaults(func=cmd_preprocess)
+
+    xo = sub.add_parser("export-onnx", help="a checkpoint as an ONNX model (embedding bags "
+                        "included)")
+    xo.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(xo)
+    xo.add_argument("--out", required=True, help="the .onnx file")
+    xo.add_argument("--opset", type=int, default=17)
+    xo.add_argument("--check", action="store_true",
+                    help="run it under onnxruntime against a NumPy forward pass")
+    xo.set_defaults(func=cmd_export_onnx)
+
+    xr = sub.add_parser("export-reference", help="a checkpoint in facebookresearch/dlrm's "
+                        "torch.save layout (needs torch)")
+    xr.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(xr)
+    xr.add_argument("--out", required=True, help="the .pt file")
+    xr.set_defaults(func=cmd_export_reference)
 
     pl = sub.add_parser("plot", help="draw a run's loss and AUC curves to a PNG",
                         description="Read RUNDIR/metrics.jsonl and draw the training loss and "

@@ -194,6 +194,9 @@ class TrainConfig:
         return base
 
 
+DATA_KINDS = ("synthetic", "criteo-kaggle", "criteo-terabyte", "mlperf-bin")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Input data. ``synthetic`` follows the reference's random generator.
@@ -208,7 +211,11 @@ class DataConfig:
         indices), the hot ranks spread over the table by a fixed per-table permutation.
     """
 
-    kind: str = "synthetic"
+    kind: str = "synthetic"  # or criteo-kaggle, criteo-terabyte, mlperf-bin (DATA_KINDS)
+    path: str = ""  # criteo-*: a raw file or a `dlrm-tvm preprocess` directory; mlperf-bin: .bin
+    eval_path: str = ""  # mlperf-bin: held-out .bin file(s) (criteo-*: the test split)
+    max_ind_range: int = 0  # criteo raw files: categories int(hex, 16) % this (0: raw hash)
+    skip_bad_lines: bool = False
     num_indices_per_lookup: int = 1
     num_indices_per_lookup_fixed: bool = True
     labels: str = "random"
@@ -216,8 +223,12 @@ class DataConfig:
     zipf_alpha: float = 1.05
 
     def __post_init__(self) -> None:
-        if self.kind != "synthetic":
-            raise ConfigError(f"data kind {self.kind!r} is not supported yet (only 'synthetic')")
+        if self.kind not in DATA_KINDS:
+            raise ConfigError(f"data kind must be one of {DATA_KINDS}, got {self.kind!r}")
+        if self.kind != "synthetic" and not self.path:
+            raise ConfigError(f"--data {self.kind} needs --data-path")
+        if self.max_ind_range < 0:
+            raise ConfigError(f"max_ind_range must be >= 0, got {self.max_ind_range}")
         _positive("num_indices_per_lookup", self.num_indices_per_lookup)
         if self.labels not in ("random", "teacher"):
             raise ConfigError(f"labels must be 'random' or 'teacher', got {self.labels!r}")
@@ -394,6 +405,7 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
         r = int(f["max_ind_range"])
         _positive("--max-ind-range", r)
         m["table_rows"] = tuple(min(x, r) for x in m["table_rows"])
+        d["max_ind_range"] = r  # the reference's flag also folds raw categories modulo R
     if "mini_batch_size" in f:
         t["batch_size"] = int(f["mini_batch_size"])
     if "learning_rate" in f:
@@ -419,6 +431,16 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
         d["index_distribution"] = f["index_distribution"]
     if "zipf_alpha" in f:
         d["zipf_alpha"] = float(f["zipf_alpha"])
+    if "data" in f:
+        d["kind"] = f["data"]
+    if "data_path" in f:
+        d["path"] = str(f["data_path"])
+    if "eval_data_path" in f:
+        d["eval_path"] = str(f["eval_data_path"])
+    if "skip_bad_lines" in f:
+        d["skip_bad_lines"] = bool(f["skip_bad_lines"])
+    if "data_max_ind_range" in f:
+        d["max_ind_range"] = int(f["data_max_ind_range"])
     return Config(
         name=cfg.name, model=ModelConfig(**m), train=TrainConfig(**t), data=DataConfig(**d)
     )

@@ -8,6 +8,8 @@ synthetic RNG, or the next row of a file) and ``describe()`` for the run summary
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from dlrm_tvm.config import Config
@@ -48,3 +50,126 @@ class SyntheticSource:
     def describe(self) -> dict:
         return {"kind": "synthetic", "labels": self.cfg.data.labels,
                 "index_distribution": self.cfg.data.index_distribution}
+
+
+class BinarySource:
+    """Criteo rows from MLPerf binary files (dlrm_tvm.criteo.BinaryDataset), memory-mapped.
+    Each rank reads only its slice of every global batch (``local``); at the end of the
+    training rows the next epoch starts from the first row. The held-out rows are read whole,
+    every row once (the last batch short)."""
+
+    def __init__(self, cfg: Config, train, held_out, rank: int = 0, ranks: int = 1,
+                 describe: dict | None = None):
+        self.cfg, self.train, self.held_out = cfg, train, held_out
+        self.rank, self.ranks = rank, ranks
+        self.local = ranks > 1
+        self.B = cfg.train.batch_size
+        self.table_rows = cfg.model.table_rows
+        self.train_ok = train.rows >= self.B
+        self.epoch = 0
+        self._desc = describe or {}
+        self._open(0)
+
+    def _open(self, row: int) -> None:
+        if not self.train_ok:
+            return  # evaluation only
+        self.stream = self.train.batches(self.B, self.table_rows, start_row=row,
+                                         rank=self.rank, ranks=self.ranks, drop_last=True)
+
+    def next_batch(self):
+        if not self.train_ok:
+            raise ValueError(f"the training data has {self.train.rows} rows, fewer than one "
+                             f"batch of {self.B}: lower --mini-batch-size")
+        try:
+            return next(self.stream)
+        except StopIteration:
+            self.epoch += 1
+            self._open(0)
+            return next(self.stream)
+
+    def eval_batches(self, n: int | None = None):
+        if self.held_out is None:
+            return
+        stream = self.held_out.batches(self.B, self.table_rows, drop_last=False)
+        for batch in stream:
+            yield batch, batch.dense.shape[0]
+
+    def state(self) -> dict:
+        return {"kind": "binary", "next_row": int(self.stream.next_row) if self.train_ok else 0,
+                "epoch": self.epoch}
+
+    def restore(self, state: dict) -> None:
+        if state.get("kind") != "binary":
+            raise ValueError(f"the checkpoint's data position is for {state.get('kind')!r} "
+                             f"data, not a binary/Criteo file")
+        self.epoch = int(state["epoch"])
+        self._open(int(state["next_row"]))
+
+    def describe(self) -> dict:
+        return {**self._desc, "train_rows": self.train.rows,
+                "held_out_rows": self.held_out.rows if self.held_out is not None else 0,
+                "epoch": self.epoch}
+
+
+def check_criteo_model(cfg: Config) -> None:
+    m = cfg.model
+    if m.num_dense != 13 or m.num_tables != 26:
+        from dlrm_tvm.config import ConfigError
+
+        raise ConfigError(f"Criteo rows have 13 dense and 26 categorical features; the model "
+                          f"of config {cfg.name!r} takes {m.num_dense} and {m.num_tables}: use "
+                          f"--config tiny or mlperf, or --arch-mlp-bot 13-... with 26 tables")
+
+
+def needs_preprocess(cfg: Config) -> bool:
+    d = cfg.data
+    return d.kind in ("criteo-kaggle", "criteo-terabyte") and not (
+        Path(d.path) / "meta.json").exists()
+
+
+def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
+    """Raw Criteo file(s) in cfg.data.path (a file, or several separated by commas) into
+    OUT/data once (reused when its meta.json exists); returns that directory."""
+    from dlrm_tvm.criteo import preprocess
+
+    d = cfg.data
+    dest = Path(out_dir) / "data"
+    if (dest / "meta.json").exists():
+        return dest
+    inputs = [p for p in d.path.split(",") if p]
+    fmt = "kaggle" if d.kind == "criteo-kaggle" else "terabyte"
+    log(f"preprocessing {len(inputs)} raw file(s) ({fmt}) into {dest} ...")
+    meta = preprocess(inputs, dest, fmt=fmt, max_ind_range=d.max_ind_range or None,
+                      skip_bad_lines=d.skip_bad_lines)
+    log(f"  {meta.get('total_rows', meta.get('rows', '?'))} rows; skipped "
+        f"{meta.get('total_skipped', meta.get('skipped', 0))}, padded "
+        f"{meta.get('total_padded', meta.get('padded', 0))} lines")
+    return dest
+
+
+def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | None = None,
+                eval_split: str = "test"):
+    """The training source of ``cfg.data`` (``data_dir``: where raw files were preprocessed;
+    ``eval_split``: the held-out rows of a preprocessed directory: test, val, train or all)."""
+    d = cfg.data
+    if d.kind == "synthetic":
+        return SyntheticSource(cfg)
+    from dlrm_tvm.criteo import BinaryDataset
+
+    check_criteo_model(cfg)
+    if d.kind == "mlperf-bin":
+        paths = [p for p in d.path.split(",") if p]
+        train = BinaryDataset(paths if len(paths) > 1 else paths[0])
+        ev = [p for p in d.eval_path.split(",") if p]
+        held = BinaryDataset(ev if len(ev) > 1 else ev[0]) if ev else (
+            train if eval_split == "all" else None)
+        return BinarySource(cfg, train, held, rank, ranks,
+                            {"kind": d.kind, "path": d.path, "eval_path": d.eval_path})
+    src = Path(data_dir) if data_dir is not None else Path(d.path)
+    train = BinaryDataset(src, split="train")
+    held = BinaryDataset(src, split=eval_split)
+    meta = train.meta or {}
+    return BinarySource(cfg, train, held, rank, ranks,
+                        {"kind": d.kind, "path": d.path, "preprocessed": str(src),
+                         "skipped_lines": meta.get("total_skipped", meta.get("skipped")),
+                         "padded_lines": meta.get("total_padded", meta.get("padded"))})

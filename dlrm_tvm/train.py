@@ -86,6 +86,9 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
     out = Path(out_dir)
     ranks = launched_ranks()
     start, manifest = _resume_state(cfg, opts.resume) if opts.resume else (None, None)
+    from dlrm_tvm.sources import make_source, needs_preprocess, preprocess_for_run
+
+    say = log.info if quiet else print
     if ranks > 1:
         from dlrm_tvm.runtime import distributed as D
 
@@ -95,9 +98,15 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
         comm = D.comm_world()
         rank = comm.Get_rank()
         try:
+            data_dir = None
             if rank == 0:
                 out.mkdir(parents=True, exist_ok=True)
+                if needs_preprocess(cfg):
+                    data_dir = preprocess_for_run(cfg, out, say)
+            data_dir = comm.bcast(data_dir, root=0)
             comm.Barrier()
+            if opts.source is None:
+                opts.source = make_source(cfg, rank, ranks, data_dir)
             trainer, dist_info = D.setup_rank(cfg, out if rank == 0 else None, target, prefer,
                                               log=(print if not quiet else log.info),
                                               start=start, **(dist or {}))
@@ -110,6 +119,9 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
             raise
     out.mkdir(parents=True, exist_ok=True)
     cfg.check_fits()
+    if opts.source is None:
+        data_dir = preprocess_for_run(cfg, out, say) if needs_preprocess(cfg) else None
+        opts.source = make_source(cfg, 0, 1, data_dir)
     vm, meta = get_compiled(cfg, artifact, target, out, prefer)
     from dlrm_tvm.runtime.trainer import Trainer
 
@@ -253,14 +265,12 @@ def run_eval(trainer, batches, cfg: Config, comm=None) -> dict:
 # ----------------------------------------------------------------------------- the loop
 def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: int,
                 dist_info: dict | None, opts: RunOptions, manifest: dict | None) -> dict:
-    from dlrm_tvm.sources import SyntheticSource
-
     lead = rank == 0
     comm = trainer.comm if dist_info is not None else None
     if lead:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     # every rank draws the same global batches; a rank keeps only its slice of each
-    source = opts.source or SyntheticSource(cfg)
+    source = opts.source
     first = 0
     if manifest is not None:
         source.restore(manifest["data"])
