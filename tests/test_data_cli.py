@@ -1,0 +1,234 @@
+"""Real Criteo rows end to end through the commands: train, eval, preprocess, export-onnx,
+export-reference, and their errors. The parsers themselves: tests/test_criteo.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo_kaggle_sample"
+if not SAMPLE.exists():
+    SAMPLE = Path("/work/shared/data/criteo_kaggle_sample")
+needs_sample = pytest.mark.skipif(not (SAMPLE / "train.tsv").exists(),
+                                  reason="the Criteo sample rows are not on this machine")
+MPIEXEC = shutil.which("mpiexec")
+
+
+def _cli(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "dlrm_tvm", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def kaggle_run(tmp_path_factory):
+    """tiny trained 12 steps on the real Kaggle rows (raw file, preprocessed on the fly)."""
+    out = tmp_path_factory.mktemp("k") / "run"
+    p = _cli("train", "--config", "tiny", "--data", "criteo-kaggle", "--data-path",
+             str(SAMPLE / "train.tsv"), "--mini-batch-size", "32", "--steps", "12",
+             "--eval-every", "6", "--checkpoint-every", "12", "--save-params", "--quiet",
+             "--out", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out
+
+
+@needs_sample
+def test_train_and_evaluate_on_real_rows(kaggle_run):
+    s = json.loads((kaggle_run / "summary.json").read_text())
+    assert s["data"]["kind"] == "criteo-kaggle" and s["data"]["train_rows"] == 86
+    assert s["data"]["held_out_rows"] == 7 and s["data"]["skipped_lines"] == 0
+    # 7 held-out rows (day 6's first half): a number, which may reach 1.0 on so few
+    assert 0.0 <= s["eval"]["auc"] <= 1.0 and s["eval"]["rows"] == 7
+    assert np.isfinite(s["final_loss"])
+    meta = json.loads((kaggle_run / "data" / "meta.json").read_text())
+    assert meta["rows"] == 100
+    evals = [json.loads(x) for x in (kaggle_run / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in x]
+    assert [e["eval"]["step"] for e in evals] == [6, 12]
+
+
+@needs_sample
+def test_eval_command_on_the_test_file_in_file_order(kaggle_run, tmp_path):
+    out = tmp_path / "e"
+    p = _cli("eval", "--checkpoint", str(kaggle_run), "--config", "tiny", "--data",
+             "criteo-kaggle", "--data-path", str(SAMPLE / "test.tsv"), "--mini-batch-size",
+             "32", "--out", str(out), "--save-predictions")
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["rows"] == 100 and 0.0 < s["auc"] < 1.0  # every row, 39 with stripped fields
+    pred = np.load(out / "predictions.npy")
+    assert pred.shape == (100,) and ((pred > 0) & (pred < 1)).all()
+    # file order: the predictions equal our model on the rows read in order
+    from dlrm_tvm.config import load_config
+    from dlrm_tvm.criteo import make_batch, read_raw
+    from dlrm_tvm.onnx_export import predict_numpy
+    from dlrm_tvm.state_io import load_state
+
+    cfg, state, _ = load_state(kaggle_run, load_config("tiny"))
+    chunk, stats = read_raw(SAMPLE / "test.tsv")
+    assert stats.padded == 39
+    want = predict_numpy(cfg, state, make_batch(chunk.to_rows(), cfg.model.table_rows))
+    np.testing.assert_allclose(pred, want, atol=1e-5)
+    labels = chunk.labels.astype(np.float32)
+    from dlrm_tvm.metrics import roc_auc
+
+    assert s["auc"] == pytest.approx(roc_auc(labels, want), abs=1e-6)
+
+
+@needs_sample
+def test_bad_lines_stop_with_file_and_line_or_are_skipped_and_counted(tmp_path):
+    lines = (SAMPLE / "train.tsv").read_text().splitlines()
+    bad = tmp_path / "bad.tsv"
+    lines[40] = lines[40].replace("\t", "\tzz", 1)  # a count that is not a number
+    bad.write_text("\n".join(lines) + "\n")
+    args = ["train", "--config", "tiny", "--data", "criteo-kaggle", "--data-path", str(bad),
+            "--mini-batch-size", "16", "--steps", "2", "--quiet", "--no-eval"]
+    p = _cli(*args, "--out", str(tmp_path / "a"))
+    assert p.returncode == 2
+    assert "bad.tsv:41" in p.stderr, p.stderr[-2000:]
+    p = _cli(*args, "--skip-bad-lines", "--out", str(tmp_path / "b"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["data"]["skipped_lines"] == 1
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    p = _cli("preprocess", str(empty), "--out", str(tmp_path / "c"), "--skip-bad-lines")
+    assert p.returncode == 2 and "empty.tsv" in p.stderr
+
+
+def test_mlperf_binary_and_terabyte_days(tmp_path):
+    from dlrm_tvm.criteo import write_synthetic_raw
+
+    rng = np.random.default_rng(0)
+    rows = np.zeros((300, 40), "<i4")
+    rows[:, 0] = rng.integers(0, 2, 300)
+    rows[:, 1:14] = rng.integers(0, 50, (300, 13))
+    rows[:, 14:] = rng.integers(0, 5000, (300, 26))
+    rows.tofile(tmp_path / "train.bin")
+    rows[:100].tofile(tmp_path / "test.bin")
+    p = _cli("train", "--config", "tiny", "--data", "mlperf-bin", "--data-path",
+             str(tmp_path / "train.bin"), "--eval-data-path", str(tmp_path / "test.bin"),
+             "--mini-batch-size", "64", "--steps", "6", "--quiet", "--out", str(tmp_path / "m"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert s["eval"]["rows"] == 100 and s["data"]["epoch"] == 1  # 4 batches per epoch
+    for k in range(3):
+        write_synthetic_raw(tmp_path / f"day_{k}", 200, seed=k)
+    p = _cli("preprocess", *[str(tmp_path / f"day_{k}") for k in range(3)], "--format",
+             "terabyte", "--max-ind-range", "1000", "--out", str(tmp_path / "tb"),
+             "--json", str(tmp_path / "tb.json"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta = json.loads((tmp_path / "tb.json").read_text())
+    assert meta["rows"] == 600 and meta["table_sizes"] == [1000] * 26
+    p = _cli("train", "--config", "tiny", "--data", "criteo-terabyte", "--data-path",
+             str(tmp_path / "tb"), "--mini-batch-size", "64", "--steps", "4", "--quiet",
+             "--out", str(tmp_path / "t"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert s["eval"]["rows"] == 100  # the last day's first half
+
+
+def test_criteo_needs_a_criteo_shaped_model(tmp_path):
+    p = _cli("train", "--config", "small", "--data", "mlperf-bin", "--data-path",
+             str(tmp_path / "x.bin"), "--steps", "1", "--quiet", "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "26 categorical" in p.stderr, p.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ interop with the compiled model
+def _compiled_predict(cfg, state, batch):
+    from dlrm_tvm.runtime.trainer import Trainer
+
+    from dlrm_tvm.pipeline import compile_dlrm, load_vm
+    from dlrm_tvm.targets import resolve_target
+
+    vm = load_vm(compile_dlrm(cfg, resolve_target("host")).executable)
+    tr = Trainer(cfg, vm, tables=state["tables"],
+                 mlp={k: v for k, v in state.items() if k != "tables"})
+    return tr.predict(batch)
+
+
+@pytest.mark.parametrize("interaction", ["dot", "cat"])
+def test_reference_checkpoint_and_onnx_match_the_compiled_model(tmp_path, interaction):
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    from dlrm_tvm.runtime.params import init_mlp, init_tables
+
+    from dlrm_tvm import torch_ref
+    from dlrm_tvm.config import apply_overrides, load_config
+    from dlrm_tvm.data import SyntheticData
+
+    cfg = apply_overrides(load_config("tiny"), arch_interaction_op=interaction,
+                          num_indices_per_lookup=3, num_indices_per_lookup_fixed=False)
+    m = cfg.model
+    state = {"tables": init_tables(m, 5) * 20, **init_mlp(m, 5)}  # big enough to matter
+    model = torch_ref.build(cfg, state)
+    path = tmp_path / "ref.pt"
+    torch.save({"state_dict": model.state_dict(), "iter": 7, "epoch": 0,
+                "train_acc": np.float64(0.5)}, path)
+    batch = SyntheticData(m, cfg.data, cfg.train.batch_size, 9).next_batch()
+    with torch.no_grad():
+        dense, idx_l, off_l, _ = torch_ref.torch_inputs(batch, m.num_tables)
+        want = model(dense, idx_l, off_l).numpy().ravel()
+    from dlrm_tvm.state_io import load_state
+
+    cfg2, st2, desc = load_state(path, cfg)
+    assert desc["kind"] == "reference" and cfg2.model == m
+    got = _compiled_predict(cfg2, st2, batch)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # our export -> onnxruntime equals the compiled model
+    from dlrm_tvm.onnx_export import export_onnx
+
+    onnx_path = export_onnx(cfg2, st2, tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    p = sess.run(["p"], {"dense": batch.dense, "indices": batch.indices,
+                         "offsets": batch.offsets})[0]
+    np.testing.assert_allclose(p, got, atol=1e-5)
+
+
+@needs_sample
+def test_export_commands(kaggle_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    p = _cli("export-onnx", "--checkpoint", str(kaggle_run), "--out", str(tmp_path / "m.onnx"),
+             "--check")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "max difference" in p.stdout
+    p = _cli("export-reference", "--checkpoint", str(kaggle_run), "--out",
+             str(tmp_path / "r.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    from dlrm_tvm.config import load_config
+    from dlrm_tvm.interop import load_reference_checkpoint
+
+    m, st = load_reference_checkpoint(tmp_path / "r.pt", load_config("tiny"))
+    ours = np.load(kaggle_run / "params.npz")
+    for k in ours.files:
+        np.testing.assert_array_equal(st[k], ours[k], err_msg=k)
+
+
+@pytest.mark.mpi
+@needs_sample
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_two_ranks_on_real_rows_read_their_slices(kaggle_run, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "dlrm_tvm", "train",
+                        "--config", "tiny", "--data", "criteo-kaggle", "--data-path",
+                        str(kaggle_run / "data"), "--mini-batch-size", "32", "--steps", "12",
+                        "--eval-every", "6", "--save-params", "--quiet", "--out",
+                        str(tmp_path / "r2")], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = np.load(kaggle_run / "params.npz")
+    b = np.load(tmp_path / "r2" / "params.npz")
+    for k in a.files:
+        scale = max(float(np.abs(a[k]).max()), 1e-30)
+        assert float(np.abs(b[k] - a[k]).max()) / scale < 1e-5, k
+    s1 = json.loads((kaggle_run / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert s2["eval"]["rows"] == 7
+    assert s2["eval"]["auc"] == pytest.approx(s1["eval"]["auc"], abs=1e-6)
