@@ -280,6 +280,14 @@ def cmd_bench(args) -> int:
     cfg = _resolve_config(args)
     if args.ranks:
         return _bench_ranks(args, cfg)
+    if args.loader:
+        from dlrm_tvm.loader_bench import bench_loader, format_loader
+
+        r = bench_loader(cfg, rows=args.loader_rows, steps=max(args.steps, 4),
+                         target=args.target)
+        print(format_loader(r))
+        _write_json(args.json, r)
+        return 0
     precs = tuple(p.strip() for p in args.precisions.split(",")) if args.precisions else (
         cfg.train.precision,)
     bad = [p for p in precs if p not in ("fp32", "bf16")]
@@ -452,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model's assumed network bandwidth per socket (default 12.5 GB/s)")
     g.add_argument("--net-latency-us", type=float, default=2.0,
                    help="the model's assumed network latency (default 2 us)")
+    g = b.add_argument_group("data loading (instead of the PyTorch comparison)")
+    g.add_argument("--loader", action="store_true",
+                   help="Criteo raw parse, preprocess and memory-mapped batch rates (rows/s) "
+                   "against the config's training step (rows/s it consumes)")
+    g.add_argument("--loader-rows", type=int, default=200_000,
+                   help="raw rows to generate for --loader (default 200000)")
     b.set_defaults(func=cmd_bench)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint (ours or the reference's) on "

@@ -232,3 +232,14 @@ def test_two_ranks_on_real_rows_read_their_slices(kaggle_run, tmp_path):
     s2 = json.loads((tmp_path / "r2" / "summary.json").read_text())
     assert s2["eval"]["rows"] == 7
     assert s2["eval"]["auc"] == pytest.approx(s1["eval"]["auc"], abs=1e-6)
+
+
+def test_loader_bench_reports_rates_against_the_step(tmp_path):
+    out = tmp_path / "l.json"
+    p = _cli("bench", "--config", "tiny", "--loader", "--loader-rows", "5000", "--steps", "4",
+             "--json", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["rows"] == 5000 and r["raw_rows_per_s"] > 0 and r["binary_rows_per_s"] > 0
+    assert r["step_rows_per_s"] == pytest.approx(128 / (r["step_ms"] / 1e3))
+    assert "x step" in p.stdout
