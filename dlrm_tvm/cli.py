@@ -143,7 +143,8 @@ def cmd_train(args) -> int:
     from dlrm_tvm.train import RunOptions
 
     opts = RunOptions(eval_every=args.eval_every, eval_batches=args.eval_batches,
-                      final_eval=not args.no_eval, target_auc=args.target_auc,
+                      final_eval=False if args.no_eval else (True if args.eval else None),
+                      target_auc=args.target_auc,
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints,
                       resume=(args.out if args.resume == "auto" else args.resume),
@@ -402,9 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = t.add_argument_group("evaluation and checkpoints")
     e.add_argument("--eval-every", type=int, default=0,
                    help="evaluate on the held-out split every K steps (loss, accuracy, exact "
-                   "ROC AUC; to metrics.jsonl); a final evaluation runs anyway")
+                   "ROC AUC; to metrics.jsonl as lines with \"kind\": \"eval\") and at the end")
     e.add_argument("--eval-batches", type=int, default=2,
                    help="synthetic data: batches in the held-out stream (default 2)")
+    e.add_argument("--eval", action="store_true",
+                   help="evaluate at the end (the default with real data, --eval-every or "
+                   "--target-auc)")
     e.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     e.add_argument("--target-auc", type=float,
                    help="stop when the held-out AUC reaches this (checked at --eval-every); "

@@ -58,7 +58,9 @@ class RunOptions:
 
     eval_every: int = 0  # evaluate on the held-out split every K steps (0: only at the end)
     eval_batches: int = 2  # synthetic data: held-out batches (a separate stream)
-    final_eval: bool = True
+    # None: evaluate at the end when there is held-out data to judge by (real data, or
+    # --eval-every given); a plain synthetic run keeps its metrics.jsonl to training lines
+    final_eval: bool | None = None
     target_auc: float | None = None  # stop when the held-out AUC reaches it
     checkpoint_every: int = 0  # write a checkpoint every K steps (and at the end if > 0)
     keep_checkpoints: int = 2
@@ -292,7 +294,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         r.update(step=step, seconds=time.perf_counter() - t0)
         evals.append(r)
         if metrics:
-            metrics.write(json.dumps({"step": step, "eval": r,
+            metrics.write(json.dumps({"kind": "eval", "step": step, "eval": r,
                                       "time_s": time.perf_counter() - t_start}) + "\n")
             metrics.flush()
         if not quiet and lead:
@@ -331,7 +333,11 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
                     log.info("target AUC %.4f reached at step %d (%.1f s)", opts.target_auc,
                              reached["step"], reached["time_s"])
                 break
-        final_eval = evaluate(len(times) + first) if opts.final_eval and times else None
+        want_final = opts.final_eval
+        if want_final is None:
+            want_final = cfg.data.kind != "synthetic" or bool(opts.eval_every) or \
+                opts.target_auc is not None
+        final_eval = evaluate(len(times) + first) if want_final and times else None
         if (opts.target_auc is not None and not reached and final_eval
                 and final_eval["auc"] >= opts.target_auc):
             reached = {"step": final_eval["step"], "auc": final_eval["auc"],

@@ -154,8 +154,10 @@ def test_data_validation():
         DataConfig(num_indices_per_lookup=0)
     with pytest.raises(ConfigError, match="labels must be 'random' or 'teacher'"):
         DataConfig(labels="noise")
-    with pytest.raises(ConfigError, match="not supported"):
+    with pytest.raises(ConfigError, match="data kind must be one of"):
         DataConfig(kind="criteo")
+    with pytest.raises(ConfigError, match="needs --data-path"):
+        DataConfig(kind="criteo-kaggle")
 
 
 def test_config_error_is_a_value_error():
