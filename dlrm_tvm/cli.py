@@ -148,6 +148,7 @@ def cmd_train(args) -> int:
                       checkpoint_every=args.checkpoint_every,
                       keep_checkpoints=args.keep_checkpoints,
                       resume=(args.out if args.resume == "auto" else args.resume),
+                      init_from=args.init_from,
                       save_params=args.save_params)
     summary = train(cfg, args.out, artifact=args.artifact, target=args.target,
                     prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist, opts=opts)
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and at the end (atomic: a kill mid-write keeps the previous one)")
     e.add_argument("--keep-checkpoints", type=int, default=2,
                    help="how many checkpoints to keep (default 2)")
+    e.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of a checkpoint (ours, or a facebookresearch/"
+                   "dlrm torch.save file) at step 0 with fresh optimizer state")
     e.add_argument("--resume", nargs="?", const="auto",
                    help="continue from a checkpoint (a checkpoint dir, a checkpoints/ dir or a "
                    "run dir; without a value: --out's latest), bit-exactly, at any rank count")

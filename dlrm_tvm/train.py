@@ -65,6 +65,8 @@ class RunOptions:
     checkpoint_every: int = 0  # write a checkpoint every K steps (and at the end if > 0)
     keep_checkpoints: int = 2
     resume: str | None = None  # a checkpoint, checkpoints/ dir or run dir to continue from
+    init_from: str | None = None  # start (step 0) from the weights of a checkpoint, ours or
+    # the reference's torch.save file
     save_params: bool = False
     source: object | None = None  # a data source (dlrm_tvm.sources); default synthetic
 
@@ -88,6 +90,10 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
     out = Path(out_dir)
     ranks = launched_ranks()
     start, manifest = _resume_state(cfg, opts.resume) if opts.resume else (None, None)
+    if opts.init_from:
+        if opts.resume:
+            raise ConfigError("give --resume or --init-from, not both")
+        start = _init_state(cfg, opts.init_from)
     from dlrm_tvm.sources import make_source, needs_preprocess, preprocess_for_run
 
     say = log.info if quiet else print
@@ -165,6 +171,25 @@ def _resume_state(cfg: Config, path: str):
         step=int(man["step"]))
     log.info("resuming from %s (step %d)", man["_dir"], man["step"])
     return start, man
+
+
+def _init_state(cfg: Config, path: str):
+    """Weights only (step 0, fresh optimizer state and data) from a checkpoint of ours or a
+    facebookresearch/dlrm torch.save file; its model must be the config's."""
+    from dlrm_tvm.runtime.trainer import StartState
+    from dlrm_tvm.state_io import load_state
+
+    ck_cfg, state, desc = load_state(path, cfg)
+    if ck_cfg.model != cfg.model:
+        raise ConfigError(f"{desc['path']} holds another model than the config: its tables "
+                          f"{ck_cfg.model.table_rows[:4]}..., dim {ck_cfg.model.embedding_dim}, "
+                          f"bottom {ck_cfg.model.mlp_bot}, top {ck_cfg.model.mlp_top}, "
+                          f"{ck_cfg.model.interaction}; give the matching --config/--arch-* flags")
+    tables = np.ascontiguousarray(state.pop("tables"), np.float32)
+    offs = cfg.model.table_offsets
+    log.info("starting from the weights of %s (%s)", desc["path"], desc["kind"])
+    return StartState(rows=lambda t, a, b: tables[offs[t] + a:offs[t] + b], row_acc=None,
+                      mlp=state, mlp_acc=None, step=0)
 
 
 def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=None,

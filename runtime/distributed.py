@@ -337,13 +337,13 @@ class DistributedTrainer:
                                        for s in self.shards])
             self.sparse = SparseParams(rows, bf16, adagrad)
             del rows
-            if start is not None and adagrad:
+            if start is not None and adagrad and start.row_acc is not None:
                 self.sparse.row_acc[0].copyfrom(np.concatenate(
                     [start.row_acc(s.table, s.row_start, s.row_stop) for s in self.shards]))
         self.specs = mlp_param_specs(m)
         self.dense = DenseParams(self.specs, start.mlp if start else init_mlp(m, seed), bf16,
                                  adagrad, self.dev)
-        if start is not None and adagrad:
+        if start is not None and adagrad and start.mlp_acc is not None:
             for (name, _), a in zip(self.specs, self.dense.mlp_acc, strict=True):
                 a.copyfrom(start.mlp_acc[name])
         self._lr = tvm.runtime.tensor(np.zeros(1, np.float32), self.dev)

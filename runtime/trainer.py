@@ -166,9 +166,10 @@ class Trainer:
         self.step_count = 0
         if start is not None:
             self.step_count = start.step
-            if self.adagrad:
+            if self.adagrad and start.row_acc is not None:
                 self.sparse.row_acc[0].copyfrom(np.concatenate(
                     [start.row_acc(t, 0, r) for t, r in enumerate(m.table_rows)]))
+            if self.adagrad and start.mlp_acc is not None:
                 for (name, _), a in zip(self.specs, self.dense.mlp_acc, strict=True):
                     a.copyfrom(start.mlp_acc[name])
 

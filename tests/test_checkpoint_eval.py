@@ -80,11 +80,13 @@ def _train(tmp, name, steps, **kw):
     return out, summary, np.load(out / "params.npz")
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "rwsadagrad"])
-def test_resume_equals_uninterrupted_bit_exact(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,precision", [("sgd", "fp32"), ("rwsadagrad", "fp32"),
+                                                 ("sgd", "bf16")])
+def test_resume_equals_uninterrupted_bit_exact(tmp_path, optimizer, precision):
+    # bf16: the checkpoint holds fp32 masters; the Split-SGD halves are rebuilt exactly
     full, s_full, p_full = _train(tmp_path, "full", 12, optimizer=optimizer,
                                   checkpoint_every=5, num_indices_per_lookup=3,
-                                  num_indices_per_lookup_fixed=False)
+                                  num_indices_per_lookup_fixed=False, precision=precision)
     # continue from step 5 in a fresh run directory
     from dlrm_tvm.runtime import checkpoint as ck
 
@@ -93,7 +95,8 @@ def test_resume_equals_uninterrupted_bit_exact(tmp_path, optimizer):
     assert not (full / "checkpoints" / "step_000005").exists()  # keep=2: 10 and 12
     _, s_res, p_res = _train(tmp_path, "res", 12, optimizer=optimizer,
                              resume=str(full / "checkpoints" / "step_000010"),
-                             num_indices_per_lookup=3, num_indices_per_lookup_fixed=False)
+                             num_indices_per_lookup=3, num_indices_per_lookup_fixed=False,
+                             precision=precision)
     assert s_res["first_step"] == 10 and s_res["steps"] == 12
     for k in p_full.files:
         np.testing.assert_array_equal(p_res[k], p_full[k], err_msg=k)

@@ -243,3 +243,29 @@ def test_loader_bench_reports_rates_against_the_step(tmp_path):
     assert r["rows"] == 5000 and r["raw_rows_per_s"] > 0 and r["binary_rows_per_s"] > 0
     assert r["step_rows_per_s"] == pytest.approx(128 / (r["step_ms"] / 1e3))
     assert "x step" in p.stdout
+
+
+@needs_sample
+def test_training_continues_from_a_reference_checkpoint(kaggle_run, tmp_path):
+    pytest.importorskip("torch")
+    ref = tmp_path / "r.pt"
+    assert _cli("export-reference", "--checkpoint", str(kaggle_run), "--out",
+                str(ref)).returncode == 0
+    out = tmp_path / "cont"
+    p = _cli("train", "--config", "tiny", "--data", "criteo-kaggle", "--data-path",
+             str(kaggle_run / "data"), "--mini-batch-size", "32", "--steps", "1",
+             "--learning-rate", "1e-12", "--init-from", str(ref), "--save-params", "--quiet",
+             "--out", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    got, want = np.load(out / "params.npz"), np.load(kaggle_run / "params.npz")
+    for k in want.files:  # one step at lr 1e-12 leaves the imported weights where they were
+        np.testing.assert_allclose(got[k], want[k], atol=1e-9, err_msg=k)
+    s = json.loads((out / "summary.json").read_text())
+    first = json.loads((kaggle_run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert s["first_loss"] < first - 0.05  # it starts where the trained model is, not at chance
+    bad = _cli("train", "--config", "tiny", "--max-ind-range", "500", "--steps", "1",
+               "--init-from", str(ref), "--quiet", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "another model" in bad.stderr, bad.stderr[-2000:]
+    bad = _cli("train", "--config", "tiny", "--arch-interaction-op", "cat", "--steps", "1",
+               "--init-from", str(ref), "--quiet", "--out", str(tmp_path / "bad2"))
+    assert bad.returncode == 2 and "interaction" in bad.stderr, bad.stderr[-2000:]
