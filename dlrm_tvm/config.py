@@ -138,6 +138,19 @@ class ModelConfig:
     def total_rows(self) -> int:
         return sum(self.table_rows)
 
+    def mlp_param_specs(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) of every MLP parameter in the compiled module's order: for each bottom
+        then top layer ``{part}{i}_w`` = Wt [in, out] and ``{part}{i}_b`` [out]; the first top
+        Wt has ``interaction_width_padded`` rows (the rows past the true width stay zero)."""
+        specs: list[tuple[str, tuple[int, ...]]] = []
+        for part, layers in (("bot", self.bot_layers), ("top", self.top_layers)):
+            for i, (k, n) in enumerate(layers):
+                if part == "top" and i == 0:
+                    k = self.interaction_width_padded
+                specs.append((f"{part}{i}_w", (k, n)))
+                specs.append((f"{part}{i}_b", (n,)))
+        return specs
+
     def mlp_param_count(self) -> int:
         return sum(i * o + o for i, o in self.bot_layers + self.top_layers)
 

@@ -64,17 +64,9 @@ def model_of(cfg: ModelConfig | Config) -> ModelConfig:
 
 
 def mlp_layout(m: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every MLP parameter in our order: ``graphs/dlrm.py``'s
-    ``mlp_param_specs`` without importing TVM (the first top ``Wt`` has
-    ``interaction_width_padded`` rows)."""
-    specs: list[tuple[str, tuple[int, ...]]] = []
-    for part, layers in (("bot", m.bot_layers), ("top", m.top_layers)):
-        for i, (k, n) in enumerate(layers):
-            if part == "top" and i == 0:
-                k = m.interaction_width_padded
-            specs.append((f"{part}{i}_w", (k, n)))
-            specs.append((f"{part}{i}_b", (n,)))
-    return specs
+    """(name, shape) of every MLP parameter in our order (``ModelConfig.mlp_param_specs``:
+    the first top ``Wt`` has ``interaction_width_padded`` rows)."""
+    return m.mlp_param_specs()
 
 
 def check_state(m: ModelConfig, state: Mapping[str, np.ndarray]) -> None:

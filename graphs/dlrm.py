@@ -60,15 +60,8 @@ HOOK_DPOOLED_READY = "dlrm_tvm.d_pooled_ready"
 
 
 def mlp_param_specs(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every MLP parameter in the module's order."""
-    specs = []
-    for part, layers in (("bot", model.bot_layers), ("top", model.top_layers)):
-        for i, (k, n) in enumerate(layers):
-            if part == "top" and i == 0:
-                k = model.interaction_width_padded
-            specs.append((f"{part}{i}_w", (k, n)))
-            specs.append((f"{part}{i}_b", (n,)))
-    return specs
+    """(name, shape) of every MLP parameter in the module's order (ModelConfig's)."""
+    return model.mlp_param_specs()
 
 
 def _t(shape, dtype=F32) -> relax.TensorType:
