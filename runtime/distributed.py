@@ -280,6 +280,7 @@ def _register_hooks() -> None:
     tvm_ffi.register_global_func(HOOK_GRAD_READY, grad_ready, override=True)
     _HOOKS_REGISTERED[0] = True
 
+
 def _counts_displs(counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(counts, np.int64)
     d = np.zeros_like(c)
@@ -309,16 +310,13 @@ class DistributedTrainer:
         m = cfg.model
         self.m, self.D = m, m.embedding_dim
         self.sparse_vm, self.dense_vm, self.progress = sparse_vm, dense_vm, progress
-        self.shards = sorted(plan.shards_of(self.r), key=lambda s: (s.table, s.row_start))
+        self.shards = plan.shards_of(self.r)
         self.ns = len(self.shards)
-        self.rank_tables = [[s.table for s in sorted(plan.shards_of(o),
-                                                     key=lambda s: (s.table, s.row_start))]
-                            for o in range(self.R)]
-        # per table: (owner, position in the owner's shard list), in row order
-        self.table_parts: list[list[tuple[int, int]]] = [[] for _ in range(m.num_tables)]
+        self.rank_tables = [[s.table for s in plan.shards_of(o)] for o in range(self.R)]
+        # per table: (first row, owner, position in the owner's shards), in row order
+        self.table_parts: list[list[tuple[int, int, int]]] = [[] for _ in range(m.num_tables)]
         for o in range(self.R):
-            for j, s in enumerate(sorted(plan.shards_of(o),
-                                         key=lambda s: (s.table, s.row_start))):
+            for j, s in enumerate(plan.shards_of(o)):
                 self.table_parts[s.table].append((s.row_start, o, j))
         for parts in self.table_parts:
             parts.sort()
@@ -360,12 +358,12 @@ class DistributedTrainer:
     def _route(self, idx: np.ndarray, off: np.ndarray):
         """Per owner rank: (bag lengths [ns_o, Bl], indices) of this rank's samples, each
         shard's lookups rebased to its first row."""
-        Bl, T = self.Bl, self.m.num_tables
+        Bl = self.Bl
         sizes = np.diff(off)
         lens, inds = [], []
         for o in range(self.R):
             lo_, io_ = [], []
-            for s in sorted(self.plan.shards_of(o), key=lambda s: (s.table, s.row_start)):
+            for s in self.plan.shards_of(o):
                 a, b = off[s.table * Bl], off[(s.table + 1) * Bl]
                 seg = idx[a:b]
                 if s.rows == self.m.table_rows[s.table]:
@@ -378,7 +376,6 @@ class DistributedTrainer:
                     io_.append(seg[sel] - s.row_start)
             lens.append(np.concatenate(lo_) if lo_ else np.zeros(0, np.int64))
             inds.append(np.concatenate(io_) if io_ else np.zeros(0, np.int64))
-        del T
         return lens, inds
 
     def _exchange(self, name: str, send: list[np.ndarray], recv_counts: list[int], dtype,
@@ -693,7 +690,7 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
 
     target = resolve_target(target_name)
     _register_hooks()  # the VM looks its extern functions up when it loads
-    shards = sorted(plan.shards_of(r), key=lambda s: (s.table, s.row_start))
+    shards = plan.shards_of(r)
     t0 = time.perf_counter()
     sparse_vm = None
     if shards:

@@ -40,7 +40,10 @@ class ShardingPlan:
     shards: tuple[Shard, ...]
 
     def shards_of(self, rank: int) -> list[Shard]:
-        return [s for s in self.shards if s.rank == rank]
+        """The shards ``rank`` holds, in (table, first row) order: the order of its tables in
+        its compiled embedding functions and of its blocks in every exchange."""
+        return sorted((s for s in self.shards if s.rank == rank),
+                      key=lambda s: (s.table, s.row_start))
 
     def rank_bytes(self, bytes_per_value: int = 4) -> list[int]:
         out = [0] * self.ranks
