@@ -362,7 +362,11 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         if want_final is None:
             want_final = cfg.data.kind != "synthetic" or bool(opts.eval_every) or \
                 opts.target_auc is not None
-        final_eval = evaluate(len(times) + first) if want_final and times else None
+        end = len(times) + first
+        if evals and evals[-1]["step"] == end:
+            final_eval = evals[-1]  # just evaluated (the target stop): not twice
+        else:
+            final_eval = evaluate(end) if want_final and times else None
         if (opts.target_auc is not None and not reached and final_eval
                 and final_eval["auc"] >= opts.target_auc):
             reached = {"step": final_eval["step"], "auc": final_eval["auc"],

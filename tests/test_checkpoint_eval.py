@@ -147,6 +147,7 @@ def test_eval_and_target_auc(tmp_path):
     reached = s["target_auc"]["reached"]
     assert reached is not None and reached["auc"] >= 0.55 and reached["step"] % 4 == 0
     assert s["steps"] == reached["step"] < 40  # it stopped there
+    assert [e["step"] for e in ev].count(reached["step"]) == 1  # and evaluated it once
     assert 0.0 < s["eval"]["auc"] < 1.0
 
 
