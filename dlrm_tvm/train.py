@@ -193,7 +193,7 @@ def _init_state(cfg: Config, path: str):
 
 
 def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=None,
-                    metrics: dict | None = None, keep: int = 2) -> Path | None:
+                    keep: int = 2) -> Path | None:
     """Every rank writes its shards; rank 0 the MLP and the manifest, then commits."""
     from dlrm_tvm.runtime import checkpoint as ck
 
@@ -202,10 +202,7 @@ def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=Non
     token = f"{os.getpid()}-{time.time_ns()}"
     if comm is not None:
         token = comm.bcast(token, root=0)
-    tmp = ck.begin(root, step, token) if rank == 0 else None
-    if comm is not None:
-        comm.Barrier()
-        tmp = ck.begin(root, step, token)
+    tmp = ck.begin(root, step, token)  # the same directory on every rank (mkdir exist_ok)
     fault = os.environ.get("DLRM_TVM_CKPT_FAULT")  # test hook: "RANK:STEP" dies mid-write
     shards = []
     for i, (t, a, b, rows, acc) in enumerate(trainer.shard_state()):
@@ -226,8 +223,7 @@ def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=Non
         final = ck.commit(root, tmp, step, {
             "config": cfg.to_dict(), "ranks": comm.Get_size() if comm is not None else 1,
             "shards": sorted(shards, key=lambda s: (s["table"], s["row_start"])),
-            "row_acc": adagrad, "mlp_acc": adagrad, "data": source.state(),
-            "metrics": metrics or {}}, keep=keep)
+            "row_acc": adagrad, "mlp_acc": adagrad, "data": source.state()}, keep=keep)
     else:
         final = None
     if comm is not None:
