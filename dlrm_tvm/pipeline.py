@@ -44,6 +44,18 @@ def relax_lowering(target: tvm.target.Target) -> tvm.transform.Pass:
     return _lower
 
 
+def graph_layouts(precision: str, tvm_target, layouts: str = "auto") -> str:
+    """The graph's GEMM operand layouts for this precision and target (see compile_dlrm)."""
+    from dlrm_tvm.schedules.base import has_feature
+
+    if layouts not in ("auto", "plain", "vnni"):
+        raise ValueError(f"layouts must be auto, plain or vnni, got {layouts!r}")
+    if layouts == "auto":
+        return "vnni" if precision == "bf16" and has_feature(tvm_target, "avx512bf16") \
+            else "plain"
+    return layouts
+
+
 def compile_dlrm(
     cfg: Config,
     target: TargetInfo,
@@ -54,21 +66,27 @@ def compile_dlrm(
     parts: tuple[str, ...] = ("sparse", "dense"),
     loss_scale: float | None = None,
     hooks: bool = False,
+    layouts: str = "auto",
 ) -> CompileResult:
     """Build, schedule and compile the DLRM step for ``target`` (any target, from any host).
 
     A rank of a distributed run compiles its parts separately: ``model`` (the config's model
     with the rank's table shards as its tables) with ``parts=("sparse",)`` at the global batch,
     and the dense part at its local batch with ``loss_scale`` 1 / global batch and ``hooks``
-    (graphs/dlrm.py: calls back into the runtime to overlap its exchanges)."""
+    (graphs/dlrm.py: calls back into the runtime to overlap its exchanges).
+
+    ``layouts``: "vnni" packs the bf16 GEMMs' operands once into the microkernel's layout
+    (graphs/ops.pack_vnni), "plain" lets each GEMM pack its own; "auto" (default) is vnni for
+    bf16 on a target with avx512bf16."""
+    tvm_target = target.tvm_target()
+    layouts = graph_layouts(cfg.train.precision, tvm_target, layouts)
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
     b = batch_size or cfg.train.batch_size
     mod = DLRMGraph(model or cfg.model, b, loss_scale=loss_scale,
                     precision=cfg.train.precision,
-                    optimizer=cfg.train.optimizer, hooks=hooks).build(parts)
+                    optimizer=cfg.train.optimizer, hooks=hooks, layouts=layouts).build(parts)
     secs["graph"] = time.perf_counter() - t0
-    tvm_target = target.tvm_target()
     t0 = time.perf_counter()
     mod, chosen = schedule_module(mod, tvm_target, prefer)
     secs["schedule"] = time.perf_counter() - t0

@@ -86,7 +86,8 @@ class DLRMGraph:
     """Builds the Relax IRModule of one DLRM for one (local) batch size."""
 
     def __init__(self, model: ModelConfig, batch_size: int, loss_scale: float | None = None,
-                 precision: str = "fp32", optimizer: str = "sgd", hooks: bool = False):
+                 precision: str = "fp32", optimizer: str = "sgd", hooks: bool = False,
+                 layouts: str = "plain"):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         if optimizer not in ("sgd", "rwsadagrad"):
@@ -100,6 +101,15 @@ class DLRMGraph:
         self.bf16 = precision == "bf16"
         self.act = "bfloat16" if self.bf16 else F32  # weights/activations in the GEMMs
         self.sfx = "_bf16" if self.bf16 else ""
+        if layouts not in ("plain", "vnni"):
+            raise ValueError(f"layouts must be plain or vnni, got {layouts!r}")
+        # "vnni" (bf16 only): the GEMMs whose shapes allow it read operands packed once in the
+        # microkernel's VNNI-2 layout (ops.pack_vnni / ops.gemm_vnni); the dense input is
+        # padded to a multiple of 16 columns where it enters
+        self.vnni = layouts == "vnni" and self.bf16
+        n0 = model.bot_layers[0][1]
+        self.pad_in = (-(-model.num_dense // 16) * 16
+                       if self.vnni and n0 % 16 == 0 and batch_size % 2 == 0 else model.num_dense)
 
     def _cast(self, k, x, shape, src: str, dst: str):
         """``x`` converted between fp32 and bf16 (no-op in fp32 mode)."""
@@ -137,14 +147,16 @@ class DLRMGraph:
         W = m.interaction_width_padded
         bot, top = self._layers(params)
         act, sfx = self.act, self.sfx
-        h = self._to_act(k, dense, (B, m.num_dense))
+        if self.pad_in != m.num_dense:  # once, where the batch enters: K even for every layer
+            h = self._emit_tir(k, f"cast_pad_{B}x{m.num_dense}x{self.pad_in}",
+                               lambda: ops.cast_pad(B, m.num_dense, self.pad_in),
+                               [dense], _t((B, self.pad_in), act))
+        else:
+            h = self._to_act(k, dense, (B, m.num_dense))
         acts_bot = [h]
-        for w, b, (ki, n) in bot:
-            h = self._emit_tir(
-                k, f"gemm_fwd_{B}x{ki}x{n}_bias_relu{sfx}",
-                lambda ki=ki, n=n: ops.gemm(B, ki, n, "mk", "bias_relu", in_dtype=act,
-                                            out_dtype=act),
-                [h, w, b], _t((B, n), act))
+        for li_, (w, b, (ki, n)) in enumerate(bot):
+            kin = self.pad_in if li_ == 0 else ki
+            h = self._gemm_fwd(k, h, w, b, kin, ki, n, "bias_relu", act)
             acts_bot.append(h)
         h = self._to_f32(k, h, (B, D))
         if wait:  # the bottom MLP ran while the pooled rows were on their way
@@ -170,15 +182,37 @@ class DLRMGraph:
             last = kk == len(top) - 1
             epi = "bias" if last else "bias_relu"
             odt = F32 if last else act  # the logit stays fp32 for the loss
-            h = self._emit_tir(
-                k, f"gemm_fwd_{B}x{ki}x{n}_{epi}{sfx}",
-                lambda ki=ki, n=n, epi=epi, odt=odt: ops.gemm(B, ki, n, "mk", epi, in_dtype=act,
-                                                              out_dtype=odt),
-                [h, w, b], _t((B, n), odt))
+            h = self._gemm_fwd(k, h, w, b, ki, ki, n, epi, odt)
             acts_top.append(h)
         return acts_bot, acts_top, tc
 
-    def _layer_backward(self, k, x, w, shape, dz, mask_input, dx_dtype=None):
+    def _use_vnni(self, k_red: int, n: int) -> bool:
+        """A GEMM with reduction length k_red and N columns runs on packed operands."""
+        return self.vnni and n % 16 == 0 and k_red % 2 == 0
+
+    def _pack(self, k, x, rows, cols, transpose=False, k_pad=None):
+        kk, n = (cols, rows) if transpose else (rows, cols)
+        kp = k_pad or kk + kk % 2
+        name = f"pack_vnni_{rows}x{cols}{'_t' if transpose else ''}{f'_k{kp}' if kp != kk else ''}"
+        return self._emit_tir(k, name, lambda: ops.pack_vnni(rows, cols, transpose, kp),
+                              [x], _t(ops.vnni_shape(kp, n), "bfloat16"))
+
+    def _gemm_fwd(self, k, h, w, b, kin, ki, n, epi, odt):
+        """One layer's forward: h [B, kin] (kin >= ki: padded input columns are zero) times
+        Wt [ki, n] plus the bias, then ``epi``."""
+        B, act, sfx = self.B, self.act, self.sfx
+        if self._use_vnni(kin, n):
+            wp = self._pack(k, w, ki, n, k_pad=kin)
+            return self._emit_tir(
+                k, f"gemm_vnni_fwd_{B}x{kin}x{n}_{epi}{'_f32' if odt == F32 else ''}",
+                lambda: ops.gemm_vnni(B, kin, n, "mk", epi, out_dtype=odt),
+                [h, wp, b], _t((B, n), odt))
+        return self._emit_tir(
+            k, f"gemm_fwd_{B}x{ki}x{n}_{epi}{sfx}",
+            lambda: ops.gemm(B, ki, n, "mk", epi, in_dtype=act, out_dtype=odt),
+            [h, w, b], _t((B, n), odt))
+
+    def _layer_backward(self, k, x, w, shape, dz, mask_input, dx_dtype=None, x_cols=None):
         """Gradients of one Linear: (dWt, db, dX or None), dWt and db in fp32.
 
         ``dz`` is in the GEMM dtype; ``mask_input``: the layer's input came out of a ReLU, so
@@ -186,9 +220,19 @@ class DLRMGraph:
         ``dx_dtype`` (default: the GEMM dtype)."""
         B, act, sfx = self.B, self.act, self.sfx
         ki, n = shape
-        dw = self._emit_tir(k, f"gemm_dw_{ki}x{B}x{n}{sfx}",
-                            lambda: ops.gemm(ki, B, n, "km", "none", in_dtype=act),
-                            [x, dz], _t((ki, n)))
+        xc = x_cols or ki  # the input's stored width (the padded dense input: 16 for 13)
+        if self._use_vnni(B, n):  # dW = X^T dZ, both packed over the batch pairs
+            xp = self._pack(k, x, B, xc)
+            dzp = self._pack(k, dz, B, n)
+            dw = self._emit_tir(k, f"gemm_vnni_dw_{ki}x{B}x{n}",
+                                lambda: ops.gemm_vnni(ki, B, n, "vnni", "none"),
+                                [xp, dzp], _t((ki, n)))
+        else:
+            if xc != ki:
+                raise ValueError("a padded input needs the packed weight gradient")
+            dw = self._emit_tir(k, f"gemm_dw_{ki}x{B}x{n}{sfx}",
+                                lambda: ops.gemm(ki, B, n, "km", "none", in_dtype=act),
+                                [x, dz], _t((ki, n)))
         db = self._emit_tir(k, f"colsum_{B}x{n}{sfx}", lambda: ops.colsum(B, n, act), [dz],
                             _t((n,)))
         if mask_input is None:
@@ -196,11 +240,18 @@ class DLRMGraph:
         masked = mask_input is not False
         epi = "relu_mask" if masked else "none"
         odt = dx_dtype or act
-        args = [dz, w] + ([mask_input] if masked else [])
+        mask = [mask_input] if masked else []
+        tag = f"{epi}{'_f32' if odt != act else ''}"
+        if self._use_vnni(n, ki):  # dX = dZ @ Wt^T: Wt packed transposed once per step
+            wtp = self._pack(k, w, ki, n, transpose=True)
+            dx = self._emit_tir(k, f"gemm_vnni_dx_{B}x{n}x{ki}_{tag}",
+                                lambda: ops.gemm_vnni(B, n, ki, "mk", epi, out_dtype=odt),
+                                [dz, wtp, *mask], _t((B, ki), odt))
+            return dw, db, dx
         # dX = dZ @ Wt^T: Wt read as B in [N, K] layout (the GEMM rule's packing transposes it)
         dx = self._emit_tir(k, f"gemm_dx_{B}x{n}x{ki}_{epi}{sfx}{'_f32' if odt != act else ''}",
                             lambda: ops.gemm(B, n, ki, "mk", epi, b_layout="nk", in_dtype=act,
-                                             out_dtype=odt), args,
+                                             out_dtype=odt), [dz, w, *mask],
                             _t((B, ki), odt))
         return dw, db, dx
 
@@ -294,7 +345,9 @@ class DLRMGraph:
                     for i in reversed(range(len(bot))):
                         w, _, shape = bot[i]
                         mask = acts_bot[i] if i > 0 else None
-                        dw, db, dz = self._layer_backward(k, acts_bot[i], w, shape, dz, mask)
+                        dw, db, dz = self._layer_backward(
+                            k, acts_bot[i], w, shape, dz, mask,
+                            x_cols=self.pad_in if i == 0 else None)
                         grads[i] = (dw, db)
                         ready(i, dw, db)
                     flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]

@@ -447,3 +447,129 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
                     Y[vs, vt, k] = acc[k]
 
     return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype)
+
+
+# ---------------------------------------------------------------- VNNI-2 layouts (bf16 GEMMs)
+#
+# The bf16 microkernel reads its B operand as 16 x 2 tiles: a logical [K, N] matrix packed as
+# P[N/16][K/2][16][2] with P[j, p, jj, e] = M[2p + e, 16j + jj] (zero past K and N). A
+# weight-gradient GEMM (reduction over the batch) reads its A operand from the same layout of
+# the activation [B, width] (A(i, k) = P[i // 16, k // 2, i % 16, k % 2]): one 4-byte pair per
+# row, 16 rows to a cache line. One pack thus serves both operands of dW = X^T dZ.
+
+
+def vnni_shape(k: int, n: int) -> tuple[int, int, int, int]:
+    """The packed shape of a logical [K, N] matrix: (ceil(N/16), ceil(K/2), 16, 2)."""
+    return (-(-n // 16), -(-k // 2), 16, 2)
+
+
+def pack_vnni(rows: int, cols: int, transpose: bool = False, k_pad: int | None = None,
+              dtype: str = "bfloat16") -> tirx.PrimFunc:
+    """P = VNNI-2 pack of the logical [K, N] matrix M (zero padded).
+
+    ``transpose=False``: the input is M itself, [rows=K, cols=N] (a weight Wt [in, out] for the
+    forward; an activation or dY [B, width] for the weight gradient).
+    ``transpose=True``: the input is M^T, [rows=N, cols=K] (the stored Wt [in, out] read as the
+    B operand of the input gradient dY @ Wt^T, where K = out and N = in).
+    ``k_pad``: pack K up to this (even) length (the first layer's 13 inputs padded to 16).
+    Output P [ceil(N/16), k_pad/2, 16, 2] in ``dtype``; elements are moved bit for bit.
+    """
+    k, n = (cols, rows) if transpose else (rows, cols)
+    kp = k_pad if k_pad is not None else k + (k % 2)
+    if kp < k or kp % 2:
+        raise ValueError(f"k_pad must be even and >= {k}, got {kp}")
+    shape = vnni_shape(kp, n)
+    tag = dict(rows=rows, cols=cols, transpose=int(transpose), k_pad=kp)
+    if transpose and kp == k and n % 16 == 0 and dtype in ("bfloat16", "float16", "uint16"):
+        # no padding: each K pair of a row of X is one 32-bit word, and the pack is a 32-bit
+        # transpose P32[j, q, jj] = X32[16j + jj, q] (block "P" over (j, q, jj))
+        nb, kh = n // 16, k // 2
+
+        @T.prim_func(s_tir=True)
+        def words(x: T.handle, p: T.handle):
+            Xb = T.match_buffer(x, (rows, cols), dtype)
+            Pb = T.match_buffer(p, shape, dtype)
+            x32 = T.decl_buffer((rows, kh), "uint32", data=Xb.data)
+            p32 = T.decl_buffer((nb, kh, 16), "uint32", data=Pb.data)
+            for j, q, jj in T.grid(nb, kh, 16):
+                with T.sblock("P"):
+                    vj, vq, vjj = T.axis.remap("SSS", [j, q, jj])
+                    p32[vj, vq, vjj] = x32[vj * 16 + vjj, vq]
+
+        return _tag(words, "pack_vnni", **tag)
+    X = te.placeholder((rows, cols), dtype, name="X")
+    zero = tirx.const(0.0, dtype)
+
+    def body(j, p, jj, e):
+        kk, nn = 2 * p + e, 16 * j + jj
+        inside = tirx.all(kk < k, nn < n)
+        if transpose:
+            v = X[te.min(nn, rows - 1), te.min(kk, cols - 1)]
+        else:
+            v = X[te.min(kk, rows - 1), te.min(nn, cols - 1)]
+        return tirx.if_then_else(inside, v, zero)
+
+    P = te.compute(shape, body, name="P")
+    return _tag(te.create_prim_func([X, P]), "pack_vnni", **tag)
+
+
+def cast_pad(m: int, k: int, k_pad: int, src: str = F32, dst: str = "bfloat16") -> tirx.PrimFunc:
+    """Y[m, k_pad] = X[m, k] converted to ``dst``, zero in the columns past k: the dense input
+    padded once where the batch enters (13 features -> 16) so every layer's K is even."""
+    X = te.placeholder((m, k), src, name="X")
+    Y = te.compute((m, k_pad), lambda i, j: tirx.if_then_else(
+        j < k, X[i, te.min(j, k - 1)].astype(dst), tirx.const(0.0, dst)), name="Y")
+    return _tag(te.create_prim_func([X, Y]), "cast")
+
+
+def gemm_vnni(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
+              out_dtype: str = F32) -> tirx.PrimFunc:
+    """Y[m, n] = epilogue(sum_k A(m, k) * B(k, n)) with bf16 operands already in the
+    microkernel's layouts (fp32 products and sums):
+
+    B: P[N/16][K/2][16][2] (``pack_vnni``); A: "mk" [M, K] row-major (forward, input gradient:
+    a row's K pairs are contiguous), or "vnni" P[ceil(M/16)][K/2][16][2] (weight gradient: A is
+    X^T with X [K=batch, M=width] packed by ``pack_vnni``; rows past M are never read).
+    Needs N % 16 == 0 and K even. Epilogues and blocks "C"/"Y" as ``gemm``.
+    """
+    if a_layout not in ("mk", "vnni"):
+        raise ValueError(f"a_layout must be 'mk' or 'vnni', got {a_layout!r}")
+    if n % 16 or k % 2:
+        raise ValueError(f"gemm_vnni needs N % 16 == 0 and K even, got K={k}, N={n}")
+    if epilogue not in GEMM_EPILOGUES:
+        raise ValueError(f"epilogue must be one of {GEMM_EPILOGUES}, got {epilogue!r}")
+    bf = "bfloat16"
+    A = te.placeholder((m, k) if a_layout == "mk" else vnni_shape(k, m), bf, name="A")
+    Bp = te.placeholder(vnni_shape(k, n), bf, name="B")
+    r = te.reduce_axis((0, k), name="k")
+
+    def a_at(i, kk):
+        v = A[i, kk] if a_layout == "mk" else A[i // 16, kk // 2, i % 16, kk % 2]
+        return v.astype(F32)
+
+    C = te.compute((m, n), lambda i, j: te.sum(
+        a_at(i, r) * Bp[j // 16, r // 2, j % 16, r % 2].astype(F32), axis=r), name="C")
+    zero = tirx.const(0.0, F32)
+    args = [A, Bp]
+
+    def out(x):
+        return x if out_dtype == F32 else x.astype(out_dtype)
+
+    if epilogue == "none":
+        Y = te.compute((m, n), lambda i, j: out(C[i, j]), name="Y")
+    elif epilogue in ("bias", "bias_relu"):
+        bias = te.placeholder((n,), bf, name="bias")
+        args.append(bias)
+        if epilogue == "bias":
+            Y = te.compute((m, n), lambda i, j: out(C[i, j] + bias[j].astype(F32)), name="Y")
+        else:
+            Y = te.compute((m, n), lambda i, j: out(te.max(C[i, j] + bias[j].astype(F32), zero)),
+                           name="Y")
+    else:
+        mask = te.placeholder((m, n), bf, name="mask")
+        args.append(mask)
+        Y = te.compute((m, n), lambda i, j: out(
+            tirx.Select(mask[i, j].astype(F32) > zero, C[i, j], zero)), name="Y")
+    f = te.create_prim_func([*args, Y])
+    return _tag(f, "gemm_vnni", m=m, k=k, n=n, a_layout=a_layout, b_layout="vnni",
+                epilogue=epilogue, in_dtype=bf, out_dtype=out_dtype)

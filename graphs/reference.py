@@ -157,3 +157,28 @@ def embedding_bag_sgd_sequential(w, indices, offsets, row_offsets, grad, lr):
     rows = indices + np.asarray(row_offsets)[bag // b]
     np.subtract.at(w, rows, np.float32(lr) * grad[bag % b, bag // b])
     return w
+
+
+def pack_vnni(x, transpose=False, k_pad=None):
+    """NumPy VNNI-2 pack (graphs/ops.pack_vnni): P[j, p, jj, e] = M[2p + e, 16j + jj]."""
+    m = np.asarray(x).T if transpose else np.asarray(x)
+    k, n = m.shape
+    kp = k_pad if k_pad is not None else k + (k % 2)
+    nb = -(-n // 16)
+    full = np.zeros((kp, nb * 16), m.dtype)
+    full[:k, :n] = m
+    return np.ascontiguousarray(full.reshape(kp // 2, 2, nb, 16).transpose(2, 0, 3, 1))
+
+
+def unpack_vnni(p, k, n):
+    """The logical [K, N] matrix of a VNNI-2 pack."""
+    nb, kh = p.shape[:2]
+    return np.ascontiguousarray(p.transpose(1, 3, 0, 2).reshape(kh * 2, nb * 16))[:k, :n]
+
+
+def gemm_vnni(a, bp, m, k, n, a_layout="mk", epilogue="none", extra=None):
+    """Oracle of graphs/ops.gemm_vnni, from the packed operands."""
+    b = unpack_vnni(np.asarray(bp), k, n)
+    if a_layout == "vnni":
+        a = unpack_vnni(np.asarray(a), k, m).T  # packed X [K, M] -> A = X^T [M, K]
+    return gemm(np.asarray(a)[:m, :k], b, "mk", epilogue, extra)

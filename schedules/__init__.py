@@ -21,15 +21,20 @@ from .embedding import (
 )
 from .fallback import Fallback
 from .gemm import GemmPacked, GemmTiled
+from .gemv import GemvVector
 from .interaction import InteractionDotBwd, InteractionDotFwd
+from .pack import PackVnniVector
 from .reduction import ColsumVectorBlocks, SplitSgdParallel
-from .x86.gemm_bf16 import GemmBF16Dpbf16ps
+from .x86.gemm_bf16 import GemmBF16Dpbf16ps, GemmVnniDpbf16ps
 
 log = logging.getLogger("dlrm_tvm.schedules")
 
 ALL_RULES: dict[str, Rule] = {
     r.name: r
     for r in (
+        GemmVnniDpbf16ps(),
+        GemvVector(),
+        PackVnniVector(),
         GemmBF16Dpbf16ps(),
         GemmPacked(),
         GemmTiled(),
@@ -49,14 +54,18 @@ ALL_RULES: dict[str, Rule] = {
 def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[Rule]:
     """The ordered rule list for ``target``: preferred rules first, Fallback last.
 
-    The BF16 microkernel rule is listed only for targets with avx512bf16 (and checks again
-    itself); then the fp32 rules, whose tile sizes come from the target (AVX2 or AVX-512).
+    The BF16 microkernel rules are listed only for targets with avx512bf16 (and check again
+    themselves); the GEMV rule takes the 1-wide layer's GEMMs first; then the fp32 rules, whose tile sizes come from the target (AVX2 or AVX-512).
     """
     unknown = [p for p in prefer if p not in ALL_RULES]
     if unknown:
         raise ValueError(f"unknown schedule rule(s) {unknown}; known: {sorted(ALL_RULES)}")
+    bf16 = has_feature(target, "avx512bf16")
     base = [
-        *([ALL_RULES["gemm_bf16_avx512_dpbf16ps"]] if has_feature(target, "avx512bf16") else []),
+        *([ALL_RULES["gemm_vnni_avx512_dpbf16ps"]] if bf16 else []),
+        ALL_RULES["gemv_vector"],
+        ALL_RULES["pack_vnni_vector"],
+        *([ALL_RULES["gemm_bf16_avx512_dpbf16ps"]] if bf16 else []),
         ALL_RULES["gemm_packed_fp32"],
         ALL_RULES["gemm_tiled_fp32"],
         ALL_RULES["colsum_vector_blocks"],

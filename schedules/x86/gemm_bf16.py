@@ -99,3 +99,98 @@ class GemmBF16Dpbf16ps(Rule):
 
 def _parallel_outer(sch: s_tir.Schedule, block) -> None:
     sch.parallel(sch.get_loops(block)[0])
+
+
+def vnni_tiles(m: int, n: int, target: Target, emulate: bool = False) -> tuple[int, int]:
+    """(MI, NJ) from the target and the shape: NJ = 32 columns (two zmm) when N allows, else 16;
+    MI rows fill half the vector registers with accumulators and divide M (a vnni-A GEMM's M is
+    a feature width, often not a power of two)."""
+    nj = 32 if n % 32 == 0 else 16
+    regs = 32 if emulate else vector_registers(target)
+    per_row = nj // 16
+    mi = max(1, (regs // 2) // per_row)
+    while m % mi:
+        mi -= 1
+    if mi < 4:  # e.g. M = 13: one tall tile (up to all registers but 2 B vectors and A)
+        mi = max(1, (regs - per_row - 2) // per_row)
+        while m % mi:
+            mi -= 1
+    return mi, nj
+
+
+def gemm_vnni_schedule(func: tirx.PrimFunc, target: Target, mi: int, nj: int,
+                       panel_outer: bool = False, emulate: bool = False) -> s_tir.Schedule:
+    """Register tile MI x NJ over operands already in the microkernel's layouts: no packing
+    copy in the kernel. Tiles (row block, column panel) are parallel; K walked in pairs, one
+    vdpbf16ps per 16 columns; the epilogue runs on the fp32 tile before it is stored."""
+    register()
+    sch = s_tir.Schedule(func)
+    c = sch.get_sblock("C")
+    y = sch.get_sblock("Y")
+    i, j = sch.get_loops(y)
+    io, ii = sch.split(i, [None, mi])
+    jo, ji = sch.split(j, [None, nj])
+    first, second = (jo, io) if panel_outer else (io, jo)
+    sch.reorder(first, second, ii, ji)
+    sch.compute_at(c, second)
+    sch.set_scope(c, 0, "local")
+    inner = sch.get_loops(c)[2:]
+    if len(inner) == 3:
+        ci, cj, ck = inner
+    else:
+        ci, (cj, ck) = None, inner
+    ko, kk = sch.split(ck, [None, 2])
+    cjo, cji = sch.split(cj, [None, 16])
+    if ci is not None:
+        sch.reorder(ko, ci, cjo, cji, kk)
+    else:
+        sch.reorder(ko, cjo, cji, kk)
+    outer = sch.fuse(first, second)
+    sch.parallel(outer)
+    sch.vectorize(ji)
+    sch.decompose_reduction(c, ko)
+    sch.tensorize(cji, DPBF16_16X2_DESC if emulate else DPBF16_16X2)
+    if ci is not None:
+        sch.unroll(ci)
+    sch.unroll(cjo)
+    if not emulate:
+        sch.annotate(outer, "pragma_import_llvm", DPBF16_LLVM_IR)
+    return sch
+
+
+class GemmVnniDpbf16ps(Rule):
+    """``gemm_vnni`` kernels (operands pre-packed by ``pack_vnni``) on the vdpbf16ps
+    microkernel. ``emulate=True`` (tests only) tensorizes with the plain-TIR description.
+    ``params``: {kernel key: {"mi", "nj", "panel_outer"}} from a tuning record (``key_of``)."""
+
+    name = "gemm_vnni_avx512_dpbf16ps"
+    ops = ("gemm_vnni",)
+
+    def __init__(self, emulate: bool = False, params: dict | None = None):
+        self.emulate = emulate
+        self.params = params or {}
+
+    @staticmethod
+    def key_of(func: tirx.PrimFunc) -> str:
+        return (f"{attr(func, 'm')}x{attr(func, 'k')}x{attr(func, 'n')}"
+                f"_{attr(func, 'a_layout')}")
+
+    def choose(self, func: tirx.PrimFunc, target: Target) -> dict:
+        m, n = attr(func, "m"), attr(func, "n")
+        mi, nj = vnni_tiles(m, n, target, self.emulate)
+        # vnni A (weight gradient): column panel outer, so one B panel serves every row block
+        chosen = {"mi": mi, "nj": nj, "panel_outer": attr(func, "a_layout") == "vnni"}
+        chosen.update(self.params.get(self.key_of(func), {}))
+        return chosen
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
+        if not self.matches_op(func):
+            return None
+        if not self.emulate and not has_feature(target, "avx512bf16"):
+            return None
+        p = self.choose(func, target)
+        m, n = attr(func, "m"), attr(func, "n")
+        if n % p["nj"] or m % p["mi"] or p["nj"] % 16:
+            return None
+        return gemm_vnni_schedule(func, target, p["mi"], p["nj"], bool(p["panel_outer"]),
+                                  self.emulate)
