@@ -65,7 +65,8 @@ def _time_kernels(vm, fn_calls) -> dict[str, float]:
 
 
 def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
-              torch_baseline: bool = True, precisions: tuple[str, ...] = ("fp32",)) -> dict:
+              torch_baseline: bool = True, precisions: tuple[str, ...] = ("fp32",),
+              torch_compile: bool = True) -> dict:
     from dlrm_tvm.data import SyntheticData
     from dlrm_tvm.peaks import measure_peaks
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
@@ -120,8 +121,16 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         time.sleep(0.5)  # let TVM's workers stop spinning
         state = {"tables": tables, **mlp}
         tin = [torch_inputs(b, cfg.model.num_tables) for b in batches]
-        for name, bf16 in (("torch eager fp32", False), ("torch bf16 autocast", True)):
-            tt = TorchTrainer(cfg, state, autocast_bf16=bf16)
+        contenders = [("torch eager fp32", False, False), ("torch bf16 autocast", True, False)]
+        if torch_compile:
+            contenders.append(("torch.compile bf16", True, True))
+        for name, bf16, comp in contenders:
+            tt = TorchTrainer(cfg, state, autocast_bf16=bf16, compiled=comp)
+            if comp:  # compile outside the timing: two steps (forward + backward graphs)
+                t0 = time.perf_counter()
+                for b, x in zip(batches[:2], tin[:2], strict=True):
+                    tt.step(b, x)
+                compile_s[name] = time.perf_counter() - t0
             ts = []
             for i, (b, x) in enumerate(zip(batches, tin, strict=True)):
                 t = time.perf_counter()
@@ -132,22 +141,47 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
             del tt
     work = step_work(cfg)
     flop = work["mlp_flop"] + work["interaction_flop"]
-    floor_ms = 1e3 * (flop / (peaks["fp32_gflops"] * 1e9)
+    def floor(peak_gflops: float) -> float:
+        return 1e3 * (flop / (peak_gflops * 1e9)
                       + work["embedding_bytes"] / (peaks["gather_gbs"] * 1e9))
+
+    floor_ms = floor(peaks["fp32_gflops"])
+    # a bf16 contender's ceiling is the bf16 FLOP rate where the CPU has one (else fp32's)
+    bf16_peak = peaks.get("bf16_gflops") or peaks["fp32_gflops"]
+    floor_bf16_ms = floor(bf16_peak)
     for r in rows:
+        bf = "bf16" in r["name"]
+        r["precision"] = "bf16" if bf else "fp32"
         r["ratio_vs_tvm"] = r["ms_per_step"] / tvm_ms
         r["gflops"] = flop / (r["ms_per_step"] * 1e-3) / 1e9
         r["frac_fp32_peak"] = r["gflops"] / peaks["fp32_gflops"]
-        r["frac_floor"] = floor_ms / r["ms_per_step"]
+        r["frac_peak"] = r["gflops"] / (bf16_peak if bf else peaks["fp32_gflops"])
+        r["frac_floor"] = (floor_bf16_ms if bf else floor_ms) / r["ms_per_step"]
         r["samples_per_s"] = cfg.train.batch_size / (r["ms_per_step"] * 1e-3)
-    return {
+    result = {
         "config": cfg.name, "batch_size": cfg.train.batch_size, "steps": steps,
         "precisions": list(precisions),
         "target": ti.to_dict(), "threads": threads, "machine": platform.processor() or
         platform.machine(), "cpu_count": os.cpu_count(), "compile_s": compile_s,
-        "work_per_step": work, "peaks": peaks, "floor_ms": floor_ms, "rows": rows,
+        "work_per_step": work, "peaks": peaks, "floor_ms": floor_ms,
+        "floor_bf16_ms": floor_bf16_ms, "rows": rows,
         "functions_ms": functions, "kernels_ms": kernels,
     }
+    result["speedups"] = _ratios(result)
+    return result
+
+
+def _ratios(r: dict) -> list[str]:
+    """The headline ratios (issue 11's goals) among the rows present."""
+    ms = {row["name"]: row["ms_per_step"] for row in r["rows"]}
+    out = []
+    for ours, other in (("dlrm-tvm bf16", "torch.compile bf16"),
+                        ("dlrm-tvm bf16", "torch bf16 autocast"),
+                        ("dlrm-tvm bf16", "dlrm-tvm fp32"),
+                        ("dlrm-tvm fp32", "torch eager fp32")):
+        if ours in ms and other in ms:
+            out.append(f"{ours} is {ms[other] / ms[ours]:.2f}x {other}")
+    return out
 
 
 def format_table(r: dict) -> str:
@@ -161,14 +195,19 @@ def format_table(r: dict) -> str:
         out.append(f"measured bf16 peak: {pk['bf16_gflops']:.0f} GFLOP/s (vdpbf16ps loop)")
     out.append(f"measured peaks: fp32 {pk['fp32_gflops']:.0f} GFLOP/s (FMA loop), memory "
                f"{pk['memory_gbs']:.1f} GB/s (copy), random gather {pk['gather_gbs']:.1f} GB/s;"
-               f"  step floor {r['floor_ms']:.2f} ms")
+               f"  step floor {r['floor_ms']:.2f} ms fp32, {r['floor_bf16_ms']:.2f} ms bf16")
+    out.append("% peak, % floor: against the contender's own precision's peak (bf16 rows: the "
+               "vdpbf16ps rate where the CPU has one)")
+    ratios = _ratios(r)
+    if ratios:
+        out.append("; ".join(ratios))
     out.append("")
     out.append(f"{'contender':<22}{'ms/step':>10}{'x dlrm-tvm':>12}{'samples/s':>12}"
                f"{'GFLOP/s':>10}{'% peak':>8}{'% floor':>9}")
     for row in r["rows"]:
         out.append(f"{row['name']:<22}{row['ms_per_step']:>10.2f}{row['ratio_vs_tvm']:>12.2f}"
                    f"{row['samples_per_s']:>12.0f}{row['gflops']:>10.1f}"
-                   f"{100 * row['frac_fp32_peak']:>8.0f}{100 * row['frac_floor']:>9.0f}")
+                   f"{100 * row['frac_peak']:>8.0f}{100 * row['frac_floor']:>9.0f}")
     for prec in r["precisions"]:
         out.append("")
         out.append(f"dlrm-tvm {prec} per function (ms, median):")

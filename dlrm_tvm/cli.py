@@ -296,7 +296,8 @@ def cmd_bench(args) -> int:
     if bad:
         raise ValueError(f"--precisions takes fp32 and/or bf16, got {bad}")
     result = run_bench(cfg, steps=args.steps, warmup=args.warmup, target=args.target,
-                       torch_baseline=not args.no_torch, precisions=precs)
+                       torch_baseline=not args.no_torch, precisions=precs,
+                       torch_compile=not args.no_torch_compile)
     print(format_table(result))
     _write_json(args.json, result)
     return 0
@@ -454,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precisions", help="ours at these precisions, e.g. fp32,bf16 "
                    "(default: the config's)")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    b.add_argument("--no-torch-compile", action="store_true",
+                   help="skip the torch.compile + bf16 autocast contender (its compile, about "
+                        "a minute, is timed apart and reported, never in ms/step)")
     b.add_argument("--json", help="also write the table as JSON here")
     g = b.add_argument_group("rank scaling (instead of the PyTorch comparison)")
     g.add_argument("--ranks", help="rank counts to run, e.g. 1,2: each runs `mpiexec -n N "

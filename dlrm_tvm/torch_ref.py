@@ -100,13 +100,17 @@ def _rwsadagrad_step(params, state: dict, lr: float, eps: float = 1e-10) -> None
 
 class TorchTrainer:
     """SGD (or the reference's rwsadagrad, per the config) on the torch DLRM, with our LR
-    schedule; ``autocast_bf16`` for the bf16 baseline."""
+    schedule; ``autocast_bf16`` for the bf16 baseline, ``compiled`` for torch.compile."""
 
-    def __init__(self, cfg: Config, state: dict[str, np.ndarray], autocast_bf16: bool = False):
+    def __init__(self, cfg: Config, state: dict[str, np.ndarray], autocast_bf16: bool = False,
+                 compiled: bool = False):
         import torch
 
         self.cfg = cfg
         self.model = build(cfg, state)
+        # torch.compile (inductor) of the forward; the backward is compiled with it (AOT
+        # autograd). The first steps pay the compile: a benchmark times it separately.
+        self.forward = torch.compile(self.model) if compiled else self.model
         self.adagrad = cfg.train.optimizer == "rwsadagrad"
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.train.learning_rate)
         self.adagrad_state: dict = {}
@@ -122,7 +126,7 @@ class TorchTrainer:
             g["lr"] = self.cfg.train.lr_at(self.step_count)
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            p = self.model(dense, idx_l, off_l)
+            p = self.forward(dense, idx_l, off_l)
         loss = self.loss_fn(p.float()[:, 0], labels)
         loss.backward()
         if self.adagrad:

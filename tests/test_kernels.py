@@ -171,8 +171,10 @@ def test_gemm_rule_choice_both_ways():
     """At least one tiled and one fallback GEMM on this host, whatever its vector width."""
     _, tiled = build(ops.gemm(16, 8, 2 * LANES, "mk", "bias"))
     _, fb = build(ops.gemm(16, 8, LANES + 1, "mk", "bias"))
-    _, fb1 = build(ops.gemm(16, 8, 1, "km", "none"))
+    _, gemv = build(ops.gemm(16, 8, 1, "km", "none"))
+    _, fb1 = build(ops.gemm(5, 8, 1, "km", "none"))
     assert tiled == "gemm_packed_fp32"  # the default first GEMM rule
+    assert gemv == "gemv_vector"  # N = 1: the GEMV rule
     assert fb == "fallback" and fb1 == "fallback"
 
 
