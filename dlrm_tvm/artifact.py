@@ -39,7 +39,8 @@ class Artifact:
 
 def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
                      prefer: tuple[str, ...] = (),
-                     dump_dir: str | Path | None = None) -> Artifact:
+                     dump_dir: str | Path | None = None,
+                     tuning: dict | None = None) -> Artifact:
     """Compile ``cfg`` for ``target`` (any target, on any host) and write it to ``out_dir``."""
     import tvm
     import tvm_ffi
@@ -48,8 +49,7 @@ def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    res = compile_dlrm(cfg, target, prefer=prefer,
-                       dump_dir=dump_dir)
+    res = compile_dlrm(cfg, target, prefer=prefer, dump_dir=dump_dir, tuning=tuning)
     t0 = time.perf_counter()
     tmp = out / (MODULE_FILE + ".tmp.so")
     res.executable.export_library(str(tmp))
@@ -63,6 +63,8 @@ def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
         "tvm_version": tvm.__version__,
         "tvm_ffi_version": getattr(tvm_ffi, "__version__", "unknown"),
         "schedules": res.schedules,
+        "tuning": None if tuning is None else {k: tuning.get(k) for k in
+                                               ("config", "target_signature", "created")},
         "compile_seconds": {k: round(v, 3) for k, v in res.seconds.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

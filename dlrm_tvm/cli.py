@@ -95,6 +95,14 @@ def _write_json(path: str | None, obj) -> None:
             json.dump(obj, f, indent=2, sort_keys=True)
 
 
+def _tuning(args) -> dict | None:
+    if not getattr(args, "tuning", None):
+        return None
+    from dlrm_tvm.kernels import read_tuning
+
+    return read_tuning(args.tuning)
+
+
 def cmd_compile(args) -> int:
     from dlrm_tvm.artifact import compile_artifact
     from dlrm_tvm.targets import resolve_target
@@ -102,7 +110,7 @@ def cmd_compile(args) -> int:
     cfg = _resolve_config(args)
     target = resolve_target(args.target)
     art = compile_artifact(cfg, target, args.out, prefer=tuple(args.rule or ()),
-                           dump_dir=args.dump_ir)
+                           dump_dir=args.dump_ir, tuning=_tuning(args))
     print(f"compiled {cfg.name} for {target.name} (mcpu {target.mcpu}; features "
           f"{','.join(target.features) or '-'}) in "
           f"{sum(art.meta['compile_seconds'].values()):.1f}s -> {art.path}")
@@ -150,8 +158,12 @@ def cmd_train(args) -> int:
                       resume=(args.out if args.resume == "auto" else args.resume),
                       init_from=args.init_from,
                       save_params=args.save_params)
+    if args.tuning and args.artifact:
+        raise ValueError("--tuning applies when compiling: it has no effect on a given "
+                         "--artifact (compile it with `dlrm-tvm compile --tuning`)")
     summary = train(cfg, args.out, artifact=args.artifact, target=args.target,
-                    prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist, opts=opts)
+                    prefer=tuple(args.rule or ()), quiet=args.quiet, dist=dist, opts=opts,
+                    tuning=_tuning(args))
     if summary.get("rank", 0) != 0:
         return 0  # only rank 0 reports
     ev = summary.get("eval")
@@ -336,6 +348,30 @@ def _kernels_bench_embedding(args) -> int:
                     for v in row["variants"].values()) else 1
 
 
+def cmd_kernels_tune(args) -> int:
+    from dlrm_tvm.kernels import format_sweep, sweep_gemms, tune_gemms
+
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    cfg = _resolve_config(args)
+    if cfg.train.precision != "bf16":
+        raise ValueError("kernels tune searches the bf16 microkernel GEMMs: add --precision bf16")
+    if args.budget_s <= 0:
+        raise ValueError(f"--budget-s must be positive, got {args.budget_s}")
+    print(f"tuning every packed bf16 GEMM of {cfg.name} on {args.target} within "
+          f"{args.budget_s:.0f} s ...", flush=True)
+    rec = tune_gemms(cfg, args.target, args.budget_s, args.reps,
+                     log=lambda s: print(s, flush=True))
+    _write_json(args.out, rec)
+    print(f"wrote {args.out} ({len(rec['kernels'])} kernels, {rec['seconds']:.0f} s); use it "
+          f"with `dlrm-tvm compile/train --tuning {args.out}`")
+    if args.check:
+        r = sweep_gemms(cfg, args.target, args.reps, torch_baseline=not args.no_torch,
+                        tuning=rec)
+        print(format_sweep(r))
+        _write_json(args.json, r)
+    return 0
+
+
 def cmd_kernels_bench(args) -> int:
     from dlrm_tvm.kernels import bench_gemm, format_bench, format_sweep, sweep_gemms
 
@@ -349,10 +385,10 @@ def cmd_kernels_bench(args) -> int:
         if args.config is None:
             raise ValueError("give --shape M,K,N, or --config C for every GEMM of a config")
         r = sweep_gemms(_resolve_config(args), args.target, args.reps,
-                        torch_baseline=not args.no_torch)
+                        torch_baseline=not args.no_torch, tuning=_tuning(args))
         print(format_sweep(r))
         _write_json(args.json, r)
-        return 0 if all(row["status"] != "WRONG" for row in r["rows"]) else 1
+        return 0 if all(row["status"] != "WRONG" for row in r["rows"] + r["packs"]) else 1
     try:
         shape = tuple(int(x) for x in args.shape.split(","))
         assert len(shape) == 3 and min(shape) > 0
@@ -385,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "icelake-server, cooperlake, sapphirerapids, znver3/4/5 (default: host)")
     c.add_argument("--out", required=True, help="artifact directory")
     c.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
+    c.add_argument("--tuning", metavar="FILE",
+                   help="a tuning record from `dlrm-tvm kernels tune` (register tiles per GEMM; "
+                        "recorded in artifact.json)")
     c.add_argument("--dump-ir", help="write the scheduled IR to this directory")
     c.set_defaults(func=cmd_compile)
 
@@ -399,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="seed for init and data")
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     t.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
+    t.add_argument("--tuning", metavar="FILE",
+                   help="a tuning record from `dlrm-tvm kernels tune`, used when compiling")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.add_argument("--save-params", action="store_true",
                    help="write every fp32 parameter to RUNDIR/params.npz at the end")
@@ -587,7 +628,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "it); embedding ops: the table (bf16: Split-SGD-BF16 storage)")
     kb.add_argument("--no-torch", action="store_true")
     kb.add_argument("--json", help="also write the table as JSON here")
+    kb.add_argument("--tuning", metavar="FILE",
+                    help="--config: schedule with this tuning record (dlrm-tvm kernels tune)")
     kb.set_defaults(func=cmd_kernels_bench)
+    kt = ksub.add_parser("tune", help="search register tiles of a config's bf16 GEMMs on this "
+                         "host; write a tuning record",
+                         description="For every packed bf16 GEMM of the config's step, time the "
+                         "default register tile and loop order, then other tiles that fit the "
+                         "registers and the shape, each checked against NumPy, within the "
+                         "budget; write the best per kernel as JSON for compile/train --tuning.")
+    _add_config_args(kt)
+    kt.add_argument("--target", default="host")
+    kt.add_argument("--budget-s", type=float, default=300.0,
+                    help="seconds for the whole search (default 300)")
+    kt.add_argument("--reps", type=int, default=5)
+    kt.add_argument("--out", default="tuning.json", help="the record (default tuning.json)")
+    kt.add_argument("--check", action="store_true",
+                    help="then run `kernels bench --config` with the record")
+    kt.add_argument("--no-torch", action="store_true", help="--check without torch")
+    kt.add_argument("--json", help="--check: also write its table as JSON here")
+    kt.set_defaults(func=cmd_kernels_tune)
     return p
 
 

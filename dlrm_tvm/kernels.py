@@ -64,7 +64,8 @@ def format_list(r: dict) -> str:
     return "\n".join(out)
 
 
-def check_and_time(sch, target, ins, want: np.ndarray, reps: int) -> tuple[float, bool, float]:
+def check_and_time(sch, target, ins, want: np.ndarray, reps: int,
+                   out_dtype: str = "float32") -> tuple[float, bool, float]:
     """Compile ``sch``, run it once on ``ins`` with a NaN-poisoned output, and time it:
     (relative Frobenius error vs ``want``, any output left unwritten, median seconds)."""
     import tvm
@@ -72,9 +73,18 @@ def check_and_time(sch, target, ins, want: np.ndarray, reps: int) -> tuple[float
     from dlrm_tvm.pipeline import compile_primfunc
 
     lib = compile_primfunc(sch, target)
-    out = tvm.runtime.tensor(np.full(want.shape, np.nan, np.float32))
+    poison = np.full(want.shape, np.nan, np.float32)
+    if out_dtype == "bfloat16":
+        import ml_dtypes
+
+        poison = poison.astype(ml_dtypes.bfloat16)
+    out = tvm.runtime.tensor(poison)
     lib["main"](*ins, out)
-    got = out.numpy()
+    got = out.numpy().astype(np.float32)
+    if out_dtype == "bfloat16":  # the output's own rounding: compare with the rounded oracle
+        import ml_dtypes
+
+        want = want.astype(ml_dtypes.bfloat16).astype(np.float32)
     err = float(np.linalg.norm(got - want) / max(1e-30, np.linalg.norm(want)))
     return err, bool(np.isnan(got).any()), _time(lambda: lib["main"](*ins, out), reps)
 
@@ -194,14 +204,105 @@ def format_bench(r: dict) -> str:
     return "\n".join(out)
 
 
+def _step_module(cfg: Config, target):
+    """The config's step as compile builds it for ``target`` (same layouts as compile)."""
+    from dlrm_tvm.graphs.dlrm import DLRMGraph
+    from dlrm_tvm.pipeline import graph_layouts
+
+    return DLRMGraph(cfg.model, cfg.train.batch_size, precision=cfg.train.precision,
+                     optimizer=cfg.train.optimizer,
+                     layouts=graph_layouts(cfg.train.precision, target)).build()
+
+
+def _vnni_inputs(func, seed: int = 0):
+    """Random packed operands (bf16) for a gemm_vnni kernel, its oracle, and the logical
+    (A [M, K], B [K, N]) the torch baseline multiplies."""
+    import ml_dtypes
+
+    from dlrm_tvm.graphs import reference as ref
+    from dlrm_tvm.schedules.base import attr
+
+    m, k, n = attr(func, "m"), attr(func, "k"), attr(func, "n")
+    al, epi = attr(func, "a_layout"), attr(func, "epilogue")
+    bf = ml_dtypes.bfloat16
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k) if al == "mk" else (k, m)).astype(bf)
+    a = x if al == "mk" else ref.pack_vnni(x)
+    b = rng.standard_normal((k, n)).astype(bf)
+    ins = [a, ref.pack_vnni(b)]
+    extra = None
+    if epi in ("bias", "bias_relu"):
+        extra = rng.standard_normal(n).astype(bf)
+    elif epi == "relu_mask":
+        extra = rng.standard_normal((m, n)).astype(bf)
+    if extra is not None:
+        ins.append(extra)
+    want = ref.gemm_vnni(a.astype(np.float32), ins[1].astype(np.float32), m, k, n, al, epi,
+                         None if extra is None else extra.astype(np.float32))
+    logical_a = x if al == "mk" else x.T
+    return ins, want, (logical_a, b)
+
+
+def time_vnni(func, sch, target, reps: int, seed: int = 0) -> dict:
+    """Check a scheduled gemm_vnni against its oracle (poisoned output) and time it."""
+    import tvm
+
+    from dlrm_tvm.schedules.base import attr
+
+    ins, want, _ = _vnni_inputs(func, seed)
+    tins = [tvm.runtime.tensor(x) for x in ins]
+    err, unwritten, s = check_and_time(sch, target, tins, want, reps,
+                                       out_dtype=attr(func, "out_dtype"))
+    flop = 2.0 * attr(func, "m") * attr(func, "k") * attr(func, "n")
+    return {"status": "ok" if (not unwritten and err < 1e-5) else "WRONG", "rel_err": err,
+            "ms": s * 1e3, "gflops": flop / s / 1e9}
+
+
+def _time_pack(func, sch, target, reps: int) -> dict:
+    import ml_dtypes
+    import tvm
+
+    from dlrm_tvm.graphs import reference as ref
+    from dlrm_tvm.pipeline import compile_primfunc
+    from dlrm_tvm.schedules.base import attr
+
+    rows, cols = attr(func, "rows"), attr(func, "cols")
+    tr, kp = bool(attr(func, "transpose")), attr(func, "k_pad")
+    x = np.random.default_rng(1).standard_normal((rows, cols)).astype(ml_dtypes.bfloat16)
+    want = ref.pack_vnni(x, tr, kp)
+    lib = compile_primfunc(sch, target)
+    out = tvm.runtime.tensor(np.full(want.shape, np.nan, np.float32).astype(ml_dtypes.bfloat16))
+    tx = tvm.runtime.tensor(x)
+    lib["main"](tx, out)
+    ok = np.array_equal(out.numpy().view(np.uint16), want.view(np.uint16))
+    s = _time(lambda: lib["main"](tx, out), reps)
+    return {"status": "ok" if ok else "WRONG", "ms": s * 1e3,
+            "gbs": (x.nbytes + want.nbytes) / s / 1e9}
+
+
+def _torch_matmul(a, b, reps: int) -> dict:
+    try:
+        import torch
+    except ImportError:
+        return {}
+    out = {}
+    flop = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+    for dt, label in ((torch.float32, "torch_fp32_gflops"), (torch.bfloat16,
+                                                            "torch_bf16_gflops")):
+        ta = torch.from_numpy(np.asarray(a, np.float32)).to(dt)
+        tb = torch.from_numpy(np.asarray(b, np.float32)).to(dt)
+        out[label] = flop / _time(lambda ta=ta, tb=tb: ta @ tb, reps) / 1e9
+    return out
+
+
 def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
-                torch_baseline: bool = True) -> dict:
+                torch_baseline: bool = True, tuning: dict | None = None) -> dict:
     """Every distinct GEMM of ``cfg``'s training step (forward, input and weight gradients, at
-    the config's precision), each with the rule the target's list picks, against torch."""
+    the config's precision, in the layouts compile uses), each with the rule the target's list
+    picks, against torch; and every VNNI pack, as GB/s against the measured copy bandwidth."""
     from tvm import tirx
 
-    from dlrm_tvm.graphs.dlrm import DLRMGraph
-    from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops
+    from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops, memory_bandwidth_gbs
     from dlrm_tvm.schedules import rules_for, schedule_func
     from dlrm_tvm.schedules.base import attr, op_of
     from dlrm_tvm.targets import runnable_target
@@ -211,31 +312,53 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     bf16 = cfg.train.precision == "bf16"
     peaks = (fp32_peak_gflops(target, threads), bf16_peak_gflops(target, threads) if bf16
              else None)
-    mod = DLRMGraph(cfg.model, cfg.train.batch_size, precision=cfg.train.precision).build()
-    rules = rules_for(target)
-    rows = []
+    copy_gbs = memory_bandwidth_gbs(target)
+    mod = _step_module(cfg, target)
+    rules = rules_for(target, tuning=tuning)
+    rows, packs = [], []
+    torch_rows = []
     for gv, func in sorted(mod.functions_items(), key=lambda kv: kv[0].name_hint):
-        if not isinstance(func, tirx.PrimFunc) or op_of(func) != "gemm":
+        if not isinstance(func, tirx.PrimFunc):
             continue
-        _, rule = schedule_func(func, target, rules)
+        op = op_of(func)
+        if op not in ("gemm", "gemm_vnni", "pack_vnni"):
+            continue
+        scheduled, rule = schedule_func(func, target, rules)
+        if op == "pack_vnni":
+            r = _time_pack(func, scheduled, target, reps)
+            packs.append({"kernel": gv.name_hint, "rule": rule, **r,
+                          "frac_copy": r["gbs"] / copy_gbs})
+            continue
         shape = (attr(func, "m"), attr(func, "k"), attr(func, "n"))
-        r = bench_gemm(shape, attr(func, "a_layout"), attr(func, "b_layout", "kn"),
-                       attr(func, "epilogue"), [rule], target_name, reps, torch_baseline,
-                       attr(func, "in_dtype", "float32"), peaks)
-        by = {row["name"]: row for row in r["rows"]}
-        ours = by[rule]
-        base = [by[n]["gflops"] for n in ("torch matmul fp32", "torch matmul bf16") if n in by]
+        if op == "gemm":
+            r = bench_gemm(shape, attr(func, "a_layout"), attr(func, "b_layout", "kn"),
+                           attr(func, "epilogue"), [rule], target_name, reps, False,
+                           attr(func, "in_dtype", "float32"), peaks)
+            ours = r["rows"][0]
+            dt = attr(func, "in_dtype", "float32")
+            rng = np.random.default_rng(0)
+            logical = (rng.standard_normal(shape[:2]).astype(np.float32),
+                       rng.standard_normal(shape[1:]).astype(np.float32))
+        else:
+            ours = time_vnni(func, scheduled, target, reps)
+            dt = "bfloat16"
+            logical = _vnni_inputs(func)[2]
         rows.append({"kernel": gv.name_hint, "shape": list(shape), "rule": rule,
                      "status": ours["status"], "gflops": ours.get("gflops"),
-                     "frac_peak": (ours["gflops"] / (peaks[1] or peaks[0]))
-                     if "gflops" in ours else None,
-                     "torch_fp32_gflops": by.get("torch matmul fp32", {}).get("gflops"),
-                     "torch_bf16_gflops": by.get("torch matmul bf16", {}).get("gflops"),
-                     "x_best_torch": (ours["gflops"] / max(base)) if base and "gflops" in ours
-                     else None})
+                     "frac_peak": (ours["gflops"] / (peaks[1] if dt == "bfloat16" and peaks[1]
+                                                     else peaks[0]))
+                     if "gflops" in ours else None})
+        torch_rows.append(logical)
+    if torch_baseline:  # after all of ours: torch's OpenMP workers would slow TVM's
+        time.sleep(0.3)
+        for row, (a, b) in zip(rows, torch_rows, strict=True):
+            row.update(_torch_matmul(a, b, reps))
+    for row in rows:
+        base = [row[n] for n in ("torch_fp32_gflops", "torch_bf16_gflops") if row.get(n)]
+        row["x_best_torch"] = (row["gflops"] / max(base)) if base and row["gflops"] else None
     return {"config": cfg.name, "precision": cfg.train.precision, "target": target_name,
             "threads": threads, "fp32_peak_gflops": peaks[0], "bf16_peak_gflops": peaks[1],
-            "rows": rows}
+            "copy_gbs": copy_gbs, "rows": rows, "packs": packs}
 
 
 def format_sweep(r: dict) -> str:
@@ -252,6 +375,142 @@ def format_sweep(r: dict) -> str:
     for row in r["rows"]:
         pct = f(100 * row["frac_peak"], ".0f") if row["frac_peak"] is not None else "-"
         out.append(f"{row['kernel']:<40}{row['rule']:<28}{f(row['gflops'], '.1f'):>9}"
-                   f"{pct:>8}{f(row['torch_fp32_gflops'], '.1f'):>9}"
-                   f"{f(row['torch_bf16_gflops'], '.1f'):>9}{f(row['x_best_torch'], '.2f'):>9}")
+                   f"{pct:>8}{f(row.get('torch_fp32_gflops'), '.1f'):>9}"
+                   f"{f(row.get('torch_bf16_gflops'), '.1f'):>9}"
+                   f"{f(row['x_best_torch'], '.2f'):>9}")
+    if r.get("packs"):
+        out.append("")
+        out.append(f"VNNI packs, against the measured copy bandwidth {r['copy_gbs']:.1f} GB/s:")
+        out.append(f"{'kernel':<40}{'status':<8}{'ms':>8}{'GB/s':>8}{'% copy':>8}")
+        for p in r["packs"]:
+            out.append(f"{p['kernel']:<40}{p['status']:<8}{p['ms']:>8.3f}{p['gbs']:>8.1f}"
+                       f"{100 * p['frac_copy']:>8.0f}")
+    out.append("")
+    out.extend(sweep_verdict(r))
     return "\n".join(out)
+
+
+def sweep_verdict(r: dict) -> list[str]:
+    """Issue 11's per-kernel goals, checked on these numbers."""
+    big = [x for x in r["rows"] if min(x["shape"]) >= 128 and x["frac_peak"] is not None]
+    lines = []
+    if big:
+        low = [x["kernel"] for x in big if x["frac_peak"] < 0.8]
+        lines.append(f"GEMMs with all dims >= 128 at >= 80% of peak: {len(big) - len(low)} of "
+                     f"{len(big)}" + (f" (below: {', '.join(low)})" if low else ""))
+    behind = [x["kernel"] for x in r["rows"] if x["x_best_torch"] is not None
+              and x["x_best_torch"] < 1.0]
+    if any(x["x_best_torch"] is not None for x in r["rows"]):
+        lines.append("GEMMs behind torch's best matmul: "
+                     + (", ".join(behind) if behind else "none"))
+    slow = [p["kernel"] for p in r.get("packs", []) if p["frac_copy"] < 0.7]
+    if r.get("packs"):
+        lines.append("packs below 70% of copy bandwidth: " + (", ".join(slow) if slow
+                                                               else "none"))
+    wrong = [x["kernel"] for x in r["rows"] + r.get("packs", []) if x["status"] != "ok"]
+    if wrong:
+        lines.append("WRONG results: " + ", ".join(wrong))
+    return lines
+
+
+def _tile_candidates(m: int, n: int, regs: int = 32) -> list[dict]:
+    """Register tiles that fit the vector registers (MI x NJ/16 accumulators plus the B
+    vectors and one broadcast) and divide the shape, each with both loop orders."""
+    out = []
+    for nj in (16, 32, 48, 64):
+        if n % nj:
+            continue
+        per_row = nj // 16
+        limit = (regs - per_row - 1) // per_row
+        mis = sorted({mi for mi in range(1, limit + 1) if m % mi == 0 and mi >= min(4, m)},
+                     reverse=True)[:4]
+        for mi in mis:
+            for po in (False, True):
+                out.append({"mi": mi, "nj": nj, "panel_outer": po})
+    return out
+
+
+def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, reps: int = 5,
+               log=print) -> dict:
+    """Search the register tile and loop order of every packed bf16 GEMM of ``cfg``'s step on
+    this host, within ``budget_s`` (shared evenly by the kernels; the default parameters are
+    always measured first). Returns a tuning record (JSON-able) for compile/train --tuning."""
+    from tvm import tirx
+
+    from dlrm_tvm.schedules.base import op_of, vector_registers
+    from dlrm_tvm.schedules.x86.gemm_bf16 import GemmVnniDpbf16ps, gemm_vnni_schedule
+    from dlrm_tvm.targets import runnable_target, target_signature
+
+    if cfg.train.precision != "bf16":
+        raise ValueError("kernels tune searches the bf16 microkernel GEMMs: pass --precision bf16 "
+                         "(or a bf16 config)")
+    ti = runnable_target(target_name, "tune")
+    target = ti.tvm_target()
+    rule = GemmVnniDpbf16ps()
+    if "avx512bf16" not in ti.features:
+        raise ValueError(f"target {ti.name} has no avx512bf16: there is no bf16 microkernel "
+                         "GEMM to tune")
+    mod = _step_module(cfg, target)
+    funcs = [(gv.name_hint, f) for gv, f in sorted(mod.functions_items(),
+                                                   key=lambda kv: kv[0].name_hint)
+             if isinstance(f, tirx.PrimFunc) and op_of(f) == "gemm_vnni"]
+    t_start = time.perf_counter()
+    kernels: dict[str, dict] = {}
+    for i, (name, func) in enumerate(funcs):
+        key = rule.key_of(func)
+        if key in kernels:
+            continue
+        deadline = time.perf_counter() + (budget_s - (time.perf_counter() - t_start)) / \
+            max(1, len(funcs) - i)
+        m, n = int(func.attrs["dlrm.m"]), int(func.attrs["dlrm.n"])
+        default = rule.choose(func, target)
+        tried = []
+        for p in [default] + [c for c in _tile_candidates(m, n, vector_registers(target))
+                              if c != default]:
+            if tried and time.perf_counter() > deadline:
+                break
+            sch = gemm_vnni_schedule(func, target, p["mi"], p["nj"], p["panel_outer"])
+            r = time_vnni(func, sch, target, reps)
+            if r["status"] != "ok":
+                raise RuntimeError(f"{name} with {p} gave a wrong result (rel err "
+                                   f"{r['rel_err']:.1e}): a schedule bug, not a tuning choice")
+            tried.append((r["gflops"], p))
+        best_g, best = max(tried, key=lambda t: t[0])
+        kernels[key] = {"kernel": name, "params": best, "gflops": round(best_g, 1),
+                        "default_params": default, "default_gflops": round(tried[0][0], 1),
+                        "candidates_tried": len(tried)}
+        log(f"  {name:<44} {len(tried):>3} tried  default {tried[0][0]:7.1f} -> best "
+            f"{best_g:7.1f} GFLOP/s  mi={best['mi']} nj={best['nj']} "
+            f"panel_outer={best['panel_outer']}")
+    return {"format": "dlrm-tvm-tuning", "version": 1, "config": cfg.name,
+            "precision": cfg.train.precision, "batch_size": cfg.train.batch_size,
+            "target": ti.to_dict(), "target_signature": target_signature(target),
+            "threads": int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1)),
+            "budget_s": budget_s, "seconds": round(time.perf_counter() - t_start, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernels": kernels}
+
+
+def read_tuning(path) -> dict:
+    """A tuning record from ``dlrm-tvm kernels tune`` (plain JSON, validated; never pickle)."""
+    import json
+
+    from dlrm_tvm.config import ConfigError
+
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"tuning record {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tuning record {path} is not readable JSON: {e}") from None
+    if not isinstance(rec, dict) or rec.get("format") != "dlrm-tvm-tuning" or \
+            not isinstance(rec.get("kernels"), dict) or "target_signature" not in rec:
+        raise ConfigError(f"{path} is not a dlrm-tvm tuning record (kernels tune writes one)")
+    for key, v in rec["kernels"].items():
+        p = v.get("params") if isinstance(v, dict) else None
+        ok = isinstance(p, dict) and all(isinstance(p.get(f), int) and p[f] > 0
+                                         for f in ("mi", "nj")) and \
+            isinstance(p.get("panel_outer", False), bool) and p["nj"] % 16 == 0 and p["mi"] <= 32
+        if not ok:
+            raise ConfigError(f"tuning record {path}: kernel {key} has invalid params {p!r}")
+    return rec

@@ -67,6 +67,7 @@ def compile_dlrm(
     loss_scale: float | None = None,
     hooks: bool = False,
     layouts: str = "auto",
+    tuning: dict | None = None,
 ) -> CompileResult:
     """Build, schedule and compile the DLRM step for ``target`` (any target, from any host).
 
@@ -77,7 +78,8 @@ def compile_dlrm(
 
     ``layouts``: "vnni" packs the bf16 GEMMs' operands once into the microkernel's layout
     (graphs/ops.pack_vnni), "plain" lets each GEMM pack its own; "auto" (default) is vnni for
-    bf16 on a target with avx512bf16."""
+    bf16 on a target with avx512bf16. ``tuning``: a record of ``dlrm-tvm kernels tune``
+    (per-kernel register tiles for this target; the choices land in ``schedules``)."""
     tvm_target = target.tvm_target()
     layouts = graph_layouts(cfg.train.precision, tvm_target, layouts)
     secs: dict[str, float] = {}
@@ -88,7 +90,7 @@ def compile_dlrm(
                     optimizer=cfg.train.optimizer, hooks=hooks, layouts=layouts).build(parts)
     secs["graph"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mod, chosen = schedule_module(mod, tvm_target, prefer)
+    mod, chosen = schedule_module(mod, tvm_target, prefer, tuning)
     secs["schedule"] = time.perf_counter() - t0
     if dump_dir is not None:
         d = Path(dump_dir)

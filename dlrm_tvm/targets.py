@@ -130,3 +130,12 @@ def runnable_target(name: str, what: str = "run") -> TargetInfo:
         raise ValueError(f"cannot {what} target {name} here: this CPU lacks "
                          f"{', '.join(missing)} (compile-only: use `dlrm-tvm compile`)")
     return ti
+
+
+def target_signature(tvm_target) -> str:
+    """What a tuning record is valid for: the LLVM mcpu and the features our kernels use."""
+    from tvm.target import codegen
+
+    mcpu = str(tvm_target.attrs.get("mcpu", "")) if tvm_target.attrs else ""
+    feats = [f for f in FEATURE_FLAGS if codegen.target_has_features(f, tvm_target)]
+    return f"{mcpu} +" + ",+".join(feats)

@@ -24,7 +24,7 @@ def _same_compiled_shape(a: Config, b: Config) -> bool:
 
 
 def get_compiled(cfg: Config, artifact: str | Path | None, target_name: str, out_dir: Path,
-                 prefer: tuple[str, ...] = ()):
+                 prefer: tuple[str, ...] = (), tuning: dict | None = None):
     """(vm, artifact meta): load ``artifact`` if given (it must match ``cfg``), else compile
     for ``target_name`` into ``out_dir/artifact``."""
     from dlrm_tvm.artifact import compile_artifact, load_artifact, read_artifact
@@ -46,7 +46,7 @@ def get_compiled(cfg: Config, artifact: str | Path | None, target_name: str, out
     log.info("compiling %s for %s (mcpu %s, features %s)", cfg.name, target.name, target.mcpu,
              ",".join(target.features) or "-")
     t0 = time.perf_counter()
-    art = compile_artifact(cfg, target, out_dir / "artifact", prefer=prefer)
+    art = compile_artifact(cfg, target, out_dir / "artifact", prefer=prefer, tuning=tuning)
     log.info("compiled in %.1fs -> %s", time.perf_counter() - t0, art.path)
     vm, art = load_artifact(art.path)
     return vm, art.meta
@@ -74,7 +74,7 @@ class RunOptions:
 def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
           target: str = "host", prefer: tuple[str, ...] = (), quiet: bool = False,
           dist: dict | None = None, save_params: bool = False,
-          opts: RunOptions | None = None) -> dict:
+          opts: RunOptions | None = None, tuning: dict | None = None) -> dict:
     """Train ``cfg.train.steps`` steps on ``cfg.data``; returns the summary it writes.
 
     Under ``mpiexec -n N`` (N > 1) every rank runs this: the tables are sharded over the ranks
@@ -117,7 +117,7 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
                 opts.source = make_source(cfg, rank, ranks, data_dir)
             trainer, dist_info = D.setup_rank(cfg, out if rank == 0 else None, target, prefer,
                                               log=(print if not quiet else log.info),
-                                              start=start, **(dist or {}))
+                                              start=start, tuning=tuning, **(dist or {}))
             meta = {"target": dist_info["target"], "schedules": {}, "tvm_version": _tvm_ver()}
             return _train_loop(cfg, out, trainer, meta, quiet, rank, dist_info, opts, manifest)
         except D.CollectiveError:
@@ -130,7 +130,7 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
     if opts.source is None:
         data_dir = preprocess_for_run(cfg, out, say) if needs_preprocess(cfg) else None
         opts.source = make_source(cfg, 0, 1, data_dir)
-    vm, meta = get_compiled(cfg, artifact, target, out, prefer)
+    vm, meta = get_compiled(cfg, artifact, target, out, prefer, tuning)
     from dlrm_tvm.runtime.trainer import Trainer
 
     t0 = time.perf_counter()

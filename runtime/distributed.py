@@ -647,7 +647,7 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
                sharding: str = "auto", rank_memory_gib: float | None = None,
                threads: int | None = None, comm_timeout: float = 300.0,
                progress_thread: bool = True, progress_poll_us: float = 50.0, log=print,
-               start=None):
+               start=None, tuning: dict | None = None):
     """Everything before the first step on this rank: cores and threads, the config check, the
     plan (rank 0, broadcast, printed, saved), the two compiled modules, the parameters.
     Returns (trainer, info) where info holds the layout and plan for the summary."""
@@ -696,11 +696,11 @@ def setup_rank(cfg: Config, out_dir, target_name: str = "host", prefer: tuple[st
     if shards:
         shard_model = dataclasses.replace(cfg.model, table_rows=tuple(s.rows for s in shards))
         res = compile_dlrm(cfg, target, batch_size=cfg.train.batch_size, prefer=prefer,
-                           model=shard_model, parts=("sparse",))
+                           model=shard_model, parts=("sparse",), tuning=tuning)
         sparse_vm = load_vm(res.executable)
     G = cfg.train.batch_size
     res = compile_dlrm(cfg, target, batch_size=G // R, prefer=prefer, parts=("dense",),
-                       loss_scale=1.0 / G, hooks=True)
+                       loss_scale=1.0 / G, hooks=True, tuning=tuning)
     dense_vm = load_vm(res.executable)
     secs = comm.gather(time.perf_counter() - t0, root=0)
     if r == 0:

@@ -51,7 +51,8 @@ ALL_RULES: dict[str, Rule] = {
 }
 
 
-def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[Rule]:
+def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = (),
+              tuning: dict | None = None) -> list[Rule]:
     """The ordered rule list for ``target``: preferred rules first, Fallback last.
 
     The BF16 microkernel rules are listed only for targets with avx512bf16 (and check again
@@ -78,11 +79,30 @@ def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = ()) -> list[
         ALL_RULES["interaction_dot_bwd_batched_gemm"],
     ]
     chosen = [ALL_RULES[p] for p in prefer]
-    return chosen + [r for r in base if r not in chosen] + [ALL_RULES["fallback"]]
+    out = chosen + [r for r in base if r not in chosen] + [ALL_RULES["fallback"]]
+    if tuning:  # a tuning record's per-kernel parameters (dlrm-tvm kernels tune)
+        params = tuning_params(tuning, target)
+        out = [GemmVnniDpbf16ps(params=params) if r.name == GemmVnniDpbf16ps.name else r
+               for r in out]
+    return out
 
 
-def schedule_func(func: tirx.PrimFunc, target: Target, rules: list[Rule]):
-    """(scheduled func, rule name) from the first rule in ``rules`` that takes ``func``.
+def tuning_params(tuning: dict, target: Target) -> dict:
+    """{kernel key: params} of a tuning record made for this target (same mcpu and features);
+    a record for another target is refused with both named."""
+    from dlrm_tvm.targets import target_signature
+
+    want = tuning.get("target_signature")
+    have = target_signature(target)
+    if want != have:
+        raise ValueError(f"this tuning record was made for {want}, not for this target ({have}): "
+                         "run dlrm-tvm kernels tune for it")
+    return {k: v["params"] for k, v in tuning.get("kernels", {}).items()}
+
+
+def schedule_func(func: tirx.PrimFunc, target: Target, rules: list[Rule], record=None):
+    """(scheduled func, rule name) from the first rule in ``rules`` that takes ``func``;
+    ``record`` (a dict), if given, receives the rule's chosen parameters (``describe``).
 
     A rule must return None for what it does not handle; one that raises instead is logged
     and skipped, so a faulty rule costs speed, never the build."""
@@ -97,23 +117,30 @@ def schedule_func(func: tirx.PrimFunc, target: Target, rules: list[Rule]):
                         if str(e) else "")
             continue
         if sch is not None:
+            if record is not None:
+                record.update(rule.describe(func, target))
             return sch.mod["main"], rule.name
     raise RuntimeError("no schedule rule matched (the list must end in Fallback)")
 
 
 def schedule_module(
-    mod: IRModule, target: Target, prefer: list[str] | tuple[str, ...] = ()
-) -> tuple[IRModule, dict[str, dict[str, str]]]:
-    """Schedule every PrimFunc of ``mod``; returns the module and {func: {op, rule}}."""
-    rules = rules_for(target, prefer)
-    chosen: dict[str, dict[str, str]] = {}
+    mod: IRModule, target: Target, prefer: list[str] | tuple[str, ...] = (),
+    tuning: dict | None = None,
+) -> tuple[IRModule, dict[str, dict]]:
+    """Schedule every PrimFunc of ``mod``; returns the module and {func: {op, rule[, params]}}
+    (params: what a tunable rule chose, e.g. the register tile)."""
+    rules = rules_for(target, prefer, tuning)
+    chosen: dict[str, dict] = {}
     out = IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        new, rule = schedule_func(func, target, rules)
+        params: dict = {}
+        new, rule = schedule_func(func, target, rules, params)
         out[gv] = new
         chosen[gv.name_hint] = {"op": op_of(func) or "?", "rule": rule}
+        if params:
+            chosen[gv.name_hint]["params"] = params
     return out, chosen
 
 

@@ -22,6 +22,10 @@ class Rule:
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         raise NotImplementedError
 
+    def describe(self, func: tirx.PrimFunc, target: Target) -> dict:
+        """The parameters this rule chose for ``func`` (recorded in the artifact); {} if none."""
+        return {}
+
     def __repr__(self) -> str:
         return f"<rule {self.name}>"
 

@@ -180,8 +180,19 @@ class GemmVnniDpbf16ps(Rule):
         mi, nj = vnni_tiles(m, n, target, self.emulate)
         # vnni A (weight gradient): column panel outer, so one B panel serves every row block
         chosen = {"mi": mi, "nj": nj, "panel_outer": attr(func, "a_layout") == "vnni"}
-        chosen.update(self.params.get(self.key_of(func), {}))
+        tuned = self.params.get(self.key_of(func))
+        if tuned and m % tuned.get("mi", 0) == 0 and n % tuned.get("nj", 0) == 0 \
+                and tuned["nj"] % 16 == 0:  # a record's tile that fits this shape
+            chosen.update(tuned)
         return chosen
+
+    def describe(self, func: tirx.PrimFunc, target: Target) -> dict:
+        p = self.choose(func, target)
+        return {"key": self.key_of(func), **p,
+                "tuned": self.params.get(self.key_of(func)) == {k: p[k] for k in
+                                                                 self.params.get(
+                                                                     self.key_of(func), {})}
+                and self.key_of(func) in self.params}
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
