@@ -40,13 +40,15 @@ def _indices(rows: int, n: int, dist: str, alpha: float, rng) -> np.ndarray:
     return zipf_draw(cdf, perm, rng.random(n))
 
 
-def _gather_kernel(d: int, dtype: str):
+def _gather_kernel(d: int, dtype: str, row_width: int | None = None):
     from tvm.script import tirx as T
+
+    wd = row_width or d
 
     @T.prim_func
     def gather(w: T.handle, idx: T.handle, out: T.handle):
         nnz, nrows = T.int64(), T.int64()
-        W = T.match_buffer(w, (nrows, d), dtype)
+        W = T.match_buffer(w, (nrows, wd), dtype)
         I_ = T.match_buffer(idx, (nnz,), "int64")
         Y = T.match_buffer(out, (nnz, d), dtype)
         for p in T.parallel(nnz):
@@ -65,10 +67,10 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
     import tvm
 
     from dlrm_tvm.graphs import ops
-    from dlrm_tvm.graphs import reference as ref
     from dlrm_tvm.graphs.embedding_update import embedding_bag_update
     from dlrm_tvm.pipeline import compile_primfunc
     from dlrm_tvm.runtime.memory import aligned_copy, shared_tensor
+    from dlrm_tvm.runtime.trainer import split_rows
     from dlrm_tvm.schedules import ALL_RULES
     from dlrm_tvm.targets import runnable_target
 
@@ -91,10 +93,8 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
         log(f"[{rows:,} x {d}, {lookups}/bag] building the table ({rows * d * 4 / 2**30:.2f} GiB)")
         w32 = rng.standard_normal((rows, d), dtype=np.float32)
         # the TVM tables share these arrays' memory: the checks read them without copies
-        if bf16:
-            hi, lo = ref.split_fp32(w32)
-            tables_np = [aligned_copy(hi.view(ml_dtypes.bfloat16)), aligned_copy(lo)]
-            del hi, lo
+        if bf16:  # Split-SGD rows as training holds them: [rows, 2D], hi then lo halves
+            tables_np = [aligned_copy(split_rows(w32))]
         else:
             tables_np = [aligned_copy(w32)]  # w32 itself is torch's table
         tables = [shared_tensor(a) for a in tables_np]
@@ -102,11 +102,12 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
         roff = np.zeros(1, np.int64)
         grad = rng.standard_normal((b, 1, d), dtype=np.float32)
         # the plain gather and every candidate, compiled once per case
-        glib = compile_primfunc(_gather_kernel(d, tdt), target)
+        width = 2 * d if bf16 else None
+        glib = compile_primfunc(_gather_kernel(d, tdt, width), target)
         if op == "embedding_bag_fwd":
-            func = ops.embedding_bag_fwd(b, (0,), d, tdt)
+            func = ops.embedding_bag_fwd(b, (0,), d, tdt, width)
         else:
-            func = embedding_bag_update(b, 1, d, optimizer, "split" if bf16 else "fp32")
+            func = embedding_bag_update(b, 1, d, optimizer, "rows" if bf16 else "fp32")
         names = rules or [n for n, r in ALL_RULES.items() if r.ops and r.matches_op(func)]
         libs = {}
         for name in names:
@@ -132,7 +133,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             row["gather_ms"] = tg * 1e3
             row["gather_gbs"] = nnz * d * esize / tg / 1e9
             if op == "embedding_bag_fwd":
-                want = np.add.reduceat(np.asarray(tables_np[0][idx], np.float32), off[:-1],
+                want = np.add.reduceat(np.asarray(tables_np[0][idx, :d], np.float32), off[:-1],
                                        axis=0) if nnz else np.zeros((b, d), np.float32)
             for name, lib in libs.items():
                 if lib is None:
@@ -181,9 +182,11 @@ def _check_update(lib, tables, tables_np, idx, off, roff, grad, optimizer, bf16,
     others = rng.integers(0, rows, 4096)
     others = others[~np.isin(others, touched)]
 
+    from dlrm_tvm.runtime.trainer import combine_rows
+
     def master(rws):  # tables_np share the TVM tables' memory
         if bf16:
-            return ref.combine_fp32(tables_np[0][rws].view(np.uint16), tables_np[1][rws])
+            return combine_rows(tables_np[0][rws])
         return tables_np[0][rws]
 
     before, before_o = master(touched), master(others)

@@ -25,13 +25,15 @@ fp32 loss, fp32 gradients out of the GEMMs); the interaction runs in fp32 on the
 embeddings. Weights and tables are Split-SGD-BF16: the bf16 tensors above are the high halves
 of the fp32 masters, and the update functions take the low halves (uint16) beside them:
   dense_update(*mlp_hi, *mlp_lo, *mlp_grads, lr)
-  embedding_update(tables_hi, tables_lo, indices, offsets, d_pooled, lr)
+  embedding_update(tables, indices, offsets, d_pooled, lr)
+where a bf16 table is [rows, 2D]: each row's bf16 high halves, then its uint16 low halves
+(one place per row; embedding_forward reads the first D)
 
 Optimizer "rwsadagrad" (the reference's): the update functions also take the optimizer state,
 in place, after the parameters: one fp32 accumulator per MLP parameter (dense Adagrad) and one
 per table row (row-wise sparse Adagrad):
   dense_update(*mlp_params, [*mlp_lo,] *mlp_acc, *mlp_grads, lr)
-  embedding_update(tables, [tables_lo,] row_acc [rows], indices, offsets, d_pooled, lr)
+  embedding_update(tables, row_acc [rows], indices, offsets, d_pooled, lr)
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class DLRMGraph:
         T, D = m.num_tables, m.embedding_dim
         W = m.interaction_width_padded
         bot, top = self._layers(params)
-        act, sfx = self.act, self.sfx
+        act = self.act
         if self.pad_in != m.num_dense:  # once, where the batch enters: K even for every layer
             h = self._emit_tir(k, f"cast_pad_{B}x{m.num_dense}x{self.pad_in}",
                                lambda: ops.cast_pad(B, m.num_dense, self.pad_in),
@@ -273,7 +275,9 @@ class DLRMGraph:
 
         def sparse_inputs():
             nnz = tirx.Var("nnz", "int64")
-            return (relax.Var("tables", _t((m.total_rows, D), self.act)),
+            # bf16: Split-SGD rows, hi (the bf16 weight) then lo, one row of 2D halves
+            return (relax.Var("tables", _t((m.total_rows, D * (2 if self.bf16 else 1)),
+                                           self.act)),
                     relax.Var("indices", _t((nnz,), "int64")),
                     relax.Var("offsets", _t((T * B + 1,), "int64")))
 
@@ -284,7 +288,8 @@ class DLRMGraph:
                 with bb.dataflow():
                     out = self._emit_tir(
                         k, f"embedding_bag_fwd{self.sfx}",
-                        lambda: ops.embedding_bag_fwd(B, m.table_offsets, D, self.act),
+                        lambda: ops.embedding_bag_fwd(B, m.table_offsets, D, self.act,
+                                                      2 * D if self.bf16 else None),
                         [tables, indices, offsets, row_off], _t((B, T, D)))
                     out = bb.emit_output(out)
                 bb.emit_func_output(out)
@@ -406,13 +411,11 @@ class DLRMGraph:
             tables, indices, offsets = sparse_inputs()
             d_pooled = relax.Var("d_pooled", _t((B, T, D)))
             lr = relax.Var("lr", _t((1,)))
-            shape = (m.total_rows, D)
-            state = [relax.Var("tables_lo", _t(shape, "uint16"))] if self.bf16 else []
-            state += [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
-            types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
-                [_t((m.total_rows,))] * self.adagrad
+            shape = (m.total_rows, D * (2 if self.bf16 else 1))
+            state = [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
+            types = [_t(shape, self.act)] + [_t((m.total_rows,))] * self.adagrad
             opt = "rwsadagrad" if self.adagrad else "sgd"
-            storage = "split" if self.bf16 else "fp32"
+            storage = "rows" if self.bf16 else "fp32"
             with bb.function("embedding_update", [tables, *state, indices, offsets, d_pooled, lr]):
                 with bb.dataflow():
                     fn = k.get(f"embedding_bag_update_{opt}_{storage}",

@@ -24,7 +24,9 @@ No two threads ever write one row (a row lives in one bucket), so no atomics are
 Optimizers: ``sgd`` (W -= lr * g) and ``rwsadagrad`` (the reference's row-wise sparse Adagrad:
 one fp32 accumulator per row, M[r] += mean(g^2); W -= lr * g / (sqrt(M[r]) + eps)).
 Storage: ``fp32`` tables, or ``split`` (Split-SGD-BF16: a bfloat16 high half, what the forward
-reads, and a uint16 low half; the step rebuilds the fp32 master, steps, splits again).
+reads, and a uint16 low half; the step rebuilds the fp32 master, steps, splits again), or
+``rows`` (the same halves kept together: one table [rows, 2D] whose row r is hi(r) then lo(r),
+so an updated row is one span of 4D bytes, one page; the forward reads the first 2D bytes).
 
 Parameter order: table(s) (W, or hi and lo), then M for rwsadagrad, then indices, offsets,
 row offsets, d_pooled [B, T, D], lr [1]. Indices are NOT bounds-checked: the runtime validates.
@@ -42,7 +44,7 @@ PREFETCH = 8  # entries ahead (measured: 4 to 16 within noise, none 20% slower)
 HASH_MUL = 2654435761  # Knuth's multiplicative hash; r * HASH_MUL stays < 2^63 for r < 2^31
 ADAGRAD_EPS = 1e-10  # torch's Adagrad default, and the reference's
 OPTIMIZERS = ("sgd", "rwsadagrad")
-STORAGES = ("fp32", "split")
+STORAGES = ("fp32", "split", "rows")
 
 
 def _h32(r):
@@ -54,41 +56,65 @@ def _h32(r):
 # the parallel kernels import it as LLVM IR (loop annotation pragma_import_llvm) and call it;
 # LLVM inlines it. Plain LLVM vectors: legal on any x86-64 (AVX2: one ymm per step). The fma is
 # what TVM's own fp32 code does with w - rate * g (fused), so both storages stay bit-identical.
-SPLIT_SGD_LLVM_IR = """
-declare <8 x float> @llvm.fma.v8f32(<8 x float>, <8 x float>, <8 x float>)
+def _split_sgd_ir(w: int) -> str:
+    """LLVM IR of ``dlrm_split_sgd{w}(hi, lo, g, rate)``: one Split-SGD step of w elements."""
+    v16, v32, vf = f"<{w} x i16>", f"<{w} x i32>", f"<{w} x float>"
+    sixteen = "<" + ", ".join(["i32 16"] * w) + ">"
+    return f"""
+declare {vf} @llvm.fma.v{w}f32({vf}, {vf}, {vf})
 
-define void @dlrm_split_sgd8(ptr %hi, ptr %lo, ptr %g, float %rate) alwaysinline {
-  %h = load <8 x i16>, ptr %hi, align 2
-  %l = load <8 x i16>, ptr %lo, align 2
-  %gv = load <8 x float>, ptr %g, align 4
-  %h32 = zext <8 x i16> %h to <8 x i32>
-  %l32 = zext <8 x i16> %l to <8 x i32>
-  %hs = shl <8 x i32> %h32, <i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16>
-  %bits = or <8 x i32> %hs, %l32
-  %w = bitcast <8 x i32> %bits to <8 x float>
+define void @dlrm_split_sgd{w}(ptr %hi, ptr %lo, ptr %g, float %rate) alwaysinline {{
+  %h = load {v16}, ptr %hi, align 2
+  %l = load {v16}, ptr %lo, align 2
+  %gv = load {vf}, ptr %g, align 4
+  %h32 = zext {v16} %h to {v32}
+  %l32 = zext {v16} %l to {v32}
+  %hs = shl {v32} %h32, {sixteen}
+  %bits = or {v32} %hs, %l32
+  %w = bitcast {v32} %bits to {vf}
   %nr = fneg float %rate
-  %r0 = insertelement <8 x float> poison, float %nr, i32 0
-  %rs = shufflevector <8 x float> %r0, <8 x float> poison, <8 x i32> zeroinitializer
-  %nw = call <8 x float> @llvm.fma.v8f32(<8 x float> %rs, <8 x float> %gv, <8 x float> %w)
-  %nb = bitcast <8 x float> %nw to <8 x i32>
-  %nh = lshr <8 x i32> %nb, <i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16>
-  %nh16 = trunc <8 x i32> %nh to <8 x i16>
-  %nl16 = trunc <8 x i32> %nb to <8 x i16>
-  store <8 x i16> %nh16, ptr %hi, align 2
-  store <8 x i16> %nl16, ptr %lo, align 2
+  %r0 = insertelement {vf} poison, float %nr, i32 0
+  %rs = shufflevector {vf} %r0, {vf} poison, <{w} x i32> zeroinitializer
+  %nw = call {vf} @llvm.fma.v{w}f32({vf} %rs, {vf} %gv, {vf} %w)
+  %nb = bitcast {vf} %nw to {v32}
+  %nh = lshr {v32} %nb, {sixteen}
+  %nh16 = trunc {v32} %nh to {v16}
+  %nl16 = trunc {v32} %nb to {v16}
+  store {v16} %nh16, ptr %hi, align 2
+  store {v16} %nl16, ptr %lo, align 2
   ret void
-}
+}}
 """
+
+
+# Split-SGD steps of 8 and 16 elements: rebuild the fp32 masters from (hi, lo), fma, split
+# again. TVM's vectoriser mistranslates this body written in TIR (7 of 8 lanes wrong, see
+# docs/bf16.md), so the parallel kernels import it as LLVM IR (loop annotation
+# pragma_import_llvm) and call it; LLVM inlines it. Plain LLVM vectors: legal on any x86-64
+# (AVX2 splits a 16-wide step in two). The fma is what TVM's own fp32 code does with
+# w - rate * g (fused), so both storages stay bit-identical. 16 wide where D allows: half the
+# instructions per row of the 8-wide step, which made the bf16 update compute-bound.
+SPLIT_SGD_LLVM_IR = _split_sgd_ir(8) + _split_sgd_ir(16)
+
+
+SPLIT_W = 16  # elements per vector Split-SGD step (the 8-wide one takes what is left)
 
 
 @T.macro(hygienic=False)
 def _split_step(H16, L, r, Gsrc, grow, rate, d, vector):
     """hi/lo row r -= rate * Gsrc[grow, :]: vector steps of 8 (``vector``), then scalar."""
     if vector:
-        for kk in T.serial(d // 8, annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
-            T.evaluate(T.call_extern("void", "dlrm_split_sgd8", T.address_of(H16[r, kk * 8]),
-                                     T.address_of(L[r, kk * 8]),
-                                     T.address_of(Gsrc[grow, kk * 8]), rate))
+        for kk in T.serial(d // SPLIT_W, annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
+            T.evaluate(T.call_extern("void", f"dlrm_split_sgd{SPLIT_W}",
+                                     T.address_of(H16[r, kk * SPLIT_W]),
+                                     T.address_of(L[r, kk * SPLIT_W]),
+                                     T.address_of(Gsrc[grow, kk * SPLIT_W]), rate))
+        for kk in T.serial((d % SPLIT_W) // 8,
+                           annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
+            k8 = d // SPLIT_W * SPLIT_W + kk * 8
+            T.evaluate(T.call_extern("void", "dlrm_split_sgd8", T.address_of(H16[r, k8]),
+                                     T.address_of(L[r, k8]), T.address_of(Gsrc[grow, k8]),
+                                     rate))
     for k in range(d // 8 * 8 if vector else 0, d):
         w = T.reinterpret(
             F32,
@@ -120,7 +146,8 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
     loop = T.parallel if parallel else T.serial
     vec = T.vectorized if parallel else T.serial
     adagrad = optimizer == "rwsadagrad"
-    split = storage == "split"
+    split = storage in ("split", "rows")
+    rows = storage == "rows"
     tb = nt * b
     prefetch = parallel
 
@@ -143,7 +170,8 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                 W[r, k] = W[r, k] - rate[0] * P[e, k]
 
     @T.macro(hygienic=False)
-    def body(W, H16, L, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch):
+    def body(W, H16, L, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+             rows):
         nch = T.meta_var((nnz + T.int64(CHUNK - 1)) // T.int64(CHUNK))
         if nnz > T.int64(0):
             bagof = T.decl_buffer((nnz,), "int32")
@@ -237,7 +265,9 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                             # the rows and partials PREFETCH entries ahead (random addresses)
                             for q in range((d * 4 + 63) // 64):
                                 _prefetch(P, ent[lo + i + PREFETCH], q * 16, 0)
-                                if split:
+                                if rows:  # hi and lo: one span of 4 * D bytes
+                                    _prefetch(H16, erow[lo + i + PREFETCH], q * 32, 1)
+                                elif split:
                                     if q % 2 == 0:
                                         _prefetch(H16, erow[lo + i + PREFETCH], q * 16, 1)
                                         _prefetch(L, erow[lo + i + PREFETCH], q * 16, 1)
@@ -259,7 +289,8 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
             Off = T.match_buffer(off, (tb + 1,), I64)
             RO = T.match_buffer(roff, (nt,), I64)
             G = T.match_buffer(g, (b, nt, d), F32)
-            body(W, W, W, W, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch)
+            body(W, W, W, W, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+                 rows)
     elif not split:
         @T.prim_func
         def func(w: T.handle, acc: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
@@ -271,7 +302,37 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
             Off = T.match_buffer(off, (tb + 1,), I64)
             RO = T.match_buffer(roff, (nt,), I64)
             G = T.match_buffer(g, (b, nt, d), F32)
-            body(W, W, W, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch)
+            body(W, W, W, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+                 rows)
+    elif rows and not adagrad:
+        @T.prim_func
+        def func(tab: T.handle, idx: T.handle, off: T.handle, roff: T.handle, g: T.handle,
+                 lr: T.Buffer((1,), F32)):
+            nnz, nrows = T.int64(), T.int64()
+            Tb = T.match_buffer(tab, (nrows, 2 * d), "bfloat16")
+            I_ = T.match_buffer(idx, (nnz,), I64)
+            Off = T.match_buffer(off, (tb + 1,), I64)
+            RO = T.match_buffer(roff, (nt,), I64)
+            G = T.match_buffer(g, (b, nt, d), F32)
+            H16 = T.decl_buffer((nrows, 2 * d), "uint16", data=Tb.data)
+            L = T.decl_buffer((nrows, 2 * d), "uint16", data=Tb.data, elem_offset=d)
+            body(L, H16, L, L, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+                 rows)
+    elif rows:
+        @T.prim_func
+        def func(tab: T.handle, acc: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
+                 g: T.handle, lr: T.Buffer((1,), F32)):
+            nnz, nrows = T.int64(), T.int64()
+            Tb = T.match_buffer(tab, (nrows, 2 * d), "bfloat16")
+            M = T.match_buffer(acc, (nrows,), F32)
+            I_ = T.match_buffer(idx, (nnz,), I64)
+            Off = T.match_buffer(off, (tb + 1,), I64)
+            RO = T.match_buffer(roff, (nt,), I64)
+            G = T.match_buffer(g, (b, nt, d), F32)
+            H16 = T.decl_buffer((nrows, 2 * d), "uint16", data=Tb.data)
+            L = T.decl_buffer((nrows, 2 * d), "uint16", data=Tb.data, elem_offset=d)
+            body(L, H16, L, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+                 rows)
     elif not adagrad:
         @T.prim_func
         def func(hi: T.handle, lo_: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
@@ -284,7 +345,8 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
             RO = T.match_buffer(roff, (nt,), I64)
             G = T.match_buffer(g, (b, nt, d), F32)
             H16 = T.decl_buffer((nrows, d), "uint16", data=H.data)
-            body(L, H16, L, L, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch)
+            body(L, H16, L, L, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+                 rows)
     else:
         @T.prim_func
         def func(hi: T.handle, lo_: T.handle, acc: T.handle, idx: T.handle, off: T.handle,
@@ -298,7 +360,8 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
             RO = T.match_buffer(roff, (nt,), I64)
             G = T.match_buffer(g, (b, nt, d), F32)
             H16 = T.decl_buffer((nrows, d), "uint16", data=H.data)
-            body(L, H16, L, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch)
+            body(L, H16, L, M, I_, Off, RO, G, lr, nnz, loop, vec, adagrad, split, step_row, eps, prefetch,
+                 rows)
 
     return func.with_attrs({
         "dlrm.op": "embedding_bag_update", "dlrm.d": d, "dlrm.tables": nt, "dlrm.batch": b,
@@ -319,12 +382,13 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-    split = storage == "split"
+    split = storage in ("split", "rows")
+    rows = storage == "rows"
     tb = nt * b
-    lines = (d * (2 if split else 4) + 63) // 64  # cache lines per row
+    lines = (d * (2 if storage == "split" else 4) + 63) // 64  # cache lines per row (per half)
 
     @T.macro(hygienic=False)
-    def body(W, H16, L, I_, Off, RO, G, lr, nnz, split, lines):
+    def body(W, H16, L, I_, Off, RO, G, lr, nnz, split, lines, rows):
         nch = T.meta_var((nnz + T.int64(CHUNK - 1)) // T.int64(CHUNK))
         if nnz > T.int64(0):
             bagof = T.decl_buffer((nnz,), "int32")
@@ -362,7 +426,9 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
                 for i in range(cnt[bk * nch + nch - 1] - lo):
                     if i + T.int64(PREFETCH) < cnt[bk * nch + nch - 1] - lo:
                         for q in range(lines):
-                            if split:
+                            if rows:  # hi and lo: one span of 4 * D bytes
+                                _prefetch(H16, lrow[lo + i + PREFETCH], q * 32, 1)
+                            elif split:
                                 _prefetch(H16, lrow[lo + i + PREFETCH], q * 32, 1)
                                 _prefetch(L, lrow[lo + i + PREFETCH], q * 32, 1)
                             else:
@@ -387,7 +453,20 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
             Off = T.match_buffer(off, (tb + 1,), I64)
             RO = T.match_buffer(roff, (nt,), I64)
             G = T.match_buffer(g, (b, nt, d), F32)
-            body(W, W, W, I_, Off, RO, G, lr, nnz, split, lines)
+            body(W, W, W, I_, Off, RO, G, lr, nnz, split, lines, rows)
+    elif rows:
+        @T.prim_func
+        def func(tab: T.handle, idx: T.handle, off: T.handle, roff: T.handle, g: T.handle,
+                 lr: T.Buffer((1,), F32)):
+            nnz, nrows = T.int64(), T.int64()
+            Tb = T.match_buffer(tab, (nrows, 2 * d), "bfloat16")
+            I_ = T.match_buffer(idx, (nnz,), I64)
+            Off = T.match_buffer(off, (tb + 1,), I64)
+            RO = T.match_buffer(roff, (nt,), I64)
+            G = T.match_buffer(g, (b, nt, d), F32)
+            H16 = T.decl_buffer((nrows, 2 * d), "uint16", data=Tb.data)
+            L = T.decl_buffer((nrows, 2 * d), "uint16", data=Tb.data, elem_offset=d)
+            body(L, H16, L, I_, Off, RO, G, lr, nnz, split, lines, rows)
     else:
         @T.prim_func
         def func(hi: T.handle, lo_: T.handle, idx: T.handle, off: T.handle, roff: T.handle,
@@ -400,6 +479,6 @@ def embedding_bag_sgd_lookup_order(b: int, nt: int, d: int, storage: str = "fp32
             RO = T.match_buffer(roff, (nt,), I64)
             G = T.match_buffer(g, (b, nt, d), F32)
             H16 = T.decl_buffer((nrows, d), "uint16", data=H.data)
-            body(L, H16, L, I_, Off, RO, G, lr, nnz, split, lines)
+            body(L, H16, L, I_, Off, RO, G, lr, nnz, split, lines, rows)
 
     return func

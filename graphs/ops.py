@@ -414,20 +414,23 @@ def interaction_cat_bwd(b: int, t: int, d: int, width_padded: int) -> tirx.PrimF
 
 
 def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
-                      table_dtype: str = F32) -> tirx.PrimFunc:
+                      table_dtype: str = F32, row_width: int | None = None) -> tirx.PrimFunc:
     """pooled[b, t, :] = sum of table rows of bag (t, b) (sum pooling; an empty bag gives 0).
 
     Inputs: W [rows, D] (all tables; float32, or bfloat16: the high half of Split-SGD tables),
     indices int64 [nnz], offsets int64 [T*B+1], row_offset int64 [T]; sums in fp32.
     Indices are NOT bounds-checked here: the runtime validates them first.
+    ``row_width``: a row's stored width when it is more than D (2D: Split-SGD-BF16 rows stored
+    hi then lo; the bag reads only the first D, the bf16 high half).
     """
     nt = len(row_offsets)
+    wd = row_width or d
 
     @T.prim_func(s_tir=True)
     def func(w: T.handle, idx: T.handle, off: T.handle, roff: T.handle, out: T.handle):
         nnz = T.int64()
         nrows = T.int64()
-        W = T.match_buffer(w, (nrows, d), table_dtype)
+        W = T.match_buffer(w, (nrows, wd), table_dtype)
         I_ = T.match_buffer(idx, (nnz,), I64)
         Off = T.match_buffer(off, (nt * b + 1,), I64)
         RO = T.match_buffer(roff, (nt,), I64)
@@ -435,7 +438,7 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
         for t, s in T.grid(nt, b):
             with T.sblock("bag"):
                 vt, vs = T.axis.remap("SS", [t, s])
-                T.reads(W[0:nrows, 0:d], I_[0:nnz], Off[vt * b + vs : vt * b + vs + 2], RO[vt])
+                T.reads(W[0:nrows, 0:wd], I_[0:nnz], Off[vt * b + vs : vt * b + vs + 2], RO[vt])
                 T.writes(Y[vs, vt, 0:d])
                 acc = T.sblock_alloc_buffer((d,), F32, scope="local")
                 for k in range(d):
@@ -446,7 +449,8 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
                 for k in range(d):
                     Y[vs, vt, k] = acc[k]
 
-    return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype)
+    return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype,
+                row_width=wd)
 
 
 # ---------------------------------------------------------------- VNNI-2 layouts (bf16 GEMMs)

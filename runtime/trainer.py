@@ -14,8 +14,9 @@ allocated per step. The compiled functions do no communication, so exchanges bet
 later sit between steps 2 and 3 and between 3 and 4/5.
 
 Precision bf16: every weight and table is held as Split-SGD-BF16 halves (bf16 high half, used
-by forward and backward; uint16 low half, passed only to the updates): 4 bytes per parameter,
-and ``state()`` rebuilds the fp32 masters exactly.
+by forward and backward; uint16 low half, read only by the updates): 4 bytes per parameter,
+and ``state()`` rebuilds the fp32 masters exactly. A table row keeps its two halves together
+([rows, 2D]: hi then lo), so the update touches one place per row.
 """
 
 from __future__ import annotations
@@ -46,6 +47,27 @@ def combine_fp32(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return ((hb << 16) | lo.astype(np.uint32)).view(np.float32)
 
 
+def split_rows(w: np.ndarray) -> np.ndarray:
+    """fp32 [rows, D] -> Split-SGD rows [rows, 2D] (bf16 view): hi halves, then lo halves."""
+    import ml_dtypes
+
+    n, d = w.shape
+    out = np.empty((n, 2 * d), np.uint16)
+    step = max(1, (1 << 24) // max(1, d))  # 64 MiB of fp32 at a time: no table-sized temporaries
+    for a in range(0, n, step):
+        bits = np.ascontiguousarray(w[a:a + step], np.float32).view(np.uint32)
+        out[a:a + step, :d] = bits >> 16
+        out[a:a + step, d:] = bits & 0xFFFF
+    return out.view(ml_dtypes.bfloat16)
+
+
+def combine_rows(t: np.ndarray) -> np.ndarray:
+    """Split-SGD rows [rows, 2D] -> the fp32 masters [rows, D], exactly."""
+    u = np.ascontiguousarray(t).view(np.uint16)
+    d = u.shape[1] // 2
+    return combine_fp32(u[:, :d], u[:, d:])
+
+
 class _Clock:
     """``with clock(name):`` appends the block's seconds to timings[name] (if timings)."""
 
@@ -67,27 +89,27 @@ class _Clock:
 
 class SparseParams:
     """Embedding rows held by this process (all tables, or one rank's shards), concatenated
-    [rows, D], in huge-page memory; in bf16 as Split-SGD halves; rwsadagrad's row accumulators.
+    [rows, D], in huge-page memory; in bf16 as Split-SGD rows [rows, 2D] (each row's bf16 high
+    halves then its low halves: one place per row); rwsadagrad's row accumulators.
     """
 
     def __init__(self, tables: np.ndarray, bf16: bool, adagrad: bool):
         self.bf16 = bf16
-        self.tables_lo = None
         if bf16:
-            hi, lo = split_fp32(tables)
-            self.tables, self.tables_lo = table_tensor(hi), table_tensor(lo)
-            del hi, lo
+            rows = split_rows(tables)
+            self.tables = table_tensor(rows)
+            del rows
         else:
             self.tables = table_tensor(tables)
         self.row_acc = [table_tensor(np.zeros(tables.shape[0], np.float32))] if adagrad else []
 
     def update_args(self) -> list:
         """The arguments of embedding_update before (indices, offsets, d_pooled, lr)."""
-        return [self.tables, *([self.tables_lo] if self.bf16 else []), *self.row_acc]
+        return [self.tables, *self.row_acc]
 
     def fp32(self) -> np.ndarray:
         if self.bf16:
-            return combine_fp32(self.tables.numpy(), self.tables_lo.numpy())
+            return combine_rows(self.tables.numpy())
         return self.tables.numpy()
 
 

@@ -94,5 +94,5 @@ class GemvVector(Rule):
         _row_chunks(sch, yi, m, 64)
         sch.vectorize(cj)
         sch.vectorize(yj)
-        init = sch.decompose_reduction(c, cj)
+        sch.decompose_reduction(c, cj)
         return sch

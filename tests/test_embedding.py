@@ -60,6 +60,10 @@ def _run_update(lib, storage, optimizer, w, acc, idx, off, roff, grad, lr):
     common = [tvm.runtime.tensor(x) for x in (idx, off, roff, grad, np.array([lr], np.float32))]
     if storage == "fp32":
         tabs = [tvm.runtime.tensor(w)]
+    elif storage == "rows":  # one [rows, 2D] table: hi halves then lo halves per row
+        from dlrm_tvm.runtime.trainer import split_rows
+
+        tabs = [tvm.runtime.tensor(split_rows(w))]
     else:
         hi, lo = ref.split_fp32(w)
         tabs = [tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16)), tvm.runtime.tensor(lo)]
@@ -67,6 +71,10 @@ def _run_update(lib, storage, optimizer, w, acc, idx, off, roff, grad, lr):
     lib["main"](*tabs, *st, *common)
     if storage == "fp32":
         got = tabs[0].numpy()
+    elif storage == "rows":
+        from dlrm_tvm.runtime.trainer import combine_rows
+
+        got = combine_rows(tabs[0].numpy())
     else:
         got = ref.combine_fp32(tabs[0].numpy().view(np.uint16), tabs[1].numpy())
     return got, (st[0].numpy() if st else None)
@@ -82,7 +90,7 @@ def test_update_matches_numpy(optimizer, storage, rule):
         return
     nt, b, d, rows = 3, 64, 20, 300
     idx, off, roff, w, grad, acc = _problem(1, nt, b, d, rows, 6)
-    if storage == "split":
+    if storage in ("split", "rows"):
         w = ref.combine_fp32(*ref.split_fp32(w))  # the fp32 master a split table holds
     lib, _ = _compile(embedding_bag_update(b, nt, d, optimizer, storage), rule)
     got, got_acc = _run_update(lib, storage, optimizer, w, acc, idx, off, roff, grad, 0.05)
@@ -124,7 +132,8 @@ import hashlib, sys, numpy as np, tvm
 sys.path.insert(0, {tests!r})
 from test_embedding import _compile, _problem, _run_update
 from dlrm_tvm.graphs.embedding_update import embedding_bag_update
-for opt, storage in (("sgd", "fp32"), ("sgd", "split"), ("rwsadagrad", "split")):
+for opt, storage in (("sgd", "fp32"), ("sgd", "split"), ("rwsadagrad", "split"),
+                     ("sgd", "rows"), ("rwsadagrad", "rows")):
     nt, b, d, rows = 2, 3000, 24, 400
     idx, off, roff, w, grad, acc = _problem(5, nt, b, d, rows, 4, hot=True)
     lib, _ = _compile(embedding_bag_update(b, nt, d, opt, storage))
@@ -147,6 +156,25 @@ def test_update_tables_bit_identical_for_1_2_and_3_threads():
         outs[n] = r.stdout
     assert outs[1] == outs[2] == outs[3], outs
     assert all(int(line.split()[2]) > 2 * CHUNK for line in outs[1].splitlines())
+
+
+@pytest.mark.parametrize("rule", ["embedding_bag_balanced_prefetch", "embedding_bag_parallel_bags",
+                                  "fallback"])
+def test_forward_reads_the_high_half_of_split_rows(rule):
+    """bf16 tables stored as Split-SGD rows [rows, 2D] (hi then lo): the bag sums the bf16
+    high halves only (a lo half read as bf16 would be garbage, far from the oracle)."""
+    from dlrm_tvm.runtime.trainer import split_rows
+
+    nt, b, d, rows = 3, 200, 16, 400
+    idx, off, roff, w, _, _ = _problem(9, nt, b, d, rows, 7)
+    table = split_rows(w)
+    lib, _ = _compile(ops.embedding_bag_fwd(b, tuple(int(x) for x in roff), d, "bfloat16",
+                                            2 * d), rule)
+    y = tvm.runtime.tensor(np.full((b, nt, d), np.nan, np.float32))
+    lib["main"](*[tvm.runtime.tensor(x) for x in (table, idx, off, roff)], y)
+    hi = ref.split_fp32(w)[0].view(ml_dtypes.bfloat16).astype(np.float32)
+    want = ref.embedding_bag_fwd(hi, idx, off, roff, b)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("rule", ["embedding_bag_balanced_prefetch", "embedding_bag_parallel_bags"])
