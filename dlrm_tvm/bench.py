@@ -35,8 +35,11 @@ def step_work(cfg: Config) -> dict[str, float]:
     inter = (2 * B * m.num_pairs * D + 2 * B * F * F * D) if m.interaction == "dot" else 0
     L = cfg.data.num_indices_per_lookup
     lookups = B * m.num_tables * (L if cfg.data.num_indices_per_lookup_fixed else (L + 1) / 2)
+    # fp32: the forward reads a row, the update reads and writes it (4 bytes an element each);
+    # bf16 Split-SGD rows: the forward reads the 2-byte high half, the update both halves
     return {"mlp_flop": fwd + dw + dx, "interaction_flop": inter,
-            "embedding_bytes": lookups * D * 4 * 3}
+            "embedding_bytes": lookups * D * 4 * 3,
+            "embedding_bytes_bf16": lookups * D * (2 + 4 + 4)}
 
 
 def _median_ms(ts: list[float]) -> float:
@@ -66,7 +69,7 @@ def _time_kernels(vm, fn_calls) -> dict[str, float]:
 
 def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
               torch_baseline: bool = True, precisions: tuple[str, ...] = ("fp32",),
-              torch_compile: bool = True) -> dict:
+              torch_compile: bool = True, tuning: dict | None = None) -> dict:
     from dlrm_tvm.data import SyntheticData
     from dlrm_tvm.peaks import measure_peaks
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
@@ -91,7 +94,8 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     for prec in precisions:
         pcfg = cfg.replace(train=dataclasses.replace(cfg.train, precision=prec))
         t0 = time.perf_counter()
-        vm = load_vm(compile_dlrm(pcfg, ti).executable)
+        vm = load_vm(compile_dlrm(pcfg, ti, tuning=tuning if prec == "bf16" else None)
+                     .executable)
         compile_s[prec] = time.perf_counter() - t0
         ours = Trainer(pcfg, vm, tables=tables, mlp=mlp)
         ts = []
@@ -141,14 +145,13 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
             del tt
     work = step_work(cfg)
     flop = work["mlp_flop"] + work["interaction_flop"]
-    def floor(peak_gflops: float) -> float:
-        return 1e3 * (flop / (peak_gflops * 1e9)
-                      + work["embedding_bytes"] / (peaks["gather_gbs"] * 1e9))
+    def floor(peak_gflops: float, emb_bytes: float) -> float:
+        return 1e3 * (flop / (peak_gflops * 1e9) + emb_bytes / (peaks["gather_gbs"] * 1e9))
 
-    floor_ms = floor(peaks["fp32_gflops"])
+    floor_ms = floor(peaks["fp32_gflops"], work["embedding_bytes"])
     # a bf16 contender's ceiling is the bf16 FLOP rate where the CPU has one (else fp32's)
     bf16_peak = peaks.get("bf16_gflops") or peaks["fp32_gflops"]
-    floor_bf16_ms = floor(bf16_peak)
+    floor_bf16_ms = floor(bf16_peak, work["embedding_bytes_bf16"])
     for r in rows:
         bf = "bf16" in r["name"]
         r["precision"] = "bf16" if bf else "fp32"
@@ -160,7 +163,8 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         r["samples_per_s"] = cfg.train.batch_size / (r["ms_per_step"] * 1e-3)
     result = {
         "config": cfg.name, "batch_size": cfg.train.batch_size, "steps": steps,
-        "precisions": list(precisions),
+        "precisions": list(precisions), "tuning": None if tuning is None else
+        {k: tuning.get(k) for k in ("config", "target_signature", "created")},
         "target": ti.to_dict(), "threads": threads, "machine": platform.processor() or
         platform.machine(), "cpu_count": os.cpu_count(), "compile_s": compile_s,
         "work_per_step": work, "peaks": peaks, "floor_ms": floor_ms,

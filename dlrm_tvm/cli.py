@@ -309,7 +309,7 @@ def cmd_bench(args) -> int:
         raise ValueError(f"--precisions takes fp32 and/or bf16, got {bad}")
     result = run_bench(cfg, steps=args.steps, warmup=args.warmup, target=args.target,
                        torch_baseline=not args.no_torch, precisions=precs,
-                       torch_compile=not args.no_torch_compile)
+                       torch_compile=not args.no_torch_compile, tuning=_tuning(args))
     print(format_table(result))
     _write_json(args.json, result)
     return 0
@@ -496,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precisions", help="ours at these precisions, e.g. fp32,bf16 "
                    "(default: the config's)")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    b.add_argument("--tuning", metavar="FILE",
+                   help="compile our bf16 step with this record of `dlrm-tvm kernels tune`")
     b.add_argument("--no-torch-compile", action="store_true",
                    help="skip the torch.compile + bf16 autocast contender (its compile, about "
                         "a minute, is timed apart and reported, never in ms/step)")

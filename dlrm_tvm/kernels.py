@@ -24,7 +24,6 @@ from dlrm_tvm.config import Config
 def list_kernels(cfg: Config, target_name: str = "host") -> dict:
     from tvm import tirx
 
-    from dlrm_tvm.graphs.dlrm import DLRMGraph
     from dlrm_tvm.schedules import rules_for
     from dlrm_tvm.schedules.base import op_of
     from dlrm_tvm.targets import resolve_target
@@ -32,7 +31,7 @@ def list_kernels(cfg: Config, target_name: str = "host") -> dict:
     ti = resolve_target(target_name)
     target = ti.tvm_target()
     rules = rules_for(target)
-    mod = DLRMGraph(cfg.model, cfg.train.batch_size).build()
+    mod = _step_module(cfg, target)  # the config's precision, optimizer and layouts
     rows = []
     for gv, func in sorted(mod.functions_items(), key=lambda kv: kv[0].name_hint):
         if not isinstance(func, tirx.PrimFunc):

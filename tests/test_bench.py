@@ -20,9 +20,13 @@ def test_bench_tiny_writes_json(tmp_path, capsys):
     r = json.loads(out.read_text())
     names = [row["name"] for row in r["rows"]]
     assert names == ["dlrm-tvm fp32", "dlrm-tvm bf16", "torch eager fp32",
-                     "torch bf16 autocast"]
+                     "torch bf16 autocast", "torch.compile bf16"]
     for row in r["rows"]:
         assert row["ms_per_step"] > 0 and 0 < row["frac_fp32_peak"] < 1.5
+        assert 0 < row["frac_peak"] <= row["frac_fp32_peak"] + 1e-9  # bf16: the higher peak
+    assert r["compile_s"]["torch.compile bf16"] > 0  # timed apart from the steps
+    assert any("torch.compile bf16" in line for line in r["speedups"])
+    assert r["floor_bf16_ms"] <= r["floor_ms"]
     for prec in ("fp32", "bf16"):
         assert {"embedding_forward", "dense_forward_backward", "dense_update",
                 "embedding_update"} <= set(r["functions_ms"][prec])

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Native BF16 checks for issue 3 on a lent host with avx512_bf16 (the device tool's 16-core
+# Native BF16 checks (issues 3 and 11) on a lent host with avx512_bf16 (the device tool's 16-core
 # machine). TVM's compiler does not fit the 64 MiB that travels as a wheel, so the caller
 # stages it in .dev/ (git-ignored): tvm_py.tar.xz (the tvm package without libtvm_compiler.so),
 # libtvm_compiler.so.xz (stripped, xz -9e) and the cp312 apache-tvm-ffi wheel.
@@ -17,11 +17,16 @@ log "threads $TVM_NUM_THREADS"
 step() { local lim=$1; shift; log "$*"; timeout -k 10 "$lim" "$@"; echo "rc $?"; }
 step 130 python3 -m pytest -q -p no:cacheprovider tests/test_gemm_bf16.py::test_bf16_gemm_native \
   tests/test_gemm_bf16.py::test_bf16_gemm_awkward_shape_falls_to_fp32_compute \
-  tests/test_bf16_training.py tests/test_split_sgd.py 2>&1 | tee "$OUT/pytest-bf16.log"
-step 140 python3 -m dlrm_tvm kernels bench --config mlperf --precision bf16 \
-  --json "$OUT/gemms-mlperf-bf16.json" 2>&1 | tee "$OUT/gemms.log"
+  tests/test_vnni.py tests/test_bf16_training.py tests/test_split_sgd.py 2>&1 \
+  | tee "$OUT/pytest-bf16.log"
+for c in mlperf small; do
+  step 140 python3 -m dlrm_tvm kernels bench --config $c --precision bf16 \
+    --json "$OUT/gemms-$c-bf16.json" 2>&1 | tee "$OUT/gemms-$c.log"
+done
 for c in small mlperf; do
-  step 120 python3 -m dlrm_tvm bench --config $c --steps 4 --warmup 1 --precisions fp32,bf16 \
+  step 150 python3 -m dlrm_tvm bench --config $c --steps 4 --warmup 1 --precisions fp32,bf16 \
     --json "$OUT/bench-$c-bf16.json" 2>&1 | tee "$OUT/bench-$c.log"
 done
+python3 tools/bf16_verdict.py "$OUT"/gemms-*-bf16.json "$OUT"/bench-*-bf16.json \
+  | tee "$OUT/verdict.txt"
 log done
