@@ -68,10 +68,13 @@ def test_bf16_step_uses_vdpbf16ps_exactly_where_the_target_has_it(name):
     res = compile_dlrm(cfg, t)
     asm = "".join(m.inspect_source("asm") for m in res.executable.mod.imports)
     rules = {v["rule"] for v in res.schedules.values()}
-    if "avx512bf16" in t.features:
-        assert "vdpbf16ps" in asm and "gemm_bf16_avx512_dpbf16ps" in rules
-    else:  # never handed the instruction (LLVM would abort): fp32-compute rules instead
-        assert "vdpbf16ps" not in asm and "gemm_bf16_avx512_dpbf16ps" not in rules
+    micro = {"gemm_bf16_avx512_dpbf16ps", "gemm_vnni_avx512_dpbf16ps"}
+    if "avx512bf16" in t.features:  # operands packed once, GEMMs on the microkernel
+        assert "vdpbf16ps" in asm and "gemm_vnni_avx512_dpbf16ps" in rules
+        assert any(v["op"] == "pack_vnni" for v in res.schedules.values())
+    else:  # never handed the instruction (LLVM would abort): fp32-compute rules, plain layouts
+        assert "vdpbf16ps" not in asm and not rules & micro
+        assert not any(v["op"] in ("pack_vnni", "gemm_vnni") for v in res.schedules.values())
 
 
 def test_artifact_for_a_richer_cpu_is_refused_here(tmp_path):
