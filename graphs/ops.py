@@ -74,32 +74,35 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
         return f32(Bm[kk, j] if b_layout == "kn" else Bm[j, kk])
 
     C = te.compute((m, n), lambda i, j: te.sum(a_at(i, r) * b_at(r, j), axis=r), name="C")
+    args, Y = _gemm_epilogue(C, m, n, epilogue, in_dtype, out_dtype)
+    f = te.create_prim_func([A, Bm, *args, Y])
+    return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
+                epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
+
+
+def _gemm_epilogue(C, m: int, n: int, epilogue: str, in_dtype: str, out_dtype: str):
+    """(extra inputs, Y): block "Y" = epilogue(C) in fp32, cast to ``out_dtype``; the bias and
+    the mask are ``in_dtype``."""
     zero = tirx.const(0.0, F32)
-    args = [A, Bm]
+
+    def f32(x):
+        return x if in_dtype == F32 else x.astype(F32)
 
     def out(x):
         return x if out_dtype == F32 else x.astype(out_dtype)
 
     if epilogue == "none":
-        Y = te.compute((m, n), lambda i, j: out(C[i, j]), name="Y")
-    elif epilogue in ("bias", "bias_relu"):
+        return [], te.compute((m, n), lambda i, j: out(C[i, j]), name="Y")
+    if epilogue in ("bias", "bias_relu"):
         bias = te.placeholder((n,), in_dtype, name="bias")
-        args.append(bias)
         if epilogue == "bias":
-            Y = te.compute((m, n), lambda i, j: out(C[i, j] + f32(bias[j])), name="Y")
-        else:
-            Y = te.compute((m, n), lambda i, j: out(te.max(C[i, j] + f32(bias[j]), zero)),
-                           name="Y")
-    else:
-        mask = te.placeholder((m, n), in_dtype, name="mask")
-        args.append(mask)
-        Y = te.compute(
-            (m, n), lambda i, j: out(tirx.Select(f32(mask[i, j]) > zero, C[i, j], zero)),
-            name="Y",
-        )
-    f = te.create_prim_func([*args, Y])
-    return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
-                epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
+            return [bias], te.compute((m, n), lambda i, j: out(C[i, j] + f32(bias[j])),
+                                      name="Y")
+        return [bias], te.compute((m, n), lambda i, j: out(te.max(C[i, j] + f32(bias[j]), zero)),
+                                  name="Y")
+    mask = te.placeholder((m, n), in_dtype, name="mask")
+    return [mask], te.compute(
+        (m, n), lambda i, j: out(tirx.Select(f32(mask[i, j]) > zero, C[i, j], zero)), name="Y")
 
 
 def colsum(m: int, n: int, in_dtype: str = F32) -> tirx.PrimFunc:
@@ -553,27 +556,7 @@ def gemm_vnni(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "non
 
     C = te.compute((m, n), lambda i, j: te.sum(
         a_at(i, r) * Bp[j // 16, r // 2, j % 16, r % 2].astype(F32), axis=r), name="C")
-    zero = tirx.const(0.0, F32)
-    args = [A, Bp]
-
-    def out(x):
-        return x if out_dtype == F32 else x.astype(out_dtype)
-
-    if epilogue == "none":
-        Y = te.compute((m, n), lambda i, j: out(C[i, j]), name="Y")
-    elif epilogue in ("bias", "bias_relu"):
-        bias = te.placeholder((n,), bf, name="bias")
-        args.append(bias)
-        if epilogue == "bias":
-            Y = te.compute((m, n), lambda i, j: out(C[i, j] + bias[j].astype(F32)), name="Y")
-        else:
-            Y = te.compute((m, n), lambda i, j: out(te.max(C[i, j] + bias[j].astype(F32), zero)),
-                           name="Y")
-    else:
-        mask = te.placeholder((m, n), bf, name="mask")
-        args.append(mask)
-        Y = te.compute((m, n), lambda i, j: out(
-            tirx.Select(mask[i, j].astype(F32) > zero, C[i, j], zero)), name="Y")
-    f = te.create_prim_func([*args, Y])
+    args, Y = _gemm_epilogue(C, m, n, epilogue, bf, out_dtype)
+    f = te.create_prim_func([A, Bp, *args, Y])
     return _tag(f, "gemm_vnni", m=m, k=k, n=n, a_layout=a_layout, b_layout="vnni",
                 epilogue=epilogue, in_dtype=bf, out_dtype=out_dtype)

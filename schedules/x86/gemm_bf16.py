@@ -44,7 +44,6 @@ class GemmBF16Dpbf16ps(Rule):
             mi -= 1
         sch = s_tir.Schedule(func)
         c = sch.get_sblock("C")
-        y = sch.get_sblock("Y")
         if k % 2:  # odd K (13 dense features, K=1): pad the reduction with a zero pair
             sch.pad_einsum(c, [1, 1, 2])
         bp = sch.cache_read(c, 1, "global")
@@ -66,33 +65,7 @@ class GemmBF16Dpbf16ps(Rule):
                     sch.compute_inline(blk)
                 else:
                     _parallel_outer(sch, blk)
-        i, j = sch.get_loops(y)
-        io, ii = sch.split(i, [None, mi])
-        jo, ji = sch.split(j, [None, nj])
-        sch.reorder(io, jo, ii, ji)
-        sch.compute_at(c, jo)
-        sch.set_scope(c, 0, "local")
-        inner = sch.get_loops(c)[2:]
-        if len(inner) == 3:
-            ci, cj, ck = inner
-        else:
-            ci, (cj, ck) = None, inner
-        ko, kk = sch.split(ck, [None, 2])
-        cjo, cji = sch.split(cj, [None, 16])
-        if ci is not None:
-            sch.reorder(ko, ci, cjo, cji, kk)
-        else:
-            sch.reorder(ko, cjo, cji, kk)
-        outer = sch.fuse(io, jo)
-        sch.parallel(outer)
-        sch.vectorize(ji)
-        sch.decompose_reduction(c, ko)
-        sch.tensorize(cji, DPBF16_16X2_DESC if self.emulate else DPBF16_16X2)
-        if ci is not None:
-            sch.unroll(ci)
-        sch.unroll(cjo)
-        if not self.emulate:
-            sch.annotate(outer, "pragma_import_llvm", DPBF16_LLVM_IR)
+        register_tile_dpbf16(sch, mi, nj, False, self.emulate)
         _parallel_outer(sch, bp)
         return sch
 
@@ -125,6 +98,15 @@ def gemm_vnni_schedule(func: tirx.PrimFunc, target: Target, mi: int, nj: int,
     vdpbf16ps per 16 columns; the epilogue runs on the fp32 tile before it is stored."""
     register()
     sch = s_tir.Schedule(func)
+    register_tile_dpbf16(sch, mi, nj, panel_outer, emulate)
+    return sch
+
+
+def register_tile_dpbf16(sch: s_tir.Schedule, mi: int, nj: int, panel_outer: bool,
+                         emulate: bool) -> None:
+    """The MI x NJ fp32 register tile on blocks "C" (reduction) and "Y" (epilogue), K in pairs
+    tensorized onto the vdpbf16ps microkernel (its description if ``emulate``); the two tile
+    loops fused and parallel (column panel outer if ``panel_outer``)."""
     c = sch.get_sblock("C")
     y = sch.get_sblock("Y")
     i, j = sch.get_loops(y)
@@ -155,7 +137,6 @@ def gemm_vnni_schedule(func: tirx.PrimFunc, target: Target, mi: int, nj: int,
     sch.unroll(cjo)
     if not emulate:
         sch.annotate(outer, "pragma_import_llvm", DPBF16_LLVM_IR)
-    return sch
 
 
 class GemmVnniDpbf16ps(Rule):
