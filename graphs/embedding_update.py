@@ -87,31 +87,73 @@ define void @dlrm_split_sgd{w}(ptr %hi, ptr %lo, ptr %g, float %rate) alwaysinli
 """
 
 
+def _split_sgd_shuffle_ir(w: int = 32) -> str:
+    """``dlrm_split_sgd{w}s``: the same step as ``_split_sgd_ir(w)``, with the halves
+    interleaved into fp32 words by shuffles (lo_k, hi_k pairs are the little-endian fp32) and
+    split back by even/odd shuffles: about half the instructions of widen/shift/or and
+    shift/narrow (AVX-512BW: vpermt2w), same bits."""
+    h = w // 2
+    v16, vf = f"<{w} x i16>", f"<{h} x float>"
+    lo_idx = ", ".join(f"i32 {k}, i32 {k + w}" for k in range(h))
+    hi_idx = ", ".join(f"i32 {k}, i32 {k + w}" for k in range(h, w))
+    even = ", ".join(f"i32 {2 * k}" for k in range(w))
+    odd = ", ".join(f"i32 {2 * k + 1}" for k in range(w))
+    return f"""
+declare {vf} @llvm.fma.v{h}f32({vf}, {vf}, {vf})
+
+define void @dlrm_split_sgd{w}s(ptr %hi, ptr %lo, ptr %g, float %rate) alwaysinline {{
+  %h = load {v16}, ptr %hi, align 2
+  %l = load {v16}, ptr %lo, align 2
+  %a = shufflevector {v16} %l, {v16} %h, <{w} x i32> <{lo_idx}>
+  %b = shufflevector {v16} %l, {v16} %h, <{w} x i32> <{hi_idx}>
+  %wa = bitcast {v16} %a to {vf}
+  %wb = bitcast {v16} %b to {vf}
+  %ga = load {vf}, ptr %g, align 4
+  %gp = getelementptr float, ptr %g, i64 {h}
+  %gb = load {vf}, ptr %gp, align 4
+  %nr = fneg float %rate
+  %r0 = insertelement {vf} poison, float %nr, i32 0
+  %rs = shufflevector {vf} %r0, {vf} poison, <{h} x i32> zeroinitializer
+  %na = call {vf} @llvm.fma.v{h}f32({vf} %rs, {vf} %ga, {vf} %wa)
+  %nb = call {vf} @llvm.fma.v{h}f32({vf} %rs, {vf} %gb, {vf} %wb)
+  %ia = bitcast {vf} %na to {v16}
+  %ib = bitcast {vf} %nb to {v16}
+  %nl = shufflevector {v16} %ia, {v16} %ib, <{w} x i32> <{even}>
+  %nh = shufflevector {v16} %ia, {v16} %ib, <{w} x i32> <{odd}>
+  store {v16} %nh, ptr %hi, align 2
+  store {v16} %nl, ptr %lo, align 2
+  ret void
+}}
+"""
+
+
 # Split-SGD steps of 8 and 16 elements: rebuild the fp32 masters from (hi, lo), fma, split
 # again. TVM's vectoriser mistranslates this body written in TIR (7 of 8 lanes wrong, see
 # docs/bf16.md), so the parallel kernels import it as LLVM IR (loop annotation
 # pragma_import_llvm) and call it; LLVM inlines it. Plain LLVM vectors: legal on any x86-64
 # (AVX2 splits a 16-wide step in two). The fma is what TVM's own fp32 code does with
-# w - rate * g (fused), so both storages stay bit-identical. 16 wide where D allows: half the
-# instructions per row of the 8-wide step, which made the bf16 update compute-bound.
+# w - rate * g (fused), so both storages stay bit-identical. Rows step 32 elements at a time
+# with the shuffle form where D allows, then 16, then 8: the 8-wide widen/shift form alone
+# made the bf16 update instruction-bound (small: 63.8 ms against fp32's 38 to 47).
 SPLIT_SGD_LLVM_IR = _split_sgd_ir(8) + _split_sgd_ir(16)
-
-
-SPLIT_W = 16  # elements per vector Split-SGD step (the 8-wide one takes what is left)
+SPLIT_SGD_SHUFFLE_IR = _split_sgd_shuffle_ir(32)
 
 
 @T.macro(hygienic=False)
 def _split_step(H16, L, r, Gsrc, grow, rate, d, vector):
     """hi/lo row r -= rate * Gsrc[grow, :]: vector steps of 8 (``vector``), then scalar."""
     if vector:
-        for kk in T.serial(d // SPLIT_W, annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
-            T.evaluate(T.call_extern("void", f"dlrm_split_sgd{SPLIT_W}",
-                                     T.address_of(H16[r, kk * SPLIT_W]),
-                                     T.address_of(L[r, kk * SPLIT_W]),
-                                     T.address_of(Gsrc[grow, kk * SPLIT_W]), rate))
-        for kk in T.serial((d % SPLIT_W) // 8,
-                           annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
-            k8 = d // SPLIT_W * SPLIT_W + kk * 8
+        for kk in T.serial(d // 32, annotations={"pragma_import_llvm": SPLIT_SGD_SHUFFLE_IR}):
+            T.evaluate(T.call_extern("void", "dlrm_split_sgd32s", T.address_of(H16[r, kk * 32]),
+                                     T.address_of(L[r, kk * 32]),
+                                     T.address_of(Gsrc[grow, kk * 32]), rate))
+        for kk in T.serial((d % 32) // 16, annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
+            k16 = d // 32 * 32 + kk * 16
+            T.evaluate(T.call_extern("void", "dlrm_split_sgd16", T.address_of(H16[r, k16]),
+                                     T.address_of(L[r, k16]), T.address_of(Gsrc[grow, k16]),
+                                     rate))
+        for kk in T.serial((d % 16) // 8, annotations={"pragma_import_llvm": SPLIT_SGD_LLVM_IR}):
+            k8 = d // 16 * 16 + kk * 8
             T.evaluate(T.call_extern("void", "dlrm_split_sgd8", T.address_of(H16[r, k8]),
                                      T.address_of(L[r, k8]), T.address_of(Gsrc[grow, k8]),
                                      rate))

@@ -105,6 +105,21 @@ def test_update_matches_numpy(optimizer, storage, rule):
         np.testing.assert_array_equal(got_acc[~touched], acc[~touched])
 
 
+@pytest.mark.parametrize("d", [56, 96])  # 32 + 16 + 8 lanes; three 32-lane shuffle steps
+@pytest.mark.parametrize("storage", ["split", "rows"])
+def test_split_update_every_step_width_matches_fp32_bitwise(storage, d):
+    """The Split-SGD row step at every vector width gives the fp32 kernel's bits exactly."""
+    nt, b, rows = 2, 64, 300
+    idx, off, roff, w, grad, _ = _problem(4, nt, b, d, rows, 5)
+    w = ref.combine_fp32(*ref.split_fp32(w))
+    outs = {}
+    for st in ("fp32", storage):
+        lib, _ = _compile(embedding_bag_update(b, nt, d, "sgd", st),
+                          "embedding_update_bucketed_lookups")
+        outs[st] = _run_update(lib, st, "sgd", w, None, idx, off, roff, grad, 0.05)[0]
+    assert np.array_equal(outs["fp32"].view(np.uint32), outs[storage].view(np.uint32))
+
+
 def test_update_plain_and_bucketed_kernels_agree_bitwise():
     """The same passes in the same order: the parallel rule is the plain kernel's schedule."""
     nt, b, d, rows = 2, 1500, 16, 50  # ~8000 lookups: two chunks, hot rows in both
