@@ -104,3 +104,102 @@ def test_kernels_bench_embedding_forward_bf16_tables(tmp_path):
     assert rc == 0
     (row,) = json.loads(out.read_text())["rows"]
     assert all(v["status"] == "ok" for v in row["variants"].values())
+
+
+def test_kernels_list_follows_the_configs_precision(tmp_path):
+    """A bf16 config lists the bf16 step's kernels (packs and packed GEMMs where the host has
+    avx512_bf16), not the fp32 ones."""
+    from dlrm_tvm.targets import host_cpu_flags
+
+    out = tmp_path / "k.json"
+    assert cli.main(["kernels", "list", "--config", "tiny", "--precision", "bf16", "--json",
+                     str(out)]) == 0
+    ops_ = {k["op"] for k in json.loads(out.read_text())["kernels"]}
+    assert "split_sgd_update" in ops_
+    assert ("gemm_vnni" in ops_) == ("avx512_bf16" in host_cpu_flags())
+
+
+def _record(tmp_path, **over):
+    from dlrm_tvm.targets import resolve_target, target_signature
+
+    rec = {"format": "dlrm-tvm-tuning", "version": 1,
+           "target_signature": target_signature(resolve_target("cooperlake").tvm_target()),
+           "kernels": {"128x64x64_mk": {"params": {"mi": 4, "nj": 16, "panel_outer": True}}}}
+    rec.update(over)
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps(rec))
+    return p
+
+
+def test_tuning_record_is_validated_and_target_checked(tmp_path, capsys):
+    import pytest
+
+    from dlrm_tvm.config import ConfigError
+    from dlrm_tvm.graphs import ops
+    from dlrm_tvm.kernels import read_tuning
+    from dlrm_tvm.schedules import rules_for, schedule_func
+    from dlrm_tvm.targets import resolve_target
+
+    cpx = resolve_target("cooperlake").tvm_target()
+    rec = read_tuning(_record(tmp_path))
+    record: dict = {}
+    schedule_func(ops.gemm_vnni(128, 64, 64, "mk"), cpx, rules_for(cpx, tuning=rec), record)
+    assert record["mi"] == 4 and record["nj"] == 16 and record["tuned"]
+    with pytest.raises(ValueError, match="made for"):  # a record for another target
+        rules_for(resolve_target("znver4").tvm_target(), tuning=rec)
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", json.dumps({"format": "x"}),
+                 json.dumps({"format": "dlrm-tvm-tuning", "target_signature": "",
+                             "kernels": {"k": {"params": {"mi": -1, "nj": 16}}}})):
+        bad.write_text(text)
+        with pytest.raises(ConfigError):
+            read_tuning(bad)
+    # on the command line: a clear error, no traceback
+    assert cli.main(["compile", "--config", "tiny", "--tuning", str(bad), "--out",
+                     str(tmp_path / "a")]) == 2
+    assert "tuning record" in capsys.readouterr().err
+    assert cli.main(["kernels", "tune", "--config", "tiny"]) == 2  # fp32: nothing to tune
+    assert "--precision bf16" in capsys.readouterr().err
+
+
+def test_compile_records_tuned_tiles_in_the_artifact(tmp_path):
+    out = tmp_path / "art"
+    rec = _record(tmp_path, kernels={"128x368x64_mk": {"params": {"mi": 4, "nj": 32,
+                                                                    "panel_outer": True}}})
+    assert cli.main(["compile", "--config", "tiny", "--precision", "bf16", "--target",
+                     "cooperlake", "--tuning", str(rec), "--out", str(out)]) == 0
+    meta = json.loads((out / "artifact.json").read_text())
+    tuned = {k: v["params"] for k, v in meta["schedules"].items() if v.get("params", {}).get(
+        "tuned")}
+    assert tuned and all(p["mi"] == 4 and p["nj"] == 32 for p in tuned.values()), tuned
+    assert meta["tuning"]["target_signature"].startswith("cooperlake")
+
+
+def test_kernels_bench_config_sweeps_gemms_and_packs(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert cli.main(["kernels", "bench", "--config", "tiny", "--precision", "bf16", "--reps",
+                     "2", "--no-torch", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["rows"] and all(row["status"] == "ok" for row in r["rows"] + r["packs"])
+    assert "WRONG" not in capsys.readouterr().out
+    from dlrm_tvm.targets import host_cpu_flags
+
+    if "avx512_bf16" in host_cpu_flags():
+        assert r["packs"] and all(p["gbs"] > 0 for p in r["packs"])
+
+
+def test_kernels_tune_writes_a_record_compile_accepts(tmp_path, capsys):
+    import pytest
+
+    from dlrm_tvm.targets import host_cpu_flags
+
+    if "avx512_bf16" not in host_cpu_flags():
+        pytest.skip("this CPU has no avx512_bf16: no bf16 microkernel GEMM to tune")
+    rec = tmp_path / "tune.json"
+    assert cli.main(["kernels", "tune", "--config", "tiny", "--precision", "bf16",
+                     "--budget-s", "5", "--reps", "2", "--out", str(rec)]) == 0
+    r = json.loads(rec.read_text())
+    assert r["kernels"] and all(v["gflops"] >= v["default_gflops"] * 0.999
+                                for v in r["kernels"].values())
+    assert cli.main(["compile", "--config", "tiny", "--precision", "bf16", "--tuning", str(rec),
+                     "--out", str(tmp_path / "art")]) == 0
