@@ -168,12 +168,11 @@ class GemmVnniDpbf16ps(Rule):
         return chosen
 
     def describe(self, func: tirx.PrimFunc, target: Target) -> dict:
+        key = self.key_of(func)
         p = self.choose(func, target)
-        return {"key": self.key_of(func), **p,
-                "tuned": self.params.get(self.key_of(func)) == {k: p[k] for k in
-                                                                 self.params.get(
-                                                                     self.key_of(func), {})}
-                and self.key_of(func) in self.params}
+        tuned = self.params.get(key)  # applied only if it fitted the shape (see choose)
+        return {"key": key, **p,
+                "tuned": bool(tuned) and all(p.get(f) == v for f, v in tuned.items())}
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
