@@ -120,6 +120,10 @@ def cmd_compile(args) -> int:
         rules[key] = rules.get(key, 0) + 1
     for k, n in sorted(rules.items()):
         print(f"  {n:3d} x {k}")
+    if args.tuning:
+        tuned = sum(1 for v in art.meta["schedules"].values() if v.get("params", {}).get("tuned"))
+        print(f"  tuning record {args.tuning}: {tuned} kernel(s) scheduled with its tiles"
+              + ("" if tuned else " (none of its kernels is in this config's step)"))
     return 0
 
 
