@@ -415,9 +415,12 @@ def sweep_verdict(r: dict) -> list[str]:
     return lines
 
 
-def _tile_candidates(m: int, n: int, regs: int = 32) -> list[dict]:
+def _tile_candidates(m: int, n: int, regs: int = 32, k: int = 1024) -> list[dict]:
     """Register tiles that fit the vector registers (MI x NJ/16 accumulators plus the B
-    vectors and one broadcast) and divide the shape, each with both loop orders."""
+    vectors and one broadcast) and divide the shape, each with both loop orders and a few row
+    blocks (row tiles per task)."""
+    from dlrm_tvm.schedules.x86.gemm_bf16 import row_block_for
+
     out = []
     for nj in (16, 32, 48, 64):
         if n % nj:
@@ -427,8 +430,11 @@ def _tile_candidates(m: int, n: int, regs: int = 32) -> list[dict]:
         mis = sorted({mi for mi in range(1, limit + 1) if m % mi == 0 and mi >= min(4, m)},
                      reverse=True)[:4]
         for mi in mis:
+            rbs = sorted({1, row_block_for(m, n, mi, nj, k)} | {rb for rb in (4, 16)
+                                                                 if (m // mi) % rb == 0})
             for po in (False, True):
-                out.append({"mi": mi, "nj": nj, "panel_outer": po})
+                for rb in rbs:
+                    out.append({"mi": mi, "nj": nj, "panel_outer": po, "row_block": rb})
     return out
 
 
@@ -467,11 +473,13 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
         m, n = int(func.attrs["dlrm.m"]), int(func.attrs["dlrm.n"])
         default = rule.choose(func, target)
         tried = []
-        for p in [default] + [c for c in _tile_candidates(m, n, vector_registers(target))
+        kk = int(func.attrs["dlrm.k"])
+        for p in [default] + [c for c in _tile_candidates(m, n, vector_registers(target), kk)
                               if c != default]:
             if tried and time.perf_counter() > deadline:
                 break
-            sch = gemm_vnni_schedule(func, target, p["mi"], p["nj"], p["panel_outer"])
+            sch = gemm_vnni_schedule(func, target, p["mi"], p["nj"], p["panel_outer"],
+                                     row_block=p.get("row_block", 1))
             r = time_vnni(func, sch, target, reps)
             if r["status"] != "ok":
                 raise RuntimeError(f"{name} with {p} gave a wrong result (rel err "
@@ -483,7 +491,7 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
                         "candidates_tried": len(tried)}
         log(f"  {name:<44} {len(tried):>3} tried  default {tried[0][0]:7.1f} -> best "
             f"{best_g:7.1f} GFLOP/s  mi={best['mi']} nj={best['nj']} "
-            f"panel_outer={best['panel_outer']}")
+            f"panel_outer={best['panel_outer']} row_block={best.get('row_block', 1)}")
     return {"format": "dlrm-tvm-tuning", "version": 1, "config": cfg.name,
             "precision": cfg.train.precision, "batch_size": cfg.train.batch_size,
             "target": ti.to_dict(), "target_signature": target_signature(target),
@@ -512,7 +520,8 @@ def read_tuning(path) -> dict:
         p = v.get("params") if isinstance(v, dict) else None
         ok = isinstance(p, dict) and all(isinstance(p.get(f), int) and p[f] > 0
                                          for f in ("mi", "nj")) and \
-            isinstance(p.get("panel_outer", False), bool) and p["nj"] % 16 == 0 and p["mi"] <= 32
+            isinstance(p.get("panel_outer", False), bool) and p["nj"] % 16 == 0 and \
+            p["mi"] <= 32 and isinstance(p.get("row_block", 1), int) and p.get("row_block", 1) > 0
         if not ok:
             raise ConfigError(f"tuning record {path}: kernel {key} has invalid params {p!r}")
     return rec

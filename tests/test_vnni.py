@@ -138,6 +138,22 @@ def test_gemm_vnni_emulated(name, m, k, n, al, epi):
     assert _vnni_check(_lib(sch), m, k, n, al, epi, seed=m + n) <= 1e-5
 
 
+@pytest.mark.parametrize("panel_outer", [False, True])
+@pytest.mark.parametrize("al", ["mk", "vnni"])
+def test_gemm_vnni_row_blocks_emulated(al, panel_outer):
+    """Several row tiles per task (row_block), either loop order, through a tuning-style
+    parameter override: same results."""
+    m, k, n = 96, 22, 64
+    params = {f"{m}x{k}x{n}_{al}": {"mi": 4, "nj": 32, "panel_outer": panel_outer,
+                                    "row_block": 3}}
+    rule = GemmVnniDpbf16ps(emulate=True, params=params)
+    func = ops.gemm_vnni(m, k, n, al, "relu_mask" if al == "mk" else "none")
+    assert rule.describe(func, HOST)["row_block"] == 3
+    sch = rule.apply(func, HOST)
+    assert _vnni_check(_lib(sch), m, k, n, al, "relu_mask" if al == "mk" else "none",
+                       seed=9) <= 1e-5
+
+
 @pytest.mark.skipif(not HOST_HAS_BF16, reason="this CPU has no avx512_bf16 (vdpbf16ps)")
 @pytest.mark.parametrize("name,m,k,n,al,epi", NATIVE_KINDS, ids=[c[0] for c in NATIVE_KINDS])
 def test_gemm_vnni_native(name, m, k, n, al, epi):
