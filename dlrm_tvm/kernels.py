@@ -165,15 +165,12 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
         if torch is not None:
             torch.set_num_threads(threads)
             time.sleep(0.3)
-            for dt, label in ((torch.float32, "torch matmul fp32"),
-                              (torch.bfloat16, "torch matmul bf16")):
-                ta = torch.from_numpy(np.asarray(a, np.float32)).to(dt)
-                tb = torch.from_numpy(np.asarray(b, np.float32)).to(dt)
-                ta = ta if a_layout == "mk" else ta.T
-                tb = tb if b_layout == "kn" else tb.T
-                s = _time(lambda ta=ta, tb=tb: ta @ tb, reps)
-                rows.append({"name": label, "status": "baseline", "ms": s * 1e3,
-                             "gflops": flop / s / 1e9, "frac_fp32_peak": flop / s / 1e9 / peak})
+            secs = _torch_matmul_seconds(a if a_layout == "mk" else np.asarray(a).T,
+                                         b if b_layout == "kn" else np.asarray(b).T, reps)
+            for prec, s in secs.items():
+                rows.append({"name": f"torch matmul {prec}", "status": "baseline",
+                             "ms": s * 1e3, "gflops": flop / s / 1e9,
+                             "frac_fp32_peak": flop / s / 1e9 / peak})
     return {"op": "gemm", "shape": [m, k, n], "a_layout": a_layout, "b_layout": b_layout,
             "epilogue": epilogue, "dtype": dtype, "target": ti.to_dict(), "threads": threads,
             "fp32_peak_gflops": peak, "bf16_peak_gflops": bf16_peak,
@@ -282,18 +279,18 @@ def _time_pack(func, sch, target, reps: int) -> dict:
             "gbs": (x.nbytes + want.nbytes) / s / 1e9}
 
 
-def _torch_matmul(a, b, reps: int) -> dict:
+def _torch_matmul_seconds(a, b, reps: int) -> dict[str, float]:
+    """Median seconds of torch's ``a @ b`` (logical [M, K] and [K, N], possibly transposed
+    views) in fp32 and bf16; {} without torch."""
     try:
         import torch
     except ImportError:
         return {}
     out = {}
-    flop = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
-    for dt, label in ((torch.float32, "torch_fp32_gflops"), (torch.bfloat16,
-                                                            "torch_bf16_gflops")):
+    for dt, prec in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         ta = torch.from_numpy(np.asarray(a, np.float32)).to(dt)
         tb = torch.from_numpy(np.asarray(b, np.float32)).to(dt)
-        out[label] = flop / _time(lambda ta=ta, tb=tb: ta @ tb, reps) / 1e9
+        out[prec] = _time(lambda ta=ta, tb=tb: ta @ tb, reps)
     return out
 
 
@@ -354,7 +351,9 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     if torch_baseline:  # after all of ours: torch's OpenMP workers would slow TVM's
         time.sleep(0.3)
         for row, (a, b) in zip(rows, torch_rows, strict=True):
-            row.update(_torch_matmul(a, b, reps))
+            flop = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+            row.update({f"torch_{prec}_gflops": flop / t / 1e9
+                        for prec, t in _torch_matmul_seconds(a, b, reps).items()})
     for row in rows:
         base = [row[n] for n in ("torch_fp32_gflops", "torch_bf16_gflops") if row.get(n)]
         row["x_best_torch"] = (row["gflops"] / max(base)) if base and row["gflops"] else None
@@ -445,7 +444,7 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
     always measured first). Returns a tuning record (JSON-able) for compile/train --tuning."""
     from tvm import tirx
 
-    from dlrm_tvm.schedules.base import op_of, vector_registers
+    from dlrm_tvm.schedules.base import attr, op_of, vector_registers
     from dlrm_tvm.schedules.x86.gemm_bf16 import GemmVnniDpbf16ps, gemm_vnni_schedule
     from dlrm_tvm.targets import runnable_target, target_signature
 
@@ -470,10 +469,9 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
             continue
         deadline = time.perf_counter() + (budget_s - (time.perf_counter() - t_start)) / \
             max(1, len(funcs) - i)
-        m, n = int(func.attrs["dlrm.m"]), int(func.attrs["dlrm.n"])
+        m, n, kk = attr(func, "m"), attr(func, "n"), attr(func, "k")
         default = rule.choose(func, target)
         tried = []
-        kk = int(func.attrs["dlrm.k"])
         for p in [default] + [c for c in _tile_candidates(m, n, vector_registers(target), kk)
                               if c != default]:
             if tried and time.perf_counter() > deadline:
