@@ -35,7 +35,11 @@ and the categories as ids. ``preprocess`` writes into ``out_dir``:
 * ``meta.json`` (written last: its presence marks a complete preprocess): format and version,
   ``files`` (rows per file), ``splits`` (``{name: [[file, start_row, stop_row], ...]}``),
   ``day_rows``, ``id_mode``, ``max_ind_range``, ``remap``, ``table_sizes`` (rows each table needs
-  so every stored id fits), per input the rows, skipped and padded lines, and the totals.
+  so every stored id fits), per input the rows, skipped and padded lines, and the totals;
+  ``input_identity`` (per input: resolved path, size, mtime_ns, sha256 of its first and last
+  MiB) and ``params`` (format, max_ind_range, remap, skip_bad_lines, days, mapping), which tie
+  the output to its inputs (``preprocess_mismatch``). File names in it are read only inside
+  the directory (``load_meta``).
 * ``mapping.npz`` with ``remap=True``: the per-column map (see ``CategoryMap``).
 
 Category ids (``id_mode``): ``"hash_mod"``: ``int(hex, 16) % max_ind_range``, table sizes
@@ -55,12 +59,14 @@ model's tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -88,6 +94,140 @@ class DataError(ValueError):
         self.path, self.line, self.reason = str(path), line, reason
         where = self.path if line is None else f"{self.path}:{line}"
         super().__init__(f"{where}: {reason}")
+
+
+# --------------------------------------------------------------------------- input files
+
+
+def check_input_file(path: PathLike, hint: str = "") -> Path:
+    """``path`` as a Path if it is an existing, readable regular file; otherwise a ``DataError``
+    naming it (missing, a directory, not a regular file, unreadable). ``hint`` is appended."""
+    p = Path(path)
+    tail = f": {hint}" if hint else ""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise DataError(p, None, f"no such file{tail}") from None
+    except OSError as e:
+        raise DataError(p, None, f"cannot be read ({e.strerror or e}){tail}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(p, None, f"is a directory, not a file{tail}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(p, None, f"is not a regular file{tail}")
+    try:
+        os.close(os.open(p, os.O_RDONLY))
+    except OSError as e:
+        raise DataError(p, None, f"cannot be read ({e.strerror or e}){tail}") from None
+    return p
+
+
+SAMPLE_BYTES = 1 << 20  # the identity digest covers the first and the last MiB of an input
+
+
+def input_identity(path: PathLike) -> dict:
+    """What ties preprocessed files to one raw input: its resolved path, size, mtime_ns and
+    ``sample_sha256`` (sha256 of the size, the first and the last MiB: cheap on huge files)."""
+    p = Path(path).resolve()
+    st = os.stat(p)
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sample_sha256": _sample_digest(p, st.st_size)}
+
+
+def _sample_digest(p: Path, size: int) -> str:
+    h = hashlib.sha256(str(size).encode())
+    with open(p, "rb") as f:
+        h.update(f.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def preprocess_params(fmt: str, max_ind_range: int | None, remap: bool, skip_bad_lines: bool,
+                      days: int, mapping: PathLike | None = None) -> dict:
+    """The parameters that decide what ``preprocess`` writes (recorded in meta.json)."""
+    return {"format": fmt, "max_ind_range": None if max_ind_range is None else int(max_ind_range),
+            "remap": bool(remap or mapping is not None), "skip_bad_lines": bool(skip_bad_lines),
+            "days": int(days) if isinstance(days, int | np.integer) else days,
+            "mapping": None if mapping is None else input_identity(mapping)}
+
+
+def preprocess_mismatch(meta: dict, inputs: Sequence[PathLike], params: dict) -> str | None:
+    """Why the preprocess output described by ``meta`` is not that of ``inputs`` with
+    ``params`` (``None``: it is: same files, unchanged, same parameters)."""
+    had, had_params = meta.get("input_identity"), meta.get("params")
+    if not isinstance(had, list) or not isinstance(had_params, dict):
+        return "its meta.json does not record which input files it was made from"
+    for k in sorted(set(params) | set(had_params)):
+        if had_params.get(k) != params.get(k):
+            old, new = had_params.get(k), params.get(k)
+            if k == "mapping":
+                return "the category mapping file differs"
+            return f"{k} was {old!r}, now {new!r}"
+    if len(had) != len(inputs):
+        return f"{len(had)} input file(s) then, {len(inputs)} now"
+    for k, (old, path) in enumerate(zip(had, inputs, strict=True)):
+        p = Path(path).resolve()
+        if not isinstance(old, dict) or old.get("path") != str(p):
+            was = old.get("path") if isinstance(old, dict) else old
+            return f"input {k + 1} is {p}, it was preprocessed from {was}"
+        st = os.stat(p)
+        if old.get("size") != st.st_size:
+            return f"{p} changed: {old.get('size')} bytes then, {st.st_size} now"
+        if old.get("mtime_ns") != st.st_mtime_ns:
+            return f"{p} changed: modified since it was preprocessed"
+        if old.get("sample_sha256") != _sample_digest(p, st.st_size):
+            return f"{p} changed: its content differs"
+    return None
+
+
+def meta_member(d: PathLike, name, where: str) -> Path:
+    """``d / name`` for a file name read from ``d``'s meta.json, refused (``DataError`` naming
+    the meta.json) unless it is a relative path that stays inside ``d``."""
+    meta = Path(d) / "meta.json"
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        raise DataError(meta, None, f"{where}: {name!r} is not a file name")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or os.path.isabs(name):
+        raise DataError(meta, None, f"{where}: {name!r} is outside its directory (file names "
+                                    "in meta.json must be relative, without '..')")
+    return Path(d) / pure
+
+
+def load_meta(d: PathLike) -> dict:
+    """A preprocess directory's meta.json, checked: ``files``, ``splits`` and ``table_sizes``
+    present and well formed, every file name inside ``d`` (else ``DataError`` naming it)."""
+    path = Path(d) / "meta.json"
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise DataError(d, None, "no meta.json: not a (complete) preprocess output") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, None, f"cannot be read as JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise DataError(path, None, "is not a JSON object")
+    files, splits, sizes = meta.get("files"), meta.get("splits"), meta.get("table_sizes")
+    if not isinstance(files, dict) or not isinstance(splits, dict):
+        raise DataError(path, None, "needs 'files' ({name: rows}) and 'splits' "
+                                    "({split: [[file, start_row, stop_row], ...]})")
+    if not (isinstance(sizes, list) and len(sizes) == NUM_CAT and all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in sizes)):
+        raise DataError(path, None, f"table_sizes must be {NUM_CAT} positive integers")
+    for name, rows in files.items():
+        meta_member(d, name, "files")
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+            raise DataError(path, None, f"files: rows of {name!r} must be an integer >= 0")
+    for split, segs in splits.items():
+        if not isinstance(segs, list):
+            raise DataError(path, None, f"splits.{split} must be a list")
+        for k, seg in enumerate(segs):
+            if not (isinstance(seg, list) and len(seg) == 3 and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in seg[1:])):
+                raise DataError(path, None, f"splits.{split}[{k}] must be [file, start_row, "
+                                            f"stop_row], got {seg!r}")
+            meta_member(d, seg[0], f"splits.{split}[{k}]")
+    return meta
 
 
 # --------------------------------------------------------------------------- raw parsing
@@ -330,6 +470,7 @@ class RawReader:
 
     def __iter__(self) -> Iterator[RawChunk]:
         self.stats = RawStats(self.path)
+        check_input_file(self.path)
         if os.path.getsize(self.path) == 0:
             raise DataError(self.path, 1, "empty file (no rows)")
         line = 1
@@ -479,7 +620,15 @@ def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle
         raise ValueError("preprocess needs at least one input file")
     if fmt == "kaggle" and (not isinstance(days, int) or days < 2):
         raise ValueError(f"days must be an integer >= 2 for kaggle, got {days!r}")
+    for p in inputs:
+        check_input_file(p, "preprocess takes raw Criteo text files")
+    if mapping is not None:
+        check_input_file(mapping, "the mapping is the mapping.npz of an earlier remap run")
+    params = preprocess_params(fmt, max_ind_range, remap, skip_bad_lines, days, mapping)
+    identity = [input_identity(p) for p in inputs]  # before reading: a later change shows
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(out, None, "the output must be a directory, and this is a file")
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
     cmap = CategoryMap.load(mapping) if mapping is not None else CategoryMap() if remap else None
@@ -554,6 +703,8 @@ def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle
         "skipped": sum(s["skipped"] for s in per_input),
         "padded": sum(s["padded"] for s in per_input),
         "inputs": per_input,
+        "input_identity": identity,  # what ties these files to their inputs (sources.py)
+        "params": params,
     }
     with open(out / "meta.json", "w") as f:
         json.dump(meta, f, indent=1)
@@ -622,54 +773,99 @@ class BatchStream:
         return batch
 
 
+_CHECK_HINT = ("is it an MLPerf binary file of Criteo rows (40 little-endian int32 a row: "
+               "label 0/1, 13 counts >= 0, 26 category ids)?")
+
+
+def _any_int32_id(meta: dict) -> bool:
+    """Whether a preprocess output's stored ids may be any int32 (the raw 32-bit hashes of
+    ``hash32``, or ids of tables above 2**31 rows): else they are >= 0."""
+    return meta.get("id_mode") == "hash32" or max(meta["table_sizes"]) > _INT32_MAX
+
+
 class BinaryDataset:
     """Rows of MLPerf binary files (40 int32 per row), memory-mapped, never read whole.
 
     ``source``: a ``.bin`` file or a list of them (concatenated; any MLPerf binary file works),
     or a ``preprocess`` output directory with ``split`` "train" (default), "test", "val" or
-    "all" (every file in order). ``table_sizes`` comes from ``meta.json`` when there is one.
+    "all" (every file in order). ``table_sizes`` comes from ``meta.json`` when there is one;
+    every file name in it must lie inside the directory.
+
+    Every block of rows ``read`` returns is checked first (two vectorised reductions): label
+    0 or 1, counts >= 0, category ids >= 0 (any int32 in a ``hash32`` output: raw hashes read
+    as uint32). Ids above a table's size are fine: batches fold them (``make_batch``). A
+    ``.bin`` file listed in the meta.json beside it is checked as part of that output; any
+    other is an MLPerf file (ids >= 0). A bad row is a ``DataError`` naming the file, the row
+    (0-based) and what is wrong.
     """
 
     def __init__(self, source: PathLike | Sequence[PathLike], split: str | None = None):
         self.meta: dict | None = None
         if isinstance(source, str | os.PathLike) and Path(source).is_dir():
             d = Path(source)
-            if not (d / "meta.json").exists():
-                raise DataError(d, None, "no meta.json: not a (complete) preprocess output")
-            with open(d / "meta.json") as f:
-                self.meta = json.load(f)
+            self.meta = load_meta(d)
             split = split or "train"
             if split == "all":
                 segs = [[name, 0, rows] for name, rows in self.meta["files"].items()]
             elif split in self.meta["splits"]:
                 segs = self.meta["splits"][split]
             else:
-                raise ValueError(f"unknown split {split!r}: {sorted(self.meta['splits'])} or all")
-            segments = [(d / name, int(a), int(b)) for name, a, b in segs]
+                raise ValueError(f"{d}: unknown split {split!r}: "
+                                 f"{sorted(self.meta['splits'])} or all")
+            signed = _any_int32_id(self.meta)
+            segments = [(meta_member(d, name, "splits"), int(a), int(b), signed)
+                        for name, a, b in segs]
         else:
             if split is not None:
                 raise ValueError("split needs a preprocess directory, not files")
             paths = [source] if isinstance(source, str | os.PathLike) else list(source)
-            segments = [(Path(p), 0, None) for p in paths]
+            segments = [(Path(p), 0, None, self._signed_ids(Path(p))) for p in paths]
         self._maps: list[np.ndarray] = []
-        for path, a, b in segments:
+        self._paths: list[Path] = []
+        self._offs: list[int] = []  # the file row of each map's first row
+        self._signed: list[bool] = []  # ids may be negative int32 (hash32)
+        for path, a, b, signed in segments:
             m = self._open(path)
             b = m.shape[0] if b is None else b
             if not 0 <= a <= b <= m.shape[0]:
                 raise DataError(path, None, f"rows {a}..{b} are outside its {m.shape[0]} rows")
-            self._maps.append(m[a:b])
+            self._add(m[a:b], path, a, signed)
         self._starts = np.cumsum([0] + [m.shape[0] for m in self._maps])
         self.rows = int(self._starts[-1])
 
+    def _add(self, m: np.ndarray, path: Path, off: int, signed: bool) -> None:
+        self._maps.append(m)
+        self._paths.append(path)
+        self._offs.append(off)
+        self._signed.append(signed)
+
+    @staticmethod
+    def _signed_ids(path: Path) -> bool:
+        """Whether a file's ids may be negative: as the preprocess output listing it beside it
+        says, else no (an MLPerf file)."""
+        if (path.parent / "meta.json").is_file():
+            try:
+                meta = load_meta(path.parent)
+            except DataError:
+                return False
+            return path.name in meta["files"] and _any_int32_id(meta)
+        return False
+
     @staticmethod
     def _open(path: Path) -> np.ndarray:
+        check_input_file(path, "binary data are MLPerf .bin files (40 int32 a row)")
         size = os.path.getsize(path)
         if size % ROW_BYTES:
             raise DataError(path, None, f"{size} bytes is not a whole number of 160-byte rows "
                                         "(40 int32 each)")
         if size == 0:
             return np.zeros((0, NUM_FIELDS), "<i4")
-        return np.memmap(path, dtype="<i4", mode="r").reshape(-1, NUM_FIELDS)
+        try:
+            m = np.memmap(path, dtype="<i4", mode="r")
+        except OSError as e:
+            raise DataError(path, None, f"cannot be mapped ({e.strerror or e})") from None
+        # a plain ndarray over the mapping: numpy's memmap subclass costs microseconds an op
+        return m.view(np.ndarray).reshape(-1, NUM_FIELDS)
 
     @property
     def table_sizes(self) -> list[int] | None:
@@ -678,15 +874,42 @@ class BinaryDataset:
     def __len__(self) -> int:
         return self.rows
 
+    def _check(self, i: int, a: int, rows: np.ndarray) -> None:
+        """Rows ``rows`` (map ``i`` from its row ``a``) are valid, or a ``DataError``."""
+        if not rows.shape[0]:
+            return
+        signed = self._signed[i]
+        if (rows[:, :MIN_FIELDS] if signed else rows).min() >= 0 and rows[:, 0].max() <= 1:
+            return
+        lab, dense, cats = rows[:, 0], rows[:, 1:MIN_FIELDS], rows[:, MIN_FIELDS:]
+        bad_lab = (lab < 0) | (lab > 1)
+        bad_dense = dense < 0
+        bad_cat = np.zeros(cats.shape, bool) if signed else cats < 0
+        r = int(np.argmax(bad_lab | bad_dense.any(1) | bad_cat.any(1)))
+        if bad_lab[r]:
+            what = f"label {int(lab[r])} is not 0 or 1"
+        elif bad_dense[r].any():
+            j = int(np.argmax(bad_dense[r]))
+            what = f"count I{j + 1} is {int(dense[r, j])}, negative (counts are stored >= 0)"
+        else:
+            j = int(np.argmax(bad_cat[r]))
+            what = f"category C{j + 1} id {int(cats[r, j])} is negative"
+        row = self._offs[i] + a + r
+        raise DataError(self._paths[i], None,
+                        f"row {row} (0-based, byte {row * ROW_BYTES}): {what}; {_CHECK_HINT}")
+
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as int32 [n, 40] (a view when they lie in one file)."""
+        """Rows [start, stop) as int32 [n, 40] (a view when they lie in one file), checked
+        (class docstring)."""
         if not 0 <= start <= stop <= self.rows:
             raise IndexError(f"rows {start}..{stop} outside 0..{self.rows}")
         parts = []
         for i, m in enumerate(self._maps):
             a, b = max(start - self._starts[i], 0), min(stop - self._starts[i], m.shape[0])
             if a < b:
-                parts.append(m[a:b])
+                part = m[a:b]
+                self._check(i, int(a), part)
+                parts.append(part)
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts) if parts else np.zeros((0, NUM_FIELDS), np.int32)
@@ -697,11 +920,11 @@ class BinaryDataset:
             raise IndexError(f"rows {start}..{stop} outside 0..{self.rows}")
         out = object.__new__(BinaryDataset)
         out.meta = self.meta
-        out._maps = []
+        out._maps, out._paths, out._offs, out._signed = [], [], [], []
         for i, m in enumerate(self._maps):
             a, b = max(start - self._starts[i], 0), min(stop - self._starts[i], m.shape[0])
             if a < b:
-                out._maps.append(m[a:b])
+                out._add(m[a:b], self._paths[i], self._offs[i] + int(a), self._signed[i])
         out._starts = np.cumsum([0] + [m.shape[0] for m in out._maps])
         out.rows = stop - start
         return out

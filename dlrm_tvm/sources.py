@@ -8,6 +8,7 @@ synthetic RNG, or the next row of a file) and ``describe()`` for the run summary
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -122,29 +123,103 @@ def check_criteo_model(cfg: Config) -> None:
 
 
 def needs_preprocess(cfg: Config) -> bool:
+    """Whether ``cfg.data`` names raw Criteo file(s) (preprocessed into the run directory)
+    rather than a ``dlrm-tvm preprocess`` directory (its meta.json: used as is)."""
     d = cfg.data
     return d.kind in ("criteo-kaggle", "criteo-terabyte") and not (
-        Path(d.path) / "meta.json").exists()
+        Path(d.path) / "meta.json").is_file()
+
+
+def _raw_inputs(cfg: Config) -> list[str]:
+    """The raw files of ``cfg.data.path``, each an existing readable file (else DataError)."""
+    from dlrm_tvm.criteo import DataError, check_input_file
+
+    d = cfg.data
+    inputs = [p for p in d.path.split(",") if p]
+    if not inputs:
+        raise DataError(d.path, None, f"--data {d.kind} needs raw Criteo file(s) or a "
+                                      "`dlrm-tvm preprocess` directory as --data-path")
+    for p in inputs:
+        if Path(p).is_dir():
+            why = ("a `dlrm-tvm preprocess` directory is given alone" if
+                   (Path(p) / "meta.json").is_file() else "it has no meta.json, so it is not "
+                   "a `dlrm-tvm preprocess` output")
+            raise DataError(p, None, f"is a directory, and {why}: --data {d.kind} takes raw "
+                                     "Criteo file(s) (comma-separated) or one preprocess "
+                                     "directory")
+        check_input_file(p, f"--data {d.kind} takes raw Criteo file(s) or a `dlrm-tvm "
+                            "preprocess` directory")
+    return inputs
+
+
+PREPROCESS_DAYS = 7  # the reference's Kaggle days (preprocess_for_run never changes it)
 
 
 def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
     """Raw Criteo file(s) in cfg.data.path (a file, or several separated by commas) into
-    OUT/data once (reused when its meta.json exists); returns that directory."""
-    from dlrm_tvm.criteo import preprocess
+    OUT/data; returns that directory. A complete OUT/data (its meta.json) is reused only when
+    it was made from the same files (resolved path, size, mtime, a digest of the first and
+    last MiB) with the same parameters; otherwise (other or changed inputs, other parameters,
+    a meta.json without that record) it is preprocessed again, saying why."""
+    from dlrm_tvm.criteo import (
+        DataError,
+        meta_member,
+        preprocess,
+        preprocess_mismatch,
+        preprocess_params,
+    )
 
     d = cfg.data
     dest = Path(out_dir) / "data"
-    if (dest / "meta.json").exists():
-        return dest
-    inputs = [p for p in d.path.split(",") if p]
+    inputs = _raw_inputs(cfg)
     fmt = "kaggle" if d.kind == "criteo-kaggle" else "terabyte"
+    mir = d.max_ind_range or None
+    params = preprocess_params(fmt, mir, False, d.skip_bad_lines, PREPROCESS_DAYS)
+    if dest.exists() and not dest.is_dir():
+        raise DataError(dest, None, "is a file, where the run keeps its preprocessed data "
+                                    "(a directory): move it or use another --out")
+    old = None
+    if (dest / "meta.json").exists():
+        try:
+            old = json.loads((dest / "meta.json").read_text())
+            why = preprocess_mismatch(old, inputs, params) if isinstance(old, dict) else \
+                "its meta.json is not a JSON object"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            why = f"its meta.json cannot be read ({e})"
+        if why is None:
+            log(f"reusing the preprocessed data in {dest} (same input files, unchanged)")
+            return dest
+        log(f"preprocessing again into {dest}: {why}")
+        # the old output's binary files (only names inside dest): a new one may not replace all
+        files = old.get("files") if isinstance(old, dict) else None
+        for name in files if isinstance(files, dict) else ():
+            try:
+                meta_member(dest, name, "files").unlink(missing_ok=True)
+            except (DataError, OSError):
+                pass
     log(f"preprocessing {len(inputs)} raw file(s) ({fmt}) into {dest} ...")
-    meta = preprocess(inputs, dest, fmt=fmt, max_ind_range=d.max_ind_range or None,
-                      skip_bad_lines=d.skip_bad_lines)
+    meta = preprocess(inputs, dest, fmt=fmt, max_ind_range=mir, skip_bad_lines=d.skip_bad_lines,
+                      days=PREPROCESS_DAYS)
     log(f"  {meta.get('total_rows', meta.get('rows', '?'))} rows; skipped "
         f"{meta.get('total_skipped', meta.get('skipped', 0))}, padded "
         f"{meta.get('total_padded', meta.get('padded', 0))} lines")
     return dest
+
+
+def _data_files(paths: str, flag: str, kind: str) -> list[str]:
+    """The comma-separated MLPerf binary files of ``flag``, each an existing readable file."""
+    from dlrm_tvm.criteo import DataError, check_input_file
+
+    files = [p for p in paths.split(",") if p]
+    if not files and flag == "--data-path":
+        raise DataError(paths, None, f"{flag} of --data {kind} names no file")
+    for p in files:
+        if Path(p).is_dir():
+            raise DataError(p, None, f"is a directory: {flag} of --data {kind} takes MLPerf "
+                                     ".bin file(s) (a `dlrm-tvm preprocess` directory goes "
+                                     "with --data criteo-kaggle or criteo-terabyte)")
+        check_input_file(p, f"{flag} of --data {kind} takes MLPerf .bin file(s)")
+    return files
 
 
 def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | None = None,
@@ -158,9 +233,9 @@ def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | Non
 
     check_criteo_model(cfg)
     if d.kind == "mlperf-bin":
-        paths = [p for p in d.path.split(",") if p]
+        paths = _data_files(d.path, "--data-path", d.kind)
+        ev = _data_files(d.eval_path, "--eval-data-path", d.kind)
         train = BinaryDataset(paths if len(paths) > 1 else paths[0])
-        ev = [p for p in d.eval_path.split(",") if p]
         held = BinaryDataset(ev if len(ev) > 1 else ev[0]) if ev else (
             train if eval_split == "all" else None)
         return BinarySource(cfg, train, held, rank, ranks,
