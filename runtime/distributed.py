@@ -298,8 +298,8 @@ class DistributedTrainer:
         import tvm
         from dlrm_tvm.graphs.dlrm import mlp_param_specs
 
-        from .params import init_mlp, init_table_rows
-        from .trainer import DenseParams, SparseParams
+        from .params import init_mlp, init_row_blocks
+        from .trainer import DenseParams, SparseParams, start_fill
 
         self.cfg, self.comm, self.plan = cfg, comm, plan
         self.R, self.r = comm.Get_size(), comm.Get_rank()
@@ -326,18 +326,19 @@ class DistributedTrainer:
         seed = cfg.train.seed
         self.sparse = None
         if self.ns:
+            # each shard's rows go straight into the rank's buffer, a chunk at a time
             if start is None:
-                rows = np.concatenate([init_table_rows(seed, s.table, m.table_rows[s.table],
-                                                       self.D, s.row_start, s.row_stop)
-                                       for s in self.shards])
+                blocks = init_row_blocks(seed, self.D, [
+                    (s.table, m.table_rows[s.table], s.row_start, s.row_stop)
+                    for s in self.shards])
             else:
-                rows = np.concatenate([start.rows(s.table, s.row_start, s.row_stop)
-                                       for s in self.shards])
-            self.sparse = SparseParams(rows, bf16, adagrad)
-            del rows
+                blocks = [(s.rows, start_fill(start.rows, s.table, s.row_start))
+                          for s in self.shards]
+            self.sparse = SparseParams(blocks, bf16, adagrad, dim=self.D)
             if start is not None and adagrad and start.row_acc is not None:
-                self.sparse.row_acc[0].copyfrom(np.concatenate(
-                    [start.row_acc(s.table, s.row_start, s.row_stop) for s in self.shards]))
+                self.sparse.load_row_acc([(s.rows, start_fill(start.row_acc, s.table,
+                                                               s.row_start))
+                                          for s in self.shards])
         self.specs = mlp_param_specs(m)
         self.dense = DenseParams(self.specs, start.mlp if start else init_mlp(m, seed), bf16,
                                  adagrad, self.dev)
@@ -543,19 +544,16 @@ class DistributedTrainer:
         return self._token
 
     # ----------------------------------------------------------- state
-    def shard_state(self) -> list[tuple]:
-        """[(table, row_start, row_stop, fp32 rows, row accumulators or None)] of the shards
-        this rank holds (for checkpoints)."""
+    def shard_state(self):
+        """(table, row_start, row_stop, fp32 rows, row accumulators or None) of each shard
+        this rank holds (for checkpoints), one at a time."""
         if not self.ns:
-            return []
-        rows = self.sparse.fp32()
-        acc = self.sparse.row_acc[0].numpy() if self.sparse.row_acc else None
-        out, at = [], 0
-        for s in self.shards:
-            out.append((s.table, s.row_start, s.row_stop, rows[at:at + s.rows],
-                        None if acc is None else acc[at:at + s.rows]))
+            return
+        at = 0
+        for s in self.shards:  # views (fp32) or one shard's masters at a time (bf16)
+            yield (s.table, s.row_start, s.row_stop, self.sparse.fp32_rows(at, at + s.rows),
+                   self.sparse.row_acc_rows(at, at + s.rows))
             at += s.rows
-        return out
 
     def gather_state(self) -> dict[str, np.ndarray] | None:
         """Every fp32 parameter on rank 0 (tables assembled from all shards), None elsewhere.

@@ -46,6 +46,44 @@ def shared_tensor(arr: np.ndarray) -> tvm.runtime.Tensor:
     return tvm.runtime.from_dlpack(arr)
 
 
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on an ``align``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def table_buffer(shape, dtype, min_bytes: int | None = None,
+                 zero: bool = False) -> tuple[np.ndarray, tvm.runtime.Tensor]:
+    """(array, TVM tensor) over the same new memory, for a table to be written in place, a
+    part at a time (so initialising it needs no table-sized temporary): huge-page advised
+    memory when it is at least ``min_bytes`` (default HUGE_MIN_BYTES) and the OS offers it,
+    else 64-byte aligned host memory. Uninitialised unless ``zero``. Only the pages written
+    are resident."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if min_bytes is None:
+        min_bytes = HUGE_MIN_BYTES
+    arr = None
+    if nbytes >= max(min_bytes, 1) and hugepages_enabled():
+        try:
+            m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            m.madvise(mmap.MADV_HUGEPAGE)
+            # the array keeps the mapping alive, and the tensor keeps the array alive (DLPack);
+            # an anonymous mapping is already zero
+            arr = np.frombuffer(m, dtype=dtype).reshape(shape)
+            zero = False
+        except (OSError, ValueError):
+            arr = None
+    if arr is None:
+        arr = aligned_empty(shape, dtype)
+    if zero:
+        arr[...] = 0
+    return arr, shared_tensor(arr)
+
+
 def table_tensor(src: np.ndarray, min_bytes: int | None = None) -> tvm.runtime.Tensor:
     """A TVM tensor holding a copy of ``src`` (float32, uint16 or bfloat16), in huge-page
     advised memory when it is at least ``min_bytes`` (default HUGE_MIN_BYTES) and the OS
@@ -55,12 +93,6 @@ def table_tensor(src: np.ndarray, min_bytes: int | None = None) -> tvm.runtime.T
         min_bytes = HUGE_MIN_BYTES
     if src.nbytes < max(min_bytes, 1) or not hugepages_enabled():
         return tvm.runtime.tensor(src)
-    try:
-        m = mmap.mmap(-1, src.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        m.madvise(mmap.MADV_HUGEPAGE)
-    except (OSError, ValueError):
-        return tvm.runtime.tensor(src)
-    # the array keeps the mapping alive, and the tensor keeps the array alive (DLPack)
-    arr = np.frombuffer(m, dtype=src.dtype).reshape(src.shape)
+    arr, t = table_buffer(src.shape, src.dtype, min_bytes)
     arr[...] = src
-    return shared_tensor(arr)
+    return t

@@ -20,17 +20,53 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def init_table(seed: int, t: int, rows: int, dim: int) -> np.ndarray:
+# Values drawn at a time: the draws are float64, so a chunk is 32 MiB however big the table.
+# (Config.check_fits counts this transient; keep the two in step.)
+INIT_CHUNK_VALUES = 1 << 22
+
+
+def fill_table_rows(seed: int, t: int, rows: int, dim: int, out: np.ndarray,
+                    start: int = 0) -> np.ndarray:
+    """Write rows [start, start + len(out)) of ``init_table(seed, t, rows, dim)`` into ``out``
+    (float32 [n, dim], e.g. a view of the final buffer), drawing at most INIT_CHUNK_VALUES
+    values at a time: no table-sized temporary. The stream is advanced past the first
+    ``start`` rows (one 64-bit draw per value); a chunked draw gives the same values as one
+    draw of the whole range."""
+    n = out.shape[0]
+    if out.shape != (n, dim) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 [n, {dim}], got {out.dtype} {out.shape}")
+    if not 0 <= start <= start + n <= rows:
+        raise ValueError(f"rows [{start}, {start + n}) are not within a table of {rows} rows")
     bound = np.sqrt(1.0 / rows)
-    return _rng(seed, f"table{t}").uniform(-bound, bound, size=(rows, dim)).astype(np.float32)
+    rng = _rng(seed, f"table{t}")
+    rng.bit_generator.advance(start * dim)
+    step = max(1, INIT_CHUNK_VALUES // max(1, dim))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        out[a:b] = rng.uniform(-bound, bound, size=(b - a, dim))  # float64 -> float32 in place
+    return out
+
+
+def init_table(seed: int, t: int, rows: int, dim: int) -> np.ndarray:
+    return init_table_rows(seed, t, rows, dim, 0, rows)
 
 
 def init_tables(model: ModelConfig, seed: int) -> np.ndarray:
-    """All tables concatenated: [sum(rows), D]."""
+    """All tables concatenated: [sum(rows), D], each drawn straight into its rows."""
     out = np.empty((model.total_rows, model.embedding_dim), np.float32)
     for t, (r, off) in enumerate(zip(model.table_rows, model.table_offsets, strict=True)):
-        out[off : off + r] = init_table(seed, t, r, model.embedding_dim)
+        fill_table_rows(seed, t, r, model.embedding_dim, out[off : off + r])
     return out
+
+
+def init_row_blocks(seed: int, dim: int, parts) -> list[tuple[int, object]]:
+    """The initial rows of ``parts`` ((table, table rows, start, stop) each, in order) as
+    blocks (rows, fill) for ``trainer.SparseParams``: ``fill(a, b, out)`` writes rows
+    [start + a, start + b) of the table into ``out``; nothing is drawn until then."""
+    def block(t: int, rows: int, start: int):
+        return lambda a, b, out: fill_table_rows(seed, t, rows, dim, out, start + a)
+
+    return [(stop - start, block(t, rows, start)) for t, rows, start, stop in parts]
 
 
 def init_mlp(model: ModelConfig, seed: int) -> dict[str, np.ndarray]:
@@ -59,7 +95,4 @@ def init_table_rows(seed: int, t: int, rows: int, dim: int, start: int, stop: in
     holding a row range of a table too big for it initialises exactly those rows."""
     if not 0 <= start <= stop <= rows:
         raise ValueError(f"rows [{start}, {stop}) are not within a table of {rows} rows")
-    bound = np.sqrt(1.0 / rows)
-    rng = _rng(seed, f"table{t}")
-    rng.bit_generator.advance(start * dim)
-    return rng.uniform(-bound, bound, size=(stop - start, dim)).astype(np.float32)
+    return fill_table_rows(seed, t, rows, dim, np.empty((stop - start, dim), np.float32), start)

@@ -26,8 +26,8 @@ import time
 import numpy as np
 import tvm
 from dlrm_tvm.graphs.dlrm import mlp_param_specs
-from dlrm_tvm.runtime.memory import table_tensor
-from dlrm_tvm.runtime.params import init_mlp, init_tables
+from dlrm_tvm.runtime.memory import table_buffer
+from dlrm_tvm.runtime.params import init_mlp, init_row_blocks
 
 from dlrm_tvm.config import Config
 from dlrm_tvm.data import Batch, validate_batch
@@ -87,21 +87,77 @@ class _Clock:
             self.timings.setdefault(self.name, []).append(time.perf_counter() - self.t0)
 
 
+def array_blocks(tables: np.ndarray) -> list[tuple[int, object]]:
+    """``tables`` (fp32 [rows, D]) as one row block for SparseParams."""
+    def fill(a: int, b: int, out: np.ndarray) -> None:
+        out[...] = tables[a:b]
+
+    return [(tables.shape[0], fill)]
+
+
 class SparseParams:
     """Embedding rows held by this process (all tables, or one rank's shards), concatenated
     [rows, D], in huge-page memory; in bf16 as Split-SGD rows [rows, 2D] (each row's bf16 high
     halves then its low halves: one place per row); rwsadagrad's row accumulators.
+
+    ``tables``: the fp32 rows [rows, D], or row blocks [(rows, fill)] with ``dim``, where
+    ``fill(a, b, out)`` writes a block's fp32 rows [a, b) into ``out`` (params.init_row_blocks,
+    array_blocks). Each block is written straight into the final buffer a chunk at a time
+    (fp32: in place; bf16: split from a chunk-sized fp32 buffer), so building it holds the
+    parameters plus one chunk, never a second copy of the tables.
     """
 
-    def __init__(self, tables: np.ndarray, bf16: bool, adagrad: bool):
+    CHUNK_VALUES = 1 << 22  # fp32 values per chunk (16 MiB)
+
+    def __init__(self, tables, bf16: bool, adagrad: bool, dim: int | None = None):
         self.bf16 = bf16
+        if isinstance(tables, np.ndarray):
+            if tables.ndim != 2:
+                raise ValueError(f"tables must be [rows, D], got shape {tables.shape}")
+            dim = tables.shape[1]
+            tables = array_blocks(tables)
+        if dim is None:
+            raise ValueError("row blocks need the embedding dim")
+        n = sum(r for r, _ in tables)
         if bf16:
-            rows = split_rows(tables)
-            self.tables = table_tensor(rows)
-            del rows
+            import ml_dtypes
+
+            host, self.tables = table_buffer((n, 2 * dim), ml_dtypes.bfloat16)
+            halves = host.view(np.uint16)
         else:
-            self.tables = table_tensor(tables)
-        self.row_acc = [table_tensor(np.zeros(tables.shape[0], np.float32))] if adagrad else []
+            host, self.tables = table_buffer((n, dim), np.float32)
+        self._host = host  # the tables' memory as an array (a view, no copy)
+        step = max(1, self.CHUNK_VALUES // max(1, dim))
+        buf = np.empty((min(step, n), dim), np.float32) if bf16 else None
+        at = 0
+        for rows, fill in tables:
+            for a in range(0, rows, step):
+                b = min(rows, a + step)
+                lo, hi = at + a, at + b
+                if not bf16:
+                    fill(a, b, host[lo:hi])
+                    continue
+                w = buf[:b - a]
+                fill(a, b, w)
+                bits = w.view(np.uint32)  # as split_rows
+                halves[lo:hi, :dim] = bits >> 16
+                halves[lo:hi, dim:] = bits & 0xFFFF
+            at += rows
+        self.row_acc = []
+        self._row_acc_host = None
+        if adagrad:
+            self._row_acc_host, acc = table_buffer((n,), np.float32, zero=True)
+            self.row_acc = [acc]
+
+    def load_row_acc(self, blocks) -> None:
+        """Set the row accumulators from blocks [(rows, fill)] (``fill(a, b, out)`` writes
+        rows [a, b) of the block's accumulators), in the order of the rows."""
+        at = 0
+        for rows, fill in blocks:
+            fill(0, rows, self._row_acc_host[at:at + rows])
+            at += rows
+        if at != self._row_acc_host.shape[0]:
+            raise ValueError(f"{at} row accumulators given for {self._row_acc_host.shape[0]} rows")
 
     def update_args(self) -> list:
         """The arguments of embedding_update before (indices, offsets, d_pooled, lr)."""
@@ -111,6 +167,16 @@ class SparseParams:
         if self.bf16:
             return combine_rows(self.tables.numpy())
         return self.tables.numpy()
+
+    def fp32_rows(self, lo: int, hi: int) -> np.ndarray:
+        """fp32 rows [lo, hi) of the stored tables: a view of the live memory (fp32) or those
+        rows' masters rebuilt from the Split-SGD halves (bf16); no whole-table copy."""
+        if self.bf16:
+            return combine_rows(self._host[lo:hi])
+        return self._host[lo:hi]
+
+    def row_acc_rows(self, lo: int, hi: int) -> np.ndarray | None:
+        return None if self._row_acc_host is None else self._row_acc_host[lo:hi]
 
 
 class DenseParams:
@@ -158,6 +224,15 @@ class StartState:
                                                                       mlp_acc, step)
 
 
+def start_fill(read, t: int, first: int = 0):
+    """A row block's fill over ``read(table, a, b)`` (a StartState's rows or row_acc), for
+    the rows of table ``t`` from ``first``."""
+    def fill(a: int, b: int, out: np.ndarray) -> None:
+        out[...] = read(t, first + a, first + b)
+
+    return fill
+
+
 class Trainer:
     def __init__(self, cfg: Config, vm, tables: np.ndarray | None = None,
                  mlp: dict[str, np.ndarray] | None = None, start: StartState | None = None):
@@ -167,20 +242,27 @@ class Trainer:
         self.B = cfg.train.batch_size
         m = cfg.model
         self.specs = mlp_param_specs(m)
+        D = m.embedding_dim
+        # the tables are written straight into their final buffers, a chunk at a time: from
+        # the checkpoint, from ``tables``, or drawn (never a second table-sized copy)
         if start is not None:
-            tables = np.concatenate([start.rows(t, 0, r) for t, r in enumerate(m.table_rows)])
+            blocks = [(r, start_fill(start.rows, t)) for t, r in enumerate(m.table_rows)]
             mlp = start.mlp
-        if tables is None:
-            tables = init_tables(m, cfg.train.seed)
+        elif tables is not None:
+            expect = (m.total_rows, D)
+            if tables.shape != expect or tables.dtype != np.float32:
+                raise ValueError(f"tables must be float32 {expect}, got {tables.dtype} "
+                                 f"{tables.shape}")
+            blocks = array_blocks(tables)
+        else:
+            blocks = init_row_blocks(cfg.train.seed, D,
+                                     [(t, r, 0, r) for t, r in enumerate(m.table_rows)])
         if mlp is None:
             mlp = init_mlp(m, cfg.train.seed)
-        expect = (m.total_rows, m.embedding_dim)
-        if tables.shape != expect or tables.dtype != np.float32:
-            raise ValueError(f"tables must be float32 {expect}, got {tables.dtype} {tables.shape}")
         self.bf16 = cfg.train.precision == "bf16"
         self.adagrad = cfg.train.optimizer == "rwsadagrad"
         # tables (and their row state) in huge-page memory: random rows over GBs
-        self.sparse = SparseParams(tables, self.bf16, self.adagrad)
+        self.sparse = SparseParams(blocks, self.bf16, self.adagrad, dim=D)
         self.dense = DenseParams(self.specs, mlp, self.bf16, self.adagrad, self.dev)
         self.tables = self.sparse.tables
         self.mlp = self.dense.mlp
@@ -189,19 +271,18 @@ class Trainer:
         if start is not None:
             self.step_count = start.step
             if self.adagrad and start.row_acc is not None:
-                self.sparse.row_acc[0].copyfrom(np.concatenate(
-                    [start.row_acc(t, 0, r) for t, r in enumerate(m.table_rows)]))
+                self.sparse.load_row_acc([(r, start_fill(start.row_acc, t))
+                                          for t, r in enumerate(m.table_rows)])
             if self.adagrad and start.mlp_acc is not None:
                 for (name, _), a in zip(self.specs, self.dense.mlp_acc, strict=True):
                     a.copyfrom(start.mlp_acc[name])
 
-    def shard_state(self) -> list[tuple]:
-        """[(table, 0, rows, fp32 rows, row accumulators or None)] per table."""
-        rows = self.sparse.fp32()
-        acc = self.sparse.row_acc[0].numpy() if self.sparse.row_acc else None
+    def shard_state(self):
+        """(table, 0, rows, fp32 rows, row accumulators or None) per table, one at a time (a
+        checkpoint holds at most one table's fp32 copy beside the live tables)."""
         m = self.cfg.model
-        return [(t, 0, r, rows[o:o + r], None if acc is None else acc[o:o + r])
-                for t, (r, o) in enumerate(zip(m.table_rows, m.table_offsets, strict=True))]
+        for t, (r, o) in enumerate(zip(m.table_rows, m.table_offsets, strict=True)):
+            yield t, 0, r, self.sparse.fp32_rows(o, o + r), self.sparse.row_acc_rows(o, o + r)
 
     def _inputs(self, batch: Batch):
         validate_batch(batch, self.cfg.model, self.B)
