@@ -8,8 +8,12 @@ embedding dim; ``mlp_top`` excludes its input width, which the interaction fixes
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import os
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,11 @@ class ConfigError(ValueError):
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _is_real(value: Any) -> bool:
+    """An int or float, but not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -186,11 +195,12 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _positive("batch_size", self.batch_size)
         _positive("log_every", self.log_every)
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (_is_real(self.learning_rate) and self.learning_rate > 0
+                and math.isfinite(self.learning_rate)):
+            raise ConfigError(f"learning_rate must be > 0 and finite, got {self.learning_rate!r}")
         for name in ("steps", "lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
 
     def lr_at(self, step: int) -> float:
@@ -248,8 +258,9 @@ class DataConfig:
         if self.index_distribution not in INDEX_DISTRIBUTIONS:
             raise ConfigError(f"index_distribution must be one of {INDEX_DISTRIBUTIONS}, "
                               f"got {self.index_distribution!r}")
-        if not self.zipf_alpha > 0:
-            raise ConfigError(f"zipf_alpha must be > 0, got {self.zipf_alpha}")
+        if not (_is_real(self.zipf_alpha) and self.zipf_alpha > 0
+                and math.isfinite(self.zipf_alpha)):
+            raise ConfigError(f"zipf_alpha must be > 0 and finite, got {self.zipf_alpha!r}")
 
 
 @dataclass(frozen=True)
@@ -264,11 +275,18 @@ class Config:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Config:
+        """A Config from nested dicts (a TOML file, ``to_dict``, a checkpoint's JSON): every
+        value's type is checked against its field's before anything is built."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config must be a table of sections, got {_describe(d)}")
         unknown = set(d) - {"name", "model", "train", "data"}
         if unknown:
             raise ConfigError(f"unknown config sections: {sorted(unknown)}")
+        name = d.get("name", "custom")
+        if not isinstance(name, str):
+            raise ConfigError(f"name must be a string, got {_describe(name)}")
         return Config(
-            name=str(d.get("name", "custom")),
+            name=name,
             model=_make(ModelConfig, d.get("model", {}), "model"),
             train=_make(TrainConfig, d.get("train", {}), "train"),
             data=_make(DataConfig, d.get("data", {}), "data"),
@@ -277,30 +295,108 @@ class Config:
     def replace(self, **sections: Any) -> Config:
         return dataclasses.replace(self, **sections)
 
-    def check_fits(self, available_bytes: int | None = None) -> None:
-        """Refuse a config whose parameters (and optimizer state) cannot fit in memory."""
-        need = self.model.param_bytes()
-        what = "parameters"
-        if self.train.optimizer == "rwsadagrad":  # a row accumulator, an MLP-sized one
-            need += 4 * (self.model.total_rows + self.model.mlp_param_count())
-            what = "parameters and rwsadagrad accumulators"
+    def check_fits(self, available_bytes: int | None = None) -> int:
+        """Refuse a config whose peak memory in one process exceeds what is available; return
+        that estimate (bytes). It counts what the trainer holds (runtime/trainer.py):
+        parameters (4 bytes each: fp32, or bf16's two Split-SGD halves), rwsadagrad's
+        accumulators, plus the larger of the initialisation transient (tables are drawn into
+        their final buffers a chunk at a time, at most 48 MiB: runtime/params.py
+        INIT_CHUNK_VALUES and SparseParams.CHUNK_VALUES; and the MLP's copies) and one step's
+        workspace (the batch, MLP activations and gradients, the embedding update's scratch
+        per lookup), and 256 MiB for the runtime. Data sets held in memory are not counted."""
+        m, t = self.model, self.train
+        GiB, MiB = 2**30, 2**20
+        mlp = 4 * m.mlp_param_count()
+        parts = [("parameters", m.param_bytes())]
+        if t.optimizer == "rwsadagrad":  # a row accumulator, an MLP-sized one
+            parts.append(("rwsadagrad accumulators", 4 * (m.total_rows + m.mlp_param_count())))
+        init = 64 * MiB + 3 * mlp
+        lookups = t.batch_size * m.num_tables * self.data.num_indices_per_lookup
+        # rwsadagrad's kernel coalesces rows per chunk: their summed gradients, 7 int64 and the
+        # bag per lookup; sgd's bucketed kernel: the bag, a bucket slot and a row per lookup
+        scratch = lookups * (4 * m.embedding_dim + 60 if t.optimizer == "rwsadagrad" else 16)
+        widths = (sum(m.mlp_bot[1:]) + m.num_tables * m.embedding_dim
+                  + m.interaction_width_padded + sum(m.mlp_top))
+        step = 32 * lookups + scratch + 3 * 4 * t.batch_size * widths + mlp
+        parts.append(("initialisation transient" if init >= step else "a step's workspace",
+                      max(init, step)))
+        parts.append(("runtime", 256 * MiB))
+        need = sum(b for _, b in parts)
         avail = available_bytes if available_bytes is not None else available_memory()
-        if avail is not None and need > 0.8 * avail:
+        if avail is not None and need > avail:
+            counted = " + ".join(f"{what} {b / GiB:.2f}" for what, b in parts)
             raise ConfigError(
-                f"the model's {what} need {need / 2**30:.1f} GiB "
-                f"({self.model.total_rows:,} embedding rows x {self.model.embedding_dim} fp32) "
-                f"but only {avail / 2**30:.1f} GiB of memory is available: "
-                f"lower the table sizes (e.g. --max-ind-range) or the embedding dim"
+                f"the model needs {need / GiB:.1f} GiB at its peak ({counted} GiB; "
+                f"{m.total_rows:,} embedding rows x {m.embedding_dim}, {t.precision} "
+                f"{t.optimizer}, batch {t.batch_size}) but only {avail / GiB:.1f} GiB of "
+                f"memory is available: "
+                f"lower the table sizes (e.g. --max-ind-range), the embedding dim or the batch"
             )
+        return need
 
 
-def _make(cls: type, d: dict[str, Any], section: str) -> Any:
+def _describe(value: Any) -> str:
+    """``value`` in TOML's words, for error messages: "the string '1111'", "the integer 5"."""
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the float {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (list, tuple)):
+        return f"the list {list(value)!r}"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+def _check_type(section: str, key: str, hint: Any, value: Any) -> Any:
+    """``value`` if it has the field type ``hint`` (ints widened to float for float fields),
+    else a ConfigError naming ``[section] key``."""
+    where = f"[{section}] {key}"
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if not _is_real(value):
+            raise ConfigError(f"{where} must be a number, got {_describe(value)}")
+        try:
+            return float(value)
+        except OverflowError as e:
+            raise ConfigError(f"{where} is too large: {value}") from e
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {_describe(value)}")
+        return value
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (int, Ellipsis):
+        if not isinstance(value, (list, tuple)) or any(
+            not isinstance(x, int) or isinstance(x, bool) for x in value
+        ):
+            raise ConfigError(f"{where} must be a list of integers, got {_describe(value)}")
+        return tuple(value)
+    raise TypeError(f"no type check for {where}'s type {hint!r}")  # a new field type: add one
+
+
+def _make(cls: type, d: Any, section: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(
+            f"{section} must be a table ([{section}] with its keys), got {_describe(d)}"
+        )
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"unknown keys in [{section}]: {sorted(unknown)}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kw = {k: _check_type(section, k, hints[k], v) for k, v in d.items()}
     try:
-        return cls(**d)
+        return cls(**kw)
     except TypeError as e:
         raise ConfigError(f"[{section}]: {e}") from e
 
@@ -373,6 +469,8 @@ def load_config(spec: str | os.PathLike | None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
     base = d.pop("preset", None)
     if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: preset must be a string, got {_describe(base)}")
         if base not in PRESETS:
             raise ConfigError(f"{path}: unknown preset {base!r}")
         merged = PRESETS[base].to_dict()
@@ -384,7 +482,10 @@ def load_config(spec: str | os.PathLike | None) -> Config:
         merged.setdefault("name", base)
         d = merged
     d.setdefault("name", path.stem)
-    return Config.from_dict(d)
+    try:
+        return Config.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def _dash_ints(flag: str, s: str) -> tuple[int, ...]:
@@ -479,3 +580,60 @@ def to_toml(cfg: Config) -> str:
         lines.append(f"\n[{section}]")
         lines += [f"{k} = {val(v)}" for k, v in d[section].items()]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- argparse types for numeric flags
+# Each parses one flag's value and refuses one outside its domain with ArgumentTypeError, which
+# argparse reports as "argument --flag: ..." with exit status 2.
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {s!r}")
+        return v
+
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+positive_int.__name__ = "positive_int"
+positive_int.__doc__ = "An argparse type: an integer >= 1."
+nonneg_int = _int_at_least(0)
+nonneg_int.__name__ = "nonneg_int"
+nonneg_int.__doc__ = "An argparse type: an integer >= 0."
+
+
+def _float_where(ok: Callable[[float], bool], domain: str, s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and ok(v)):
+        raise argparse.ArgumentTypeError(f"must be {domain}, got {s!r}")
+    return v
+
+
+def finite_float(s: str) -> float:
+    """An argparse type: a finite number (no nan, inf)."""
+    return _float_where(lambda v: True, "a finite number", s)
+
+
+def positive_float(s: str) -> float:
+    """An argparse type: a finite number > 0."""
+    return _float_where(lambda v: v > 0, "a finite number > 0", s)
+
+
+def nonneg_float(s: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    return _float_where(lambda v: v >= 0, "a finite number >= 0", s)
+
+
+def auc_fraction(s: str) -> float:
+    """An argparse type: an AUC to reach, a number with 0 < x <= 1."""
+    return _float_where(lambda v: 0 < v <= 1, "a number with 0 < x <= 1", s)
