@@ -7,11 +7,17 @@
 
 Compiled modules are cached per session (``compiled`` fixture), so each config variant is
 compiled once. TVM's thread pool is fixed to 2 threads before TVM starts.
+
+The real Criteo sample rows are found beside the repository, at
+``<repo>/../shared/data/criteo_kaggle_sample`` (``CRITEO_SAMPLE``), never at an absolute path;
+tests that need them take the ``criteo_sample`` fixture, which skips when they are absent.
+Tests that only need Criteo-format rows write them with ``dlrm_tvm.criteo.write_synthetic_raw``.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +37,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CRITEO_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "criteo_kaggle_sample"
+
+
+@pytest.fixture(scope="session")
+def criteo_sample() -> Path:
+    """The directory of the real Criteo rows (train.tsv, test.tsv); skips when absent."""
+    if not ((CRITEO_SAMPLE / "train.tsv").is_file() and (CRITEO_SAMPLE / "test.tsv").is_file()):
+        pytest.skip(f"the real Criteo sample rows are not at {CRITEO_SAMPLE} "
+                    f"(../shared/data/criteo_kaggle_sample beside the repository)")
+    return CRITEO_SAMPLE
+
+
 _CACHE: dict = {}
 
 
 @pytest.fixture(scope="session")
 def compiled():
-    """compiled(cfg) -> (vm, CompileResult), compiled once per (model, batch, precision, optimizer)."""
+    """compiled(cfg) -> (vm, CompileResult), compiled once per (model, batch, precision,
+    optimizer)."""
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
     from dlrm_tvm.targets import resolve_target
 

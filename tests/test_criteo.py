@@ -1,4 +1,7 @@
-"""The Criteo data path: raw parsing and its bad-line policy, preprocessing, binary batches."""
+"""The Criteo data path: raw parsing and its bad-line policy, preprocessing, binary batches.
+
+Tests about the real rows (``criteo_sample`` fixture, tests/conftest.py) skip without them;
+every other test writes its Criteo-format rows with ``write_synthetic_raw``."""
 
 from __future__ import annotations
 
@@ -23,10 +26,6 @@ from dlrm_tvm.criteo import (
 )
 from dlrm_tvm.data import validate_batch
 
-SAMPLE = Path("/work/shared/data/criteo_kaggle_sample")
-TRAIN, TEST = SAMPLE / "train.tsv", SAMPLE / "test.tsv"
-pytestmark = pytest.mark.skipif(not TRAIN.exists(), reason="the Criteo sample is not here")
-
 TABLES = mlperf_rows(1000)  # 26 sizes from 3 to 1000: the folding is exercised
 MODEL = ModelConfig(table_rows=TABLES)
 
@@ -48,6 +47,21 @@ def as_rows(chunk) -> np.ndarray:
     return np.concatenate([chunk.labels[:, None], chunk.dense, chunk.cats], 1).astype(np.int64)
 
 
+def kaggle_rows(path: Path, rows: int = 100, seed: int = 21, final_newline: bool = False,
+                terabyte_style: bool = True) -> Path:
+    """Generated Kaggle-format rows; by default like the sample's train.tsv: every line with
+    its 40 fields and the last one without its newline."""
+    write_synthetic_raw(path, rows, seed=seed, terabyte_style=terabyte_style)
+    if not final_newline:
+        path.write_text(path.read_text().rstrip("\n"))
+    return path
+
+
+@pytest.fixture
+def rows100(tmp_path) -> Path:
+    return kaggle_rows(tmp_path / "rows.tsv")
+
+
 def same_batch(a, b) -> None:
     for name in ("dense", "labels", "indices", "offsets"):
         x, y = getattr(a, name), getattr(b, name)
@@ -57,7 +71,8 @@ def same_batch(a, b) -> None:
 # --------------------------------------------------------------------------- real samples
 
 
-def test_real_sample_files_parse():
+def test_real_sample_files_parse(criteo_sample):
+    TRAIN, TEST = criteo_sample / "train.tsv", criteo_sample / "test.tsv"
     chunk, st = read_raw(TRAIN)
     assert (st.rows, int(chunk.labels.sum()), st.padded, st.skipped) == (100, 29, 0, 0)
     assert chunk.lines[-1] == 100  # the last line, without its newline, is read
@@ -71,9 +86,17 @@ def test_real_sample_files_parse():
     assert st.skip_reasons == []
 
 
-@pytest.mark.parametrize("path", [TRAIN, TEST], ids=["train", "test"])
+@pytest.mark.parametrize("source", ["train.tsv", "test.tsv", "generated", "generated-stripped"])
 @pytest.mark.parametrize("max_ind_range", [None, 1000])
-def test_matches_reference_reading_in_any_chunking(path, max_ind_range):
+def test_matches_reference_reading_in_any_chunking(request, tmp_path, source, max_ind_range):
+    """The sample's two files (needing them), and generated rows that do not: 40 fields, and
+    stripped trailing fields; neither with a final newline."""
+    if source.endswith(".tsv"):
+        path = request.getfixturevalue("criteo_sample") / source
+    else:
+        path = kaggle_rows(tmp_path / "g.tsv", 300, seed=8,
+                           terabyte_style=source == "generated")
+        assert (read_raw(path)[1].padded > 0) == (source == "generated-stripped")
     want = ref_parse(path, max_ind_range)
     for chunk_rows in (1, 7, 65536):
         chunk, _ = read_raw(path, max_ind_range=max_ind_range, chunk_rows=chunk_rows)
@@ -90,7 +113,8 @@ def test_synthetic_raw_matches_reference_reading(tmp_path):
     assert "\t-1\t" in p.read_text() and chunk.dense.min() == 0  # negatives were clamped
 
 
-def test_dense_and_category_preprocessing():
+def test_dense_and_category_preprocessing(criteo_sample):
+    TRAIN = criteo_sample / "train.tsv"
     chunk, _ = read_raw(TRAIN, max_ind_range=1000)
     # line 1: 0 <empty> 0 5 4 13275 14 35 4 41 <empty> 4 0 4 | 05db9164 ...
     # line 12: 1 2 -1 2 1 50 1 73 4 127 1 14 0 1 | ...
@@ -141,8 +165,9 @@ BAD = {"too_many": "41 fields", "too_few": "10 fields", "label": "label '2'",
 
 @pytest.mark.parametrize("case", list(BAD))
 @pytest.mark.parametrize("lineno", [1, 50, 100])
-def test_bad_line_is_named_or_skipped(tmp_path, case, lineno):
-    lines = TRAIN.read_text().split("\n")
+def test_bad_line_is_named_or_skipped(tmp_path, rows100, case, lineno):
+    lines = rows100.read_text().split("\n")
+    assert len(lines) == 100
     bad = _corrupt(lines[lineno - 1].split("\t"), case)
     if bad is None:
         lines.insert(lineno - 1, "")
@@ -158,7 +183,7 @@ def test_bad_line_is_named_or_skipped(tmp_path, case, lineno):
     assert e.value.line == lineno
 
     chunk, st = read_raw(p, skip_bad_lines=True, chunk_rows=7)
-    clean, _ = read_raw(TRAIN)
+    clean, _ = read_raw(rows100)
     assert st.skipped == 1 and st.skip_reasons[0].endswith(e.value.reason)
     assert st.rows == (100 if bad is None else 99) and len(chunk) == st.rows
     keep = np.arange(100) if bad is None else np.delete(np.arange(100), lineno - 1)
@@ -167,8 +192,8 @@ def test_bad_line_is_named_or_skipped(tmp_path, case, lineno):
     assert np.array_equal(chunk.lines, keep + 1 + shift * (keep >= lineno - 1))
 
 
-def test_several_bad_lines_skipped_and_counted(tmp_path):
-    lines = TRAIN.read_text().split("\n")
+def test_several_bad_lines_skipped_and_counted(tmp_path, rows100):
+    lines = rows100.read_text().split("\n")
     lines[2] = "x" + lines[2]
     lines[40] = "\t".join(lines[40].split("\t")[:5])
     lines[41] = ""
@@ -180,8 +205,10 @@ def test_several_bad_lines_skipped_and_counted(tmp_path):
     assert chunk.lines[:3].tolist() == [1, 2, 4] and 42 not in chunk.lines
 
 
-def test_padded_lines_at_the_boundaries(tmp_path):
-    lines = TRAIN.read_text().split("\n")[:4]
+def test_padded_lines_at_the_boundaries(tmp_path, rows100):
+    lines = rows100.read_text().split("\n")
+    # the second line is one whose C25 (field 38) is not empty
+    lines = [lines[0], next(ln for ln in lines[1:] if ln.split("\t")[38]), *lines[1:3]]
     f = [ln.split("\t") for ln in lines]
     p = tmp_path / "short.tsv"
     p.write_text("\n".join(["\t".join(f[0][:14]), "\t".join(f[1][:39]), lines[2], lines[3]]))
@@ -206,8 +233,8 @@ def test_empty_file_is_always_an_error(tmp_path, skip):
 # --------------------------------------------------------------------------- preprocess
 
 
-def test_preprocess_kaggle_seven_day_split(tmp_path):
-    meta = preprocess([TRAIN], tmp_path / "out", fmt="kaggle", max_ind_range=1000)
+def test_preprocess_kaggle_seven_day_split(tmp_path, rows100):
+    meta = preprocess([rows100], tmp_path / "out", fmt="kaggle", max_ind_range=1000)
     on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert on_disk == json.loads(json.dumps(meta))
     # the reference: divmod(100, 7) = (14, 2): the first two days get one more row
@@ -215,7 +242,7 @@ def test_preprocess_kaggle_seven_day_split(tmp_path):
     assert meta["files"] == {"train.bin": 86, "test.bin": 7, "val.bin": 7}
     assert meta["table_sizes"] == [1000] * 26 and meta["id_mode"] == "hash_mod"
     assert (meta["rows"], meta["skipped"], meta["padded"]) == (100, 0, 0)
-    parsed, _ = read_raw(TRAIN, max_ind_range=1000)
+    parsed, _ = read_raw(rows100, max_ind_range=1000)
     want = parsed.to_rows()
     got = {s: BinaryDataset(tmp_path / "out", s) for s in ("train", "test", "val", "all")}
     assert sum(got[s].rows for s in ("train", "test", "val")) == 100 == got["all"].rows
@@ -224,10 +251,10 @@ def test_preprocess_kaggle_seven_day_split(tmp_path):
     assert got["train"].table_sizes == [1000] * 26
 
 
-def test_preprocess_kaggle_inputs_are_one_stream_odd_last_day(tmp_path):
+def test_preprocess_kaggle_inputs_are_one_stream_odd_last_day(tmp_path, rows100):
     extra = tmp_path / "extra.tsv"
     write_synthetic_raw(extra, 10, seed=4)
-    meta = preprocess([TRAIN, extra], tmp_path / "out", max_ind_range=50)
+    meta = preprocess([rows100, extra], tmp_path / "out", max_ind_range=50)
     # 110 rows = 7 * 15 + 5: days of 16 x5, 15 x2; the last day's first (ceil) half is test
     assert meta["day_rows"] == [16, 16, 16, 16, 16, 15, 15]
     assert meta["files"] == {"train.bin": 95, "test.bin": 8, "val.bin": 7}
@@ -262,8 +289,17 @@ def test_terabyte_day_round_trip_equals_direct_parsing(tmp_path, max_ind_range):
 
 
 def test_remap_gives_contiguous_first_appearance_ids(tmp_path):
-    meta = preprocess([TRAIN, TEST], tmp_path / "r", fmt="terabyte", remap=True, chunk_rows=9)
-    raw = np.concatenate([ref_parse(TRAIN)[:, 14:], ref_parse(TEST)[:, 14:]])
+    # two files cut from one generated stream (one vocabulary: the second file has values the
+    # first has and values it has not), with stripped trailing fields
+    both = kaggle_rows(tmp_path / "both.tsv", 200, seed=6, terabyte_style=False).read_text()
+    lines = both.split("\n")
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    first.write_text("\n".join(lines[:100]) + "\n")
+    second.write_text("\n".join(lines[100:]))
+    padded = read_raw(first)[1].padded + read_raw(second)[1].padded
+    assert padded > 0
+    meta = preprocess([first, second], tmp_path / "r", fmt="terabyte", remap=True, chunk_rows=9)
+    raw = np.concatenate([ref_parse(first)[:, 14:], ref_parse(second)[:, 14:]])
     got = BinaryDataset(tmp_path / "r", "all").read(0, 200)[:, 14:]
     sizes = []
     for j in range(26):
@@ -276,20 +312,21 @@ def test_remap_gives_contiguous_first_appearance_ids(tmp_path):
         assert set(got[:, j]) | {0} == set(range(len(ids) + 1))  # contiguous
         sizes.append(len(ids) + 1)
     assert meta["table_sizes"] == sizes and meta["id_mode"] == "remap"
-    assert meta["mapping"] == "mapping.npz" and meta["padded"] == 39
+    assert meta["mapping"] == "mapping.npz" and meta["padded"] == padded
 
     # the saved map, applied frozen to another file: same ids, unseen -> 0
-    train_only = preprocess([TRAIN], tmp_path / "t", fmt="terabyte", remap=True)
-    again = preprocess([TEST], tmp_path / "again", fmt="terabyte",
+    train_only = preprocess([first], tmp_path / "t", fmt="terabyte", remap=True)
+    again = preprocess([second], tmp_path / "again", fmt="terabyte",
                        mapping=tmp_path / "t" / "mapping.npz")
     assert again["table_sizes"] == train_only["table_sizes"]
     cmap = CategoryMap.load(tmp_path / "t" / "mapping.npz")
     test_ids = BinaryDataset(tmp_path / "again", "all").read(0, 100)[:, 14:]
-    assert np.array_equal(test_ids, cmap.map(ref_parse(TEST)[:, 14:], add=False))
-    seen = [v for v in dict.fromkeys(ref_parse(TRAIN)[:, 14].tolist()) if v != 0]
-    first = {v: i + 1 for i, v in enumerate(seen)}
-    assert test_ids[:, 0].tolist() == [first.get(int(v), 0) for v in ref_parse(TEST)[:, 14]]
+    assert np.array_equal(test_ids, cmap.map(ref_parse(second)[:, 14:], add=False))
+    seen = [v for v in dict.fromkeys(ref_parse(first)[:, 14].tolist()) if v != 0]
+    first_id = {v: i + 1 for i, v in enumerate(seen)}
+    assert test_ids[:, 0].tolist() == [first_id.get(int(v), 0) for v in ref_parse(second)[:, 14]]
     assert (test_ids == 0).sum() > (raw[100:] == 0).sum()  # some test values are unseen
+    assert (test_ids[:, 0] > 0).any()  # ... and some were seen
 
 
 def test_remap_does_not_depend_on_chunking(tmp_path):

@@ -246,6 +246,83 @@ def test_bench_ranks_reports_the_split_and_the_model(tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
+# Runs ``dlrm-tvm`` under mpiexec with Progress instrumented: per rank, how often the
+# progress thread tested requests and how many exchanges it saw complete (before any wait).
+_PROGRESS_PROBE = """
+import atexit, json, os, sys, threading
+from dlrm_tvm.runtime import distributed as dist
+
+counts = {"thread_tests": 0, "thread_completed": 0, "waits": 0, "done_before_wait": 0}
+_test, _wait = dist.Progress._test, dist.Progress.wait
+
+def test(self, op):
+    was_pending = op.done is None
+    done = _test(self, op)
+    if threading.current_thread().name == "mpi-progress":
+        counts["thread_tests"] += 1
+        counts["thread_completed"] += bool(was_pending and done)
+    return done
+
+def wait(self, op):
+    counts["waits"] += 1
+    counts["done_before_wait"] += op.done is not None
+    return _wait(self, op)
+
+dist.Progress._test, dist.Progress.wait = test, wait
+
+@atexit.register
+def _save():
+    path = os.path.join(os.environ["PROBE_DIR"], "rank%s.json" % os.environ["PMI_RANK"])
+    with open(path, "w") as f:
+        json.dump(counts, f)
+
+from dlrm_tvm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.mpi
+@needs_mpi
+def test_progress_thread_completes_exchanges_while_the_rank_computes(tmp_path):
+    """With the progress thread (the default), it tests the pending requests and sees
+    exchanges complete while the rank computes, on every rank; with --no-progress-thread there
+    is no such thread and every exchange completes inside a wait. Same losses either way.
+    (The summary's overlapped_ms cannot tell: an exchange only completed in its wait still
+    counts as overlapped from posting to the wait.)"""
+    probe = tmp_path / "probe.py"
+    probe.write_text(_PROGRESS_PROBE)
+    steps = 20
+    runs = {}
+    for name, flags in (("thread", []), ("none", ["--no-progress-thread"])):
+        d = tmp_path / name
+        d.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+        env["PROBE_DIR"] = str(d)
+        p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(probe), "train", "--config",
+                            "tiny", "--steps", str(steps), "--quiet", "--out", str(d / "run"),
+                            *flags], capture_output=True, text=True, timeout=240, env=env)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        counts = [json.loads((d / f"rank{r}.json").read_text()) for r in (0, 1)]
+        summary = json.loads((d / "run" / "summary.json").read_text())
+        losses = [json.loads(x)["loss"] for x in (d / "run" / "metrics.jsonl").read_text()
+                  .splitlines() if '"eval"' not in x]
+        runs[name] = (counts, summary, losses)
+    counts, summary, losses = runs["thread"]
+    assert summary["progress_thread"] is True
+    for r, c in enumerate(counts):
+        assert c["waits"] >= 5 * steps, (r, c)  # input_dist x3, output_dist, grad_dist, ...
+        assert c["thread_tests"] > 0, f"rank {r}: the progress thread never tested a request"
+        assert c["thread_completed"] > 0, \
+            f"rank {r}: the progress thread saw no exchange complete: {c}"
+    counts0, summary0, losses0 = runs["none"]
+    assert summary0["progress_thread"] is False
+    for r, c in enumerate(counts0):
+        assert c["thread_tests"] == 0 and c["thread_completed"] == 0, (r, c)
+    assert sum(c["done_before_wait"] for c in counts) > sum(c["done_before_wait"]
+                                                            for c in counts0)
+    assert len(losses) == steps and losses == losses0
+
+
 def test_scaling_model_shapes():
     from dlrm_tvm.scaling import predict
 

@@ -73,14 +73,86 @@ def _assert_close(a: np.ndarray, b: np.ndarray, what: str) -> None:
     assert err < TOL, f"{what}: max abs difference {err:.2e}"
 
 
-def test_layout_helpers_match_the_module():
-    """mlp_layout and pair_indices restate graphs/dlrm.py and graphs/ops.py without TVM."""
-    from dlrm_tvm.graphs.dlrm import mlp_param_specs
+# The MLP parameters written out by hand from each config (not computed by the code under
+# test): (name, Wt [in, out] or bias shape), bottom then top; the first top Wt has the
+# interaction width rounded up to 16 rows. tiny: 26 tables, D = 16, bottom 13-64-16, top -64-1.
+_TINY = [("bot0_w", (13, 64)), ("bot0_b", (64,)), ("bot1_w", (64, 16)), ("bot1_b", (16,))]
+_DEEP = ModelConfig(table_rows=(5, 7, 11), embedding_dim=8, mlp_bot=(4, 32, 24, 8),
+                    mlp_top=(20, 10, 1))
+LAYOUTS = {  # case: (model, the layout, the true interaction width)
+    # F = 27 features: D + 27 * 26 / 2 pairs = 16 + 351 = 367 -> 368 rows
+    "dot": (_cfg("dot").model, [*_TINY, ("top0_w", (368, 64)), ("top0_b", (64,)),
+                                ("top1_w", (64, 1)), ("top1_b", (1,))], 367),
+    # 27 * 16 = 432, already a multiple of 16
+    "cat": (_cfg("cat").model, [*_TINY, ("top0_w", (432, 64)), ("top0_b", (64,)),
+                                ("top1_w", (64, 1)), ("top1_b", (1,))], 432),
+    # with the diagonal: 16 + 27 * 28 / 2 = 394 -> 400
+    "dot-itself": (_cfg("dot-itself").model, [*_TINY, ("top0_w", (400, 64)), ("top0_b", (64,)),
+                                              ("top1_w", (64, 1)), ("top1_b", (1,))], 394),
+    # three bottom and three top layers; F = 4: 8 + 6 pairs = 14 -> 16
+    "deep": (_DEEP, [("bot0_w", (4, 32)), ("bot0_b", (32,)), ("bot1_w", (32, 24)),
+                     ("bot1_b", (24,)), ("bot2_w", (24, 8)), ("bot2_b", (8,)),
+                     ("top0_w", (16, 20)), ("top0_b", (20,)), ("top1_w", (20, 10)),
+                     ("top1_b", (10,)), ("top2_w", (10, 1)), ("top2_b", (1,))], 14),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUTS))
+def test_mlp_layout_is_the_one_written_out(case):
+    """mlp_layout (interop, no TVM), mlp_param_specs and the compiled module's parameters
+    (predict's, after dense and pooled) all equal the layout written out by hand."""
+    from dlrm_tvm.graphs.dlrm import DLRMGraph, mlp_param_specs
+
+    m, want, width = LAYOUTS[case]
+    assert m.interaction_width == width
+    assert mlp_layout(m) == want
+    assert mlp_param_specs(m) == want
+    mod = DLRMGraph(m, 4).build(("dense",))
+    params = [(v.name, tuple(int(x) for x in v.ty.shape)) for v in mod["predict"].params]
+    assert params[:2] == [("dense", (4, m.num_dense)), ("pooled", (4, m.num_tables, 8 if
+                                                                      case == "deep" else 16))]
+    assert params[2:] == want
+
+
+@pytest.mark.parametrize("case", list(LAYOUTS))
+def test_mlp_layout_matches_the_reference_modules(case):
+    """The reference DLRM's Linear layers (torch_ref, built from the config's widths) are our
+    Wt transposed, top0 without its padding rows; to_reference_state_dict names them so."""
+    torch = pytest.importorskip("torch")
+    from dlrm_tvm import torch_ref
+
+    m, want, width = LAYOUTS[case]
+    g = np.random.default_rng(3)
+    state = {n: g.standard_normal(s).astype(np.float32) for n, s in want}
+    state["tables"] = np.zeros((m.total_rows, m.embedding_dim), np.float32)
+    cfg = _cfg("dot").replace(model=m)
+    sd = torch_ref.build(cfg, state).state_dict()
+    mlp = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("emb_l.")}
+    expect = {}
+    for name, shape in want:  # ours -> the reference's: bot_l.{2i}.weight [out, in]
+        part, i, kind = name[:3], int(name[3:-2]), name[-1]
+        if kind == "w":
+            rows = width if name == "top0_w" else shape[0]
+            expect[f"{part}_l.{2 * i}.weight"] = (shape[1], rows)
+        else:
+            expect[f"{part}_l.{2 * i}.bias"] = shape
+    assert mlp == expect
+    ref_sd = to_reference_state_dict(m, state)
+    assert {k: v.shape for k, v in ref_sd.items() if not k.startswith("emb_l.")} == expect
+    np.testing.assert_array_equal(ref_sd["top_l.0.weight"], state["top0_w"][:width].T)
+    assert torch.equal(sd["top_l.0.weight"], torch.from_numpy(state["top0_w"][:width].T.copy()))
+
+
+def test_pair_indices_match_the_module():
+    """pair_indices restates graphs/ops.py's pair tables without TVM; both give the
+    reference's order (for i, for j < i, or j <= i with the diagonal)."""
     from dlrm_tvm.graphs.ops import pair_tables
 
+    for f in (pair_indices, lambda n, s: pair_tables(n, s)[:2]):
+        assert f(4, False) == ([1, 2, 2, 3, 3, 3], [0, 0, 1, 0, 1, 2])
+        assert f(3, True) == ([0, 1, 1, 2, 2, 2], [0, 0, 1, 0, 1, 2])
     for variant in VARIANTS:
         m = _cfg(variant).model
-        assert mlp_layout(m) == mlp_param_specs(m)
         li, lj, _ = pair_tables(m.num_features, m.interaction_itself)
         assert pair_indices(m.num_features, m.interaction_itself) == (li, lj)
 
