@@ -80,6 +80,16 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
                 epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
 
 
+def convert(x, dst: str, src: str = F32):
+    """``x`` (of dtype ``src``) as ``dst``; fp32 -> bf16 rounds to nearest even and keeps every NaN a NaN (TVM's
+    rounding alone adds the rounding bias to NaN payloads too: 0x7FFFFFFF would become -0.0,
+    0x7F800001 +inf, hiding a diverged value)."""
+    if src == F32 and dst == "bfloat16":
+        nan = tirx.reinterpret("bfloat16", tirx.const(0x7FC0, "uint16"))
+        return tirx.Select(tirx.isnan(x), nan, x.astype(dst))
+    return x.astype(dst)
+
+
 def _gemm_epilogue(C, m: int, n: int, epilogue: str, in_dtype: str, out_dtype: str):
     """(extra inputs, Y): block "Y" = epilogue(C) in fp32, cast to ``out_dtype``; the bias and
     the mask are ``in_dtype``."""
@@ -89,7 +99,7 @@ def _gemm_epilogue(C, m: int, n: int, epilogue: str, in_dtype: str, out_dtype: s
         return x if in_dtype == F32 else x.astype(F32)
 
     def out(x):
-        return x if out_dtype == F32 else x.astype(out_dtype)
+        return x if out_dtype == F32 else convert(x, out_dtype)
 
     if epilogue == "none":
         return [], te.compute((m, n), lambda i, j: out(C[i, j]), name="Y")
@@ -250,7 +260,7 @@ def relu_bwd(m: int, n: int, act_dtype: str = F32, out_dtype: str = F32) -> tirx
     zero = tirx.const(0.0, F32)
     dX = te.compute(
         (m, n),
-        lambda i, j: tirx.Select(Y[i, j].astype(F32) > zero, dY[i, j], zero).astype(out_dtype),
+        lambda i, j: convert(tirx.Select(Y[i, j].astype(F32) > zero, dY[i, j], zero), out_dtype),
         name="dX",
     )
     return _tag(te.create_prim_func([dY, Y, dX]), "relu_bwd")
@@ -259,7 +269,7 @@ def relu_bwd(m: int, n: int, act_dtype: str = F32, out_dtype: str = F32) -> tirx
 def cast(shape: tuple[int, ...], src: str, dst: str) -> tirx.PrimFunc:
     """Y = X converted from ``src`` to ``dst`` (fp32 <-> bf16, round to nearest even)."""
     X = te.placeholder(shape, src, name="X")
-    Y = te.compute(shape, lambda *i: X[i].astype(dst), name="Y")
+    Y = te.compute(shape, lambda *i: convert(X[i], dst, src), name="Y")
     return _tag(te.create_prim_func([X, Y]), "cast")
 
 
@@ -278,19 +288,19 @@ def bce_loss(b: int, scale: float | None = None) -> tirx.PrimFunc:
 
     Inputs z [B, 1] (logits), y [B] (0/1 labels); outputs p [B] (probabilities),
     loss [1] (sum of per-sample losses times ``scale``, default 1/B), dz [B, 1] = (p - y) * scale.
-    The logs are clamped at -100 as torch's BCELoss does.
+    The loss is computed on the logits, max(z, 0) - z y + log(1 + exp(-|z|)): exact for any
+    finite z and without a clamp, so a diverging model shows a growing (then non-finite)
+    loss instead of one stuck at a cap.
     """
     scale = 1.0 / b if scale is None else scale
     z = te.placeholder((b, 1), F32, name="z")
     y = te.placeholder((b,), F32, name="y")
     p = te.compute((b,), lambda i: te.sigmoid(z[i, 0]), name="p")
-    lo = tirx.const(-100.0, F32)
-    one = tirx.const(1.0, F32)
+    zero = tirx.const(0.0, F32)
     per = te.compute(
         (b,),
-        lambda i: -(
-            y[i] * te.max(te.log(p[i]), lo) + (one - y[i]) * te.max(te.log(one - p[i]), lo)
-        ),
+        lambda i: te.max(z[i, 0], zero) - z[i, 0] * y[i]
+        + tirx.log1p(te.exp(zero - tirx.abs(z[i, 0]))),
         name="per",
     )
     r = te.reduce_axis((0, b), name="r")
@@ -525,7 +535,7 @@ def cast_pad(m: int, k: int, k_pad: int, src: str = F32, dst: str = "bfloat16") 
     padded once where the batch enters (13 features -> 16) so every layer's K is even."""
     X = te.placeholder((m, k), src, name="X")
     Y = te.compute((m, k_pad), lambda i, j: tirx.if_then_else(
-        j < k, X[i, te.min(j, k - 1)].astype(dst), tirx.const(0.0, dst)), name="Y")
+        j < k, convert(X[i, te.min(j, k - 1)], dst, src), tirx.const(0.0, dst)), name="Y")
     return _tag(te.create_prim_func([X, Y]), "cast")
 
 

@@ -56,8 +56,7 @@ def bce_loss(z, y, scale=None):
     scale = 1.0 / b if scale is None else scale
     zz = z[:, 0].astype(np.float64)
     p = 1.0 / (1.0 + np.exp(-zz))
-    with np.errstate(divide="ignore"):
-        per = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100))
+    per = np.maximum(zz, 0) - zz * y + np.log1p(np.exp(-np.abs(zz)))  # BCE on the logits
     loss = np.array([per.sum() * scale], np.float32)
     dz = ((p - y) * scale).astype(np.float32)[:, None]
     return p.astype(np.float32), loss, dz

@@ -248,19 +248,27 @@ def test_bce_loss(b, scale):
     assert_close(dz, wdz, 2e-6 * s, "dz")
 
 
-def test_bce_loss_log_clamp():
-    """Saturated wrong predictions: both logs clamp at -100 as torch's BCELoss does."""
+def test_bce_loss_has_no_clamp_that_hides_divergence():
+    """Saturated wrong predictions cost |z| (BCE on the logits), not a capped 100; a
+    non-finite logit gives a non-finite loss, so the trainer's check sees a diverging run."""
     b = 4
     lib, _ = build(ops.bce_loss(b))
-    z = np.array([[200.0], [-200.0], [150.0], [-150.0]], np.float32)
+    z = np.array([[200.0], [-300.0], [150.0], [-150.0]], np.float32)
     y = np.array([0.0, 1.0, 1.0, 0.0], np.float32)  # first two saturated wrong, last two right
     _, (p, loss, dz) = run(lib, [z, y], [(b,), (1,), (b, 1)])
     wp, wl, wdz = ref.bce_loss(z, y)
-    assert np.isfinite(loss).all()
-    assert_close(loss, wl, 1e-5 * abs(float(wl[0])), "clamped loss")
-    assert abs(float(loss[0]) - 50.0) < 1e-3  # (100 + 100 + 0 + 0) / 4
+    assert_close(loss, wl, 1e-5 * abs(float(wl[0])), "loss")
+    assert abs(float(loss[0]) - 125.0) < 1e-3  # (200 + 300 + 0 + 0) / 4
     assert_close(p, wp, 1e-7, "p")
     assert_close(dz, wdz, 1e-7, "dz")
+    for bad in (np.inf, -np.inf):  # (a NaN logit is NaN everywhere, p included)
+        z2 = z.copy()
+        z2[2, 0] = bad
+        loss2 = tvm.runtime.tensor(np.zeros(1, np.float32), DEV)  # poisoned finite
+        lib["main"](*(tvm.runtime.tensor(a, DEV) for a in (z2, y)),
+                    tvm.runtime.tensor(np.zeros(b, np.float32), DEV), loss2,
+                    tvm.runtime.tensor(np.zeros((b, 1), np.float32), DEV))
+        assert not np.isfinite(loss2.numpy()[0]), bad
 
 
 # ---------------------------------------------------------------- interaction
@@ -493,3 +501,190 @@ def test_a_rule_that_raises_is_skipped_not_fatal(caplog):
     func, rule = schedule_func(ops.gemm(16, 8, 16), TARGET, [Broken(), *RULES])
     assert rule == "gemm_packed_fp32"  # the next rule in the list took it
     assert "broken raised" in caplog.text
+
+
+# ---------------------------------------------------------------- dense Adagrad (rwsadagrad MLP)
+
+ADAGRAD_SHAPES = [(13,), (1,), (7, 5), (368, 64), (9001,)]  # 23552 and 9001: a short last chunk
+
+
+def _adagrad_grad(g, shape):
+    """A random gradient with |g| >= 0.05: every element's weight and accumulator must move."""
+    x = rand(g, shape)
+    return np.where(np.abs(x) < 0.05, np.copysign(np.float32(0.05), x), x).astype(np.float32)
+
+
+def _adagrad_tol(w, acc, grad, lr, acc_new):
+    """NumPy rounds g*g, the division and lr*step separately; the kernel may fuse (FMA): a few
+    unit roundoffs of the magnitudes involved (observed <= 2.6 on Zen 4)."""
+    step = np.abs(lr * grad.astype(np.float64)) / np.sqrt(acc_new.astype(np.float64))
+    tol_acc = 4 * U32 * (np.abs(acc).astype(np.float64) + grad.astype(np.float64) ** 2)
+    return 8 * U32 * (np.abs(w).astype(np.float64) + step), tol_acc
+
+
+@pytest.mark.parametrize("shape", ADAGRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_adagrad_update(shape):
+    """Dense Adagrad in place: S += g^2; w -= lr * g / (sqrt(S) + eps), over three steps, each
+    against the oracle from the kernel's previous state; every element of W and S moves."""
+    g = rng(16, *shape)
+    lib, rule = build(ops.adagrad_update(shape))
+    assert rule == "split_sgd_parallel_chunks"
+    w = rand(g, shape)
+    acc = g.uniform(0.01, 3.0, shape).astype(np.float32)  # a sum of squares: positive
+    W, S = tvm.runtime.tensor(w, DEV), tvm.runtime.tensor(acc, DEV)
+    for step, lr in enumerate((0.07, 0.3, 0.01)):
+        grad = _adagrad_grad(g, shape)
+        lib["main"](W, S, tvm.runtime.tensor(grad, DEV),
+                    tvm.runtime.tensor(np.array([lr], np.float32), DEV))
+        got_w, got_acc = W.numpy(), S.numpy()
+        want_w, want_acc = ref.adagrad_update(w, acc, grad, lr)
+        tol_w, tol_acc = _adagrad_tol(w, acc, grad, lr, want_acc)
+        assert_close(got_acc, want_acc, tol_acc, f"adagrad acc, step {step}")
+        assert_close(got_w, want_w, tol_w, f"adagrad w, step {step}")
+        assert (got_acc != acc).all() and (got_w != w).all(), "an element was not updated"
+        w, acc = got_w, got_acc
+
+
+@pytest.mark.parametrize("shape", ADAGRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_split_adagrad_is_bit_exact_fp32_adagrad(shape):
+    """The Split-SGD-BF16 variant (hi bf16 + lo uint16 master) steps bit for bit as the fp32
+    kernel (the same arithmetic on the recombined master); hi stays the master's upper half."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    g = rng(17, *shape)
+    split, rule = build(ops.adagrad_update(shape, split=True))
+    assert rule == "split_sgd_parallel_chunks"
+    plain, _ = build(ops.adagrad_update(shape))
+    w = rand(g, shape)
+    acc = g.uniform(0.01, 3.0, shape).astype(np.float32)
+    hi, lo = ref.split_fp32(w)
+    H, L = tvm.runtime.tensor(hi.view(ml_dtypes.bfloat16), DEV), tvm.runtime.tensor(lo, DEV)
+    S1, S2 = tvm.runtime.tensor(acc, DEV), tvm.runtime.tensor(acc, DEV)
+    W = tvm.runtime.tensor(w, DEV)
+    for step in range(5):
+        grad = tvm.runtime.tensor(_adagrad_grad(g, shape), DEV)
+        lr = tvm.runtime.tensor(np.array([0.05 * (step + 1)], np.float32), DEV)
+        split["main"](H, L, S1, grad, lr)
+        plain["main"](W, S2, grad, lr)
+        master = ref.combine_fp32(H.numpy().view(np.uint16), L.numpy())
+        assert np.array_equal(master.view(np.uint32), W.numpy().view(np.uint32)), f"step {step}"
+        assert np.array_equal(S1.numpy().view(np.uint32), S2.numpy().view(np.uint32)), step
+    assert np.array_equal(H.numpy().view(np.uint16), ref.split_fp32(W.numpy())[0])
+    assert (W.numpy() != w).all()
+
+
+# ---------------------------------------------------------------- bf16 casts
+# The oracle: round to nearest, ties to even, on the bits (NaN aside). No avx512_bf16 needed:
+# TVM legalises bf16 casts to integer code on every x86 target.
+
+
+def bf16_rne_bits(x: np.ndarray) -> np.ndarray:
+    """fp32 -> bfloat16 bits, round to nearest even (finite and infinite inputs)."""
+    b = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _fp32_bit_patterns(g, shape):
+    """fp32 values from their bits: every exponent (subnormals, infinities, values that round
+    to infinity) but no NaN; a quarter of them exact ties (low half 0x8000)."""
+    b = g.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32)
+    nan = ((b & 0x7F800000) == 0x7F800000) & ((b & 0x007FFFFF) != 0)
+    b[nan] &= np.uint32(0xFF7FFFFF)  # exponent 254: a large finite value instead
+    tie = g.random(shape) < 0.25
+    b[tie] = (b[tie] & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
+    return b.view(np.float32)
+
+
+CAST_SHAPES = [(7, 13), (128, 64), (1,), (3, 5, 7), (1000, 3)]
+
+
+@pytest.mark.parametrize("shape", CAST_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cast_fp32_to_bf16_rounds_to_nearest_even(shape):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    g = rng(18, *shape)
+    lib, _ = build(ops.cast(shape, "float32", "bfloat16"))
+    x = _fp32_bit_patterns(g, shape)
+    want = bf16_rne_bits(x)
+    np.testing.assert_array_equal(want, x.astype(ml_dtypes.bfloat16).view(np.uint16))  # oracle
+    y = tvm.runtime.tensor(np.full(shape, np.nan, np.float32).astype(ml_dtypes.bfloat16), DEV)
+    lib["main"](tvm.runtime.tensor(x, DEV), y)
+    got = y.numpy().view(np.uint16)
+    assert not np.isnan(y.numpy().astype(np.float32)).any(), "an element was never written"
+    bad = got != want
+    assert not bad.any(), (f"{int(bad.sum())} of {got.size} differ, first input "
+                           f"{x[bad][0].view(np.uint32):#010x}: got {got[bad][0]:#06x} "
+                           f"want {want[bad][0]:#06x}")
+
+
+def test_cast_fp32_to_bf16_edge_values():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bits = np.array([
+        0x3F808000, 0x3F818000,  # ties: down to even 0x3F80, up to even 0x3F82
+        0x3F807FFF, 0x3F808001,  # just below / above a tie
+        0x7F7FFFFF, 0xFF7FFFFF,  # the largest finite values round to +-inf
+        0x7F7F7FFF,  # ... unless below the tie
+        0x7F800000, 0xFF800000, 0x00000000, 0x80000000,  # +-inf, +-0
+        0x00000001, 0x007FFFFF, 0x00008000, 0x00018000, 0x80018000,  # subnormals, ties
+        0xBF7FFFFF,  # -0.99999994 rounds up in magnitude to -1.0
+    ], np.uint32)
+    x = bits.view(np.float32)
+    lib, _ = build(ops.cast(x.shape, "float32", "bfloat16"))
+    y = tvm.runtime.tensor(np.full(x.shape, np.nan, np.float32).astype(ml_dtypes.bfloat16), DEV)
+    lib["main"](tvm.runtime.tensor(x, DEV), y)
+    got = y.numpy().view(np.uint16)
+    want = np.array([0x3F80, 0x3F82, 0x3F80, 0x3F81, 0x7F80, 0xFF80, 0x7F7F, 0x7F80, 0xFF80,
+                     0x0000, 0x8000, 0x0000, 0x0080, 0x0000, 0x0002, 0x8002, 0xBF80], np.uint16)
+    np.testing.assert_array_equal(bf16_rne_bits(x), want)
+    assert [hex(v) for v in got] == [hex(v) for v in want]
+
+
+def test_cast_fp32_to_bf16_keeps_nan():
+    """TVM's rounding alone adds the bias to NaN payloads (0x7FFFFFFF -> -0.0, 0x7F800001 ->
+    +inf); ops.convert keeps every NaN a NaN, so a diverged value cannot vanish in a cast."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF],
+                    np.uint32)
+    x = bits.view(np.float32)
+    lib, _ = build(ops.cast(x.shape, "float32", "bfloat16"))
+    y = tvm.runtime.tensor(np.zeros(x.shape, ml_dtypes.bfloat16), DEV)
+    lib["main"](tvm.runtime.tensor(x, DEV), y)
+    got = y.numpy().astype(np.float32)
+    assert np.isnan(got).all(), [hex(v) for v in y.numpy().view(np.uint16)]
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (7, 13), (1,)], ids=lambda s: "x".join(map(str, s)))
+def test_cast_bf16_to_fp32_is_exact(shape):
+    """bf16 -> fp32 is exact: the bits shifted up by 16, NaN payloads included. (256, 256):
+    every bf16 bit pattern."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    g = rng(19, *shape)
+    n = int(np.prod(shape))
+    hb = (np.arange(n) if n == 65536 else g.integers(0, 2**16, n)).astype(np.uint16)
+    hb = hb.reshape(shape)
+    lib, _ = build(ops.cast(shape, "bfloat16", "float32"))
+    # poison: a NaN with nonzero low bits, which no exact result has
+    y = tvm.runtime.tensor(np.full(shape, 0x7FBADBAD, np.uint32).view(np.float32), DEV)
+    lib["main"](tvm.runtime.tensor(hb.view(ml_dtypes.bfloat16), DEV), y)
+    got = y.numpy().view(np.uint32)
+    want = hb.astype(np.uint32) << 16
+    bad = got != want
+    assert not bad.any(), (f"{int(bad.sum())} of {got.size} differ, first input "
+                           f"{hb[bad][0]:#06x}: got {got[bad][0]:#010x}")
+
+
+@pytest.mark.parametrize("m,k,k_pad", [(7, 13, 16), (64, 13, 16), (1, 5, 8), (3, 1, 2)],
+                         ids=lambda v: str(v))
+def test_cast_pad(m, k, k_pad):
+    """The dense input cast to bf16 (nearest even) and zero-padded to k_pad columns."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    g = rng(20, m, k, k_pad)
+    lib, _ = build(ops.cast_pad(m, k, k_pad))
+    x = rand(g, (m, k), 3.0)
+    tie = g.random((m, k)) < 0.25  # exact ties, as in the bit-pattern test
+    xb = x.view(np.uint32)
+    xb[tie] = (xb[tie] & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
+    y = tvm.runtime.tensor(np.full((m, k_pad), np.nan, np.float32).astype(ml_dtypes.bfloat16),
+                           DEV)
+    lib["main"](tvm.runtime.tensor(x, DEV), y)
+    got = y.numpy().view(np.uint16)
+    np.testing.assert_array_equal(got[:, :k], bf16_rne_bits(x))
+    assert (got[:, k:] == 0).all(), "padding must be +0.0 (bits 0), and written"
