@@ -9,7 +9,16 @@ import os
 import sys
 import time
 
-from dlrm_tvm.config import PRESETS, ConfigError, apply_overrides, load_config
+from dlrm_tvm.config import (
+    PRESETS,
+    ConfigError,
+    apply_overrides,
+    auc_fraction,
+    load_config,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 
 EPILOG = """examples:
   dlrm-tvm train --config tiny --steps 100 --out runs/tiny
@@ -36,20 +45,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("config (a preset or TOML file, then the reference's flags)")
     g.add_argument("--config", default=None,
                    help=f"preset ({', '.join(PRESETS)}) or TOML file (default: tiny)")
-    g.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim D")
+    g.add_argument("--arch-sparse-feature-size", type=positive_int, help="embedding dim D")
     g.add_argument("--arch-embedding-size", help="rows per table, dash-separated: 1000-1000-...")
     g.add_argument("--arch-mlp-bot", help="bottom MLP incl. dense input width: 13-512-256-64")
     g.add_argument("--arch-mlp-top", help="top MLP without its input width: 512-256-1")
     g.add_argument("--arch-interaction-op", choices=("dot", "cat"))
     g.add_argument("--arch-interaction-itself", action="store_true", default=None,
                    help="include self dot products in the dot interaction")
-    g.add_argument("--max-ind-range", type=int, help="cap every table at this many rows")
-    g.add_argument("--mini-batch-size", type=int, help="batch size")
-    g.add_argument("--learning-rate", type=float)
-    g.add_argument("--lr-num-warmup-steps", type=int, help="linear LR warmup (reference)")
-    g.add_argument("--lr-decay-start-step", type=int, help="polynomial decay starts here")
-    g.add_argument("--lr-num-decay-steps", type=int, help="decay length (0: no decay)")
-    g.add_argument("--num-indices-per-lookup", type=int, help="lookups per bag (max if varied)")
+    g.add_argument("--max-ind-range", type=positive_int, help="cap every table at this many rows")
+    g.add_argument("--mini-batch-size", type=positive_int, help="batch size")
+    g.add_argument("--learning-rate", type=positive_float, help="base learning rate (> 0)")
+    g.add_argument("--lr-num-warmup-steps", type=nonneg_int, help="linear LR warmup (reference)")
+    g.add_argument("--lr-decay-start-step", type=nonneg_int, help="polynomial decay starts here")
+    g.add_argument("--lr-num-decay-steps", type=nonneg_int, help="decay length (0: no decay)")
+    g.add_argument("--num-indices-per-lookup", type=positive_int,
+                   help="lookups per bag (max if varied)")
     g.add_argument("--num-indices-per-lookup-fixed", type=int, choices=(0, 1),
                    help="1: every bag has exactly that many lookups; 0: sizes vary")
     g.add_argument("--precision", choices=("fp32", "bf16"),
@@ -61,7 +71,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "tables, dense Adagrad for the MLPs (default sgd)")
     g.add_argument("--index-distribution", choices=("uniform", "zipf"),
                    help="synthetic indices: uniform (reference) or Zipf power law over rows")
-    g.add_argument("--zipf-alpha", type=float, help="Zipf exponent (default 1.05)")
+    g.add_argument("--zipf-alpha", type=positive_float, help="Zipf exponent (default 1.05)")
     g.add_argument("--data", choices=("synthetic", "criteo-kaggle", "criteo-terabyte",
                                       "mlperf-bin"),
                    help="synthetic (default); criteo-kaggle / criteo-terabyte: raw train.txt "
@@ -161,7 +171,9 @@ def cmd_train(args) -> int:
                       keep_checkpoints=args.keep_checkpoints,
                       resume=(args.out if args.resume == "auto" else args.resume),
                       init_from=args.init_from,
-                      save_params=args.save_params)
+                      save_params=args.save_params,
+                      final_checkpoint=not args.no_final_checkpoint,
+                      overwrite=args.overwrite)
     if args.tuning and args.artifact:
         raise ValueError("--tuning applies when compiling: it has no effect on a given "
                          "--artifact (compile it with `dlrm-tvm compile --tuning`)")
@@ -438,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(t)
     t.add_argument("--artifact", help="a directory from `dlrm-tvm compile` (must match config)")
     t.add_argument("--target", default="host", help="target to compile for (default: host)")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: config's)")
-    t.add_argument("--seed", type=int, default=None, help="seed for init and data")
+    t.add_argument("--steps", type=nonneg_int, default=None,
+                   help="training steps (default: config's)")
+    t.add_argument("--seed", type=nonneg_int, default=None, help="seed for init and data")
     t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     t.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
     t.add_argument("--tuning", metavar="FILE",
@@ -448,22 +461,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-params", action="store_true",
                    help="write every fp32 parameter to RUNDIR/params.npz at the end")
     e = t.add_argument_group("evaluation and checkpoints")
-    e.add_argument("--eval-every", type=int, default=0,
+    e.add_argument("--eval-every", type=nonneg_int, default=0,
                    help="evaluate on the held-out split every K steps (loss, accuracy, exact "
                    "ROC AUC; to metrics.jsonl as lines with \"kind\": \"eval\") and at the end")
-    e.add_argument("--eval-batches", type=int, default=2,
+    e.add_argument("--eval-batches", type=positive_int, default=2,
                    help="synthetic data: batches in the held-out stream (default 2)")
     e.add_argument("--eval", action="store_true",
                    help="evaluate at the end (the default with real data, --eval-every or "
                    "--target-auc)")
     e.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    e.add_argument("--target-auc", type=float,
+    e.add_argument("--target-auc", type=auc_fraction,
                    help="stop when the held-out AUC reaches this (checked at --eval-every); "
-                   "the summary records the step and time it took")
-    e.add_argument("--checkpoint-every", type=int, default=0,
+                   "the summary records the step and time it took (0 < AUC <= 1)")
+    e.add_argument("--checkpoint-every", type=nonneg_int, default=0,
                    help="write the whole training state to RUNDIR/checkpoints/ every K steps "
                    "and at the end (atomic: a kill mid-write keeps the previous one)")
-    e.add_argument("--keep-checkpoints", type=int, default=2,
+    e.add_argument("--no-final-checkpoint", action="store_true",
+                   help="do not write a checkpoint of the last step (by default every run "
+                   "ends with one, so `eval`/`export-onnx --checkpoint RUNDIR` work)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (its metrics, summary and checkpoints "
+                   "are deleted); without it such a directory is refused unless --resume")
+    e.add_argument("--keep-checkpoints", type=positive_int, default=2,
                    help="how many checkpoints to keep (default 2)")
     e.add_argument("--init-from", metavar="CKPT",
                    help="start from the weights of a checkpoint (ours, or a facebookresearch/"
@@ -471,21 +490,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resume", nargs="?", const="auto",
                    help="continue from a checkpoint (a checkpoint dir, a checkpoints/ dir or a "
                    "run dir; without a value: --out's latest), bit-exactly, at any rank count")
-    t.add_argument("--threads", type=int, help="TVM threads (per rank under mpiexec; default: "
+    t.add_argument("--threads", type=positive_int,
+                   help="TVM threads (per rank under mpiexec; default: "
                    "all cores, or the rank's share of its node's cores)")
     g = t.add_argument_group("distributed (under mpiexec -n N)")
     g.add_argument("--sharding", default="auto", choices=("auto", "table", "row"),
                    help="auto: whole tables balanced by memory + lookups, row ranges for a "
                    "table over a rank's budget; table: whole tables only; row: every table "
                    "cut into N row ranges (default auto)")
-    g.add_argument("--rank-memory-gib", type=float,
+    g.add_argument("--rank-memory-gib", type=positive_float,
                    help="table memory one rank may hold (default: 80%% of the node's "
                    "available memory over its ranks)")
-    g.add_argument("--comm-timeout", type=float, default=300.0,
+    g.add_argument("--comm-timeout", type=positive_float, default=300.0,
                    help="seconds an exchange may wait before the job is aborted (default 300)")
     g.add_argument("--no-progress-thread", action="store_true",
                    help="do not advance MPI from a background thread while compiled code runs")
-    g.add_argument("--progress-poll-us", type=float, default=50.0,
+    g.add_argument("--progress-poll-us", type=positive_float, default=50.0,
                    help="how often the progress thread tests pending exchanges (default 50 us)")
     t.set_defaults(func=cmd_train)
 
@@ -495,8 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "process; prints medians, ratios, per-kernel times and GFLOP/s vs peak.")
     _add_config_args(b)
     b.add_argument("--target", default="host")
-    b.add_argument("--steps", type=int, default=20, help="timed steps per contender")
-    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--steps", type=positive_int, default=20, help="timed steps per contender")
+    b.add_argument("--warmup", type=nonneg_int, default=3,
+                   help="untimed steps per contender first (default 3)")
     b.add_argument("--precisions", help="ours at these precisions, e.g. fp32,bf16 "
                    "(default: the config's)")
     b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
@@ -511,19 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "dlrm-tvm train` (--steps steps) and reports ms/step split into compute, "
                    "exposed and overlapped communication, bytes per exchange, an MPI probe "
                    "and the scaling model for 1 to 64 sockets")
-    g.add_argument("--threads-per-rank", type=int,
+    g.add_argument("--threads-per-rank", type=positive_int,
                    help="threads of each rank (default: its share of this machine's cores)")
     g.add_argument("--sharding", default="auto", choices=("auto", "table", "row"))
     g.add_argument("--plot", help="write the scaling efficiency plot (PNG) here")
-    g.add_argument("--net-bandwidth-gbs", type=float, default=12.5,
+    g.add_argument("--net-bandwidth-gbs", type=positive_float, default=12.5,
                    help="the model's assumed network bandwidth per socket (default 12.5 GB/s)")
-    g.add_argument("--net-latency-us", type=float, default=2.0,
+    g.add_argument("--net-latency-us", type=positive_float, default=2.0,
                    help="the model's assumed network latency (default 2 us)")
     g = b.add_argument_group("data loading (instead of the PyTorch comparison)")
     g.add_argument("--loader", action="store_true",
                    help="Criteo raw parse, preprocess and memory-mapped batch rates (rows/s) "
                    "against the config's training step (rows/s it consumes)")
-    g.add_argument("--loader-rows", type=int, default=200_000,
+    g.add_argument("--loader-rows", type=positive_int, default=200_000,
                    help="raw rows to generate for --loader (default 200000)")
     b.set_defaults(func=cmd_bench)
 
@@ -539,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, metavar="RUNDIR")
     ev.add_argument("--target", default="host")
     ev.add_argument("--save-predictions", action="store_true")
-    ev.add_argument("--eval-batches", type=int, default=2,
+    ev.add_argument("--eval-batches", type=positive_int, default=2,
                     help="synthetic data: held-out batches (default 2)")
     ev.add_argument("--split", choices=("test", "val", "train", "all"),
                     help="rows of a preprocessed directory to evaluate (default test); raw "
@@ -557,13 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--format", choices=("kaggle", "terabyte"), default="kaggle",
                     help="kaggle: one file split into 7 days (days 0-5 train, day 6 halves "
                     "test/val); terabyte: one day per file (the last day halves test/val)")
-    pp.add_argument("--max-ind-range", type=int,
+    pp.add_argument("--max-ind-range", type=positive_int,
                     help="categories int(hex, 16) %% R (default: the raw 32-bit hash)")
     pp.add_argument("--remap", action="store_true",
                     help="contiguous ids per column in order of first appearance (counts saved)")
     pp.add_argument("--skip-bad-lines", action="store_true",
                     help="skip malformed lines (counted) instead of stopping at the first")
-    pp.add_argument("--days", type=int, default=7, help="kaggle: days to split into")
+    pp.add_argument("--days", type=positive_int, default=7, help="kaggle: days to split into")
     pp.add_argument("--json", help="also write meta.json's content here")
     pp.set_defaults(func=cmd_preprocess)
 
@@ -572,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     xo.add_argument("--checkpoint", required=True, metavar="CKPT")
     _add_config_args(xo)
     xo.add_argument("--out", required=True, help="the .onnx file")
-    xo.add_argument("--opset", type=int, default=17)
+    xo.add_argument("--opset", type=positive_int, default=17,
+                    help="ONNX opset version (default 17)")
     xo.add_argument("--check", action="store_true",
                     help="run it under onnxruntime against a NumPy forward pass")
     xo.set_defaults(func=cmd_export_onnx)
@@ -617,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: 1000000,64,100;1000000,128,1;10000000,64,1)")
     kb.add_argument("--dist", default="uniform,zipf",
                     help="embedding ops: index distributions to run (uniform,zipf)")
-    kb.add_argument("--batch", type=int,
+    kb.add_argument("--batch", type=positive_int,
                     help="embedding ops: bags per call (default: 204800 lookups' worth, at "
                     "least 2048)")
     _add_config_args(kb)
@@ -628,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("none", "bias", "bias_relu", "relu_mask"))
     kb.add_argument("--rule", action="append", help="candidate rule (repeatable; default: all)")
     kb.add_argument("--target", default="host")
-    kb.add_argument("--reps", type=int, default=10)
+    kb.add_argument("--reps", type=positive_int, default=10,
+                    help="timed repetitions per candidate (default 10)")
     kb.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                     help="gemm: operand dtype (bf16: the AVX-512 BF16 rule where the CPU has "
                     "it); embedding ops: the table (bf16: Split-SGD-BF16 storage)")
@@ -645,9 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "budget; write the best per kernel as JSON for compile/train --tuning.")
     _add_config_args(kt)
     kt.add_argument("--target", default="host")
-    kt.add_argument("--budget-s", type=float, default=300.0,
+    kt.add_argument("--budget-s", type=positive_float, default=300.0,
                     help="seconds for the whole search (default 300)")
-    kt.add_argument("--reps", type=int, default=5)
+    kt.add_argument("--reps", type=positive_int, default=5,
+                    help="timed repetitions per tile (default 5)")
     kt.add_argument("--out", default="tuning.json", help="the record (default tuning.json)")
     kt.add_argument("--check", action="store_true",
                     help="then run `kernels bench --config` with the record")
@@ -662,12 +686,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     _threads_from_env()
+    from dlrm_tvm.errors import EXIT_SIGINT, EXIT_USER_ERROR, DivergedError, RunInterrupted
+
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as e:
+    except DivergedError as e:
+        print(f"dlrm-tvm {args.cmd}: diverged: {e}", file=sys.stderr)
+        return e.exit_code
+    except (ConfigError, ValueError, RuntimeError, OSError) as e:
         if not getattr(e, "quiet", False):  # a distributed run's other ranks stay quiet
             print(f"dlrm-tvm {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except RunInterrupted as e:
+        print(f"interrupted by signal {e.signum}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGINT

@@ -49,6 +49,12 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
         ys.append(batch.labels[:n])
     p = np.concatenate(ps) if ps else np.zeros(0, np.float32)
     y = np.concatenate(ys) if ys else np.zeros(0, np.float32)
+    if not np.isfinite(p).all():
+        from dlrm_tvm.errors import DivergedError
+
+        raise DivergedError(f"{int((~np.isfinite(p)).sum())} of {p.size} predictions of "
+                            f"{desc['path']} are not finite: its parameters are not finite "
+                            f"(a diverged model); no metrics written")
     res = evaluate_predictions(y, p)
     summary = {**res, "seconds": time.perf_counter() - t0, "checkpoint": desc,
                "data": source.describe(), "config": cfg.to_dict(),

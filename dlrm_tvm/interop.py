@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -332,34 +331,34 @@ def _numpy_safe_globals() -> list:
     return allowed
 
 
-def _torch_load(path: str | os.PathLike, allow_pickle: bool) -> Any:
+def _torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` with NumPy scalars allowed: tensors, numbers, strings
+    and containers only. A file that needs anything else (a pickled nn.Module, a class of the
+    reference's code, or a crafted payload) is refused: dlrm-tvm never unpickles arbitrary
+    objects, because unpickling can run code from the file."""
     import pickle
+    import zipfile
 
     import torch
 
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        if not allow_pickle:
-            raise ValueError(
-                f"{path}: torch.load(weights_only=True) refused the file ({str(e)[:200]}...); "
-                f"pass allow_pickle=True to load it with full unpickling if you trust it"
-            ) from e
-        warnings.warn(
-            f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}); loading with "
-            f"weights_only=False, which can run code from the file: only do so for checkpoints "
-            f"from a trusted source (pass allow_pickle=False to refuse)",
-            stacklevel=3,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError,
+            zipfile.BadZipFile, ValueError, KeyError, IndexError) as e:
+        why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: refused: torch.load(weights_only=True) cannot read it ({why}). dlrm-tvm "
+            f"reads reference checkpoints as tensors and numbers only and never unpickles "
+            f"other objects (that could run code from the file). If the file is yours and "
+            f"holds a whole model object, re-save it where you trust it as a state dict: "
+            f"torch.save({{'state_dict': model.state_dict()}}, path)"
+        ) from None
 
 
 def _find_state_dict(ckpt: Any) -> Mapping[str, Any]:
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
         sd = ckpt["state_dict"]
-    elif hasattr(ckpt, "state_dict") and callable(ckpt.state_dict):  # a pickled nn.Module
-        sd = ckpt.state_dict()
     else:
         sd = ckpt
     if not isinstance(sd, Mapping) or not any(str(k).endswith(".weight") for k in sd):
@@ -379,23 +378,21 @@ def _to_numpy(v: Any) -> np.ndarray:
 
 
 def load_reference_checkpoint(
-    path: str | os.PathLike, cfg_hint: ModelConfig | Config | None = None, *,
-    allow_pickle: bool = True,
+    path: str | os.PathLike, cfg_hint: ModelConfig | Config | None = None,
 ) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Read a facebookresearch/dlrm checkpoint; return (ModelConfig, our state).
 
     Accepts the reference's ``--save-model`` dict (its ``state_dict`` entry is used, the
     metrics and optimizer state are ignored) or a bare ``state_dict``; "module." prefixes of
     (Distributed)DataParallel wrappers are dropped. The file is read with
-    ``torch.load(weights_only=True)`` (NumPy scalars allowed); if that fails and
-    ``allow_pickle`` is true it is re-read with ``weights_only=False`` after a warning (that
-    can run code from the file), otherwise ValueError.
+    ``torch.load(weights_only=True)`` (NumPy scalars allowed) and nothing else: a file that
+    needs full unpickling is refused with ValueError (never unpickled: that can run code).
 
     The interaction is inferred from the first top layer's input width; where that is
     ambiguous, ``cfg_hint``'s interaction decides, else the metadata our own
     ``save_reference_checkpoint`` writes. Raises ValueError with the reason when the shapes are
     inconsistent (see ``infer_model_config``)."""
-    ckpt = _torch_load(path, allow_pickle)
+    ckpt = _torch_load(path)
     sd = _find_state_dict(ckpt)
     want = _hint_pair(cfg_hint)
     if want is None and isinstance(ckpt, Mapping):

@@ -75,7 +75,7 @@ def measure_ranks(cfg: Config, ranks: tuple[int, ...], steps: int = 8, target: s
             out = Path(tmp) / f"r{n}"
             cmd = [sys.executable, "-m", "dlrm_tvm", "train", "--config", str(cfg_file),
                    "--quiet", "--out", str(out), "--target", target, "--threads", str(threads),
-                   "--sharding", sharding]
+                   "--sharding", sharding, "--no-final-checkpoint"]
             if n > 1:
                 cmd = [mpiexec, "-n", str(n), *cmd]
             log(f"[ranks] {n} rank(s) x {threads} thread(s): {cfg.name}, {steps} steps ...")

@@ -17,17 +17,37 @@ def load_state(path: str | Path, cfg_hint: Config) -> tuple[Config, dict, dict]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if not (p.is_file() or p.is_dir()):
+        raise ValueError(f"checkpoint {p} is neither a file nor a directory")
     if p.is_file():
         from dlrm_tvm.interop import load_reference_checkpoint
 
         m, state = load_reference_checkpoint(p, cfg_hint)
+        _check_finite(p, state)
         return cfg_hint.replace(model=m), dict(state), {"kind": "reference", "path": str(p)}
     from dlrm_tvm.runtime import checkpoint as ck
 
     man = ck.read_manifest(p)
-    cfg = Config.from_dict(man["config"])
+    try:
+        cfg = Config.from_dict(man["config"])
+    except ValueError as e:
+        raise ck.CheckpointError(f"{man['_dir']}/manifest.json: its config is invalid: {e}") from e
     d = cfg.model.embedding_dim
     tables = np.concatenate([ck.load_rows(man, t, 0, r, d)
                              for t, r in enumerate(cfg.model.table_rows)])
     state = {"tables": tables, **ck.load_npz(man, "mlp.npz")}
+    _check_finite(Path(man["_dir"]), state)
     return cfg, state, {"kind": "dlrm-tvm", "path": man["_dir"], "step": man["step"]}
+
+
+def _check_finite(path: Path, state: dict) -> None:
+    """A model with NaN or infinite parameters is refused (exit status 3), naming them: its
+    predictions would be NaN, or, behind a ReLU, silently wrong."""
+    from dlrm_tvm.errors import DivergedError
+
+    bad = {k: int(v.size - np.count_nonzero(np.isfinite(v))) for k, v in state.items()
+           if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()}
+    if bad:
+        raise DivergedError(f"{path}: non-finite parameters ("
+                            + ", ".join(f"{k}: {n} values" for k, n in bad.items())
+                            + "): a diverged model, refused")

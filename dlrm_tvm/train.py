@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from dlrm_tvm.config import Config, ConfigError
+from dlrm_tvm.errors import DivergedError, RunInterrupted
 from dlrm_tvm.progress import Progress
+from dlrm_tvm.rundir import RunDir, truncate_metrics
 
 log = logging.getLogger("dlrm_tvm")
 
@@ -69,6 +73,8 @@ class RunOptions:
     # the reference's torch.save file
     save_params: bool = False
     source: object | None = None  # a data source (dlrm_tvm.sources); default synthetic
+    final_checkpoint: bool = True  # a checkpoint of the last step, so eval/export work on RUNDIR
+    overwrite: bool = False  # replace a run already in the directory (else refused)
 
 
 def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
@@ -89,6 +95,31 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
     opts.save_params = opts.save_params or save_params
     out = Path(out_dir)
     ranks = launched_ranks()
+    with _sigterm_as_interrupt():
+        return _train(cfg, out, artifact, target, prefer, quiet, dist, opts, tuning, ranks)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (and SIGINT) raise RunInterrupted in the main thread while training runs, so a
+    scheduler's kill is handled as Ctrl-C: metrics flushed, summary marked interrupted."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptions, tuning,
+           ranks: int) -> dict:
     start, manifest = _resume_state(cfg, opts.resume) if opts.resume else (None, None)
     if opts.init_from:
         if opts.resume:
@@ -105,10 +136,11 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
                               "each rank's shards itself: drop --artifact under mpiexec")
         comm = D.comm_world()
         rank = comm.Get_rank()
+        rd = RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite)
         try:
             data_dir = None
             if rank == 0:
-                out.mkdir(parents=True, exist_ok=True)
+                rd.acquire()
                 if needs_preprocess(cfg):
                     data_dir = preprocess_for_run(cfg, out, say)
             data_dir = comm.bcast(data_dir, root=0)
@@ -120,24 +152,26 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
                                               start=start, tuning=tuning, **(dist or {}))
             meta = {"target": dist_info["target"], "schedules": {}, "tvm_version": _tvm_ver()}
             return _train_loop(cfg, out, trainer, meta, quiet, rank, dist_info, opts, manifest)
-        except D.CollectiveError:
+        except (D.CollectiveError, DivergedError):
             raise  # every rank has it: each exits with it (rank 0 prints it)
         except BaseException as e:  # any failure on any rank ends every rank
             D.abort_on_error(comm, e)
             raise
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.check_fits()
-    if opts.source is None:
-        data_dir = preprocess_for_run(cfg, out, say) if needs_preprocess(cfg) else None
-        opts.source = make_source(cfg, 0, 1, data_dir)
-    vm, meta = get_compiled(cfg, artifact, target, out, prefer, tuning)
-    from dlrm_tvm.runtime.trainer import Trainer
+        finally:
+            rd.release()
+    with RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite):
+        cfg.check_fits()
+        if opts.source is None:
+            data_dir = preprocess_for_run(cfg, out, say) if needs_preprocess(cfg) else None
+            opts.source = make_source(cfg, 0, 1, data_dir)
+        vm, meta = get_compiled(cfg, artifact, target, out, prefer, tuning)
+        from dlrm_tvm.runtime.trainer import Trainer
 
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg, vm, start=start)
-    log.info("%s parameters in %.1fs (%.2f GiB)", "loaded" if start else "initialised",
-             time.perf_counter() - t0, cfg.model.param_bytes() / 2**30)
-    return _train_loop(cfg, out, trainer, meta, quiet, 0, None, opts, manifest)
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, vm, start=start)
+        log.info("%s parameters in %.1fs (%.2f GiB)", "loaded" if start else "initialised",
+                 time.perf_counter() - t0, cfg.model.param_bytes() / 2**30)
+        return _train_loop(cfg, out, trainer, meta, quiet, 0, None, opts, manifest)
 
 
 def _tvm_ver() -> str:
@@ -153,7 +187,10 @@ def _resume_state(cfg: Config, path: str):
     from dlrm_tvm.runtime.trainer import StartState
 
     man = ck.read_manifest(path)
-    old = Config.from_dict(man["config"])
+    try:
+        old = Config.from_dict(man["config"])
+    except ConfigError as e:
+        raise ConfigError(f"{man['_dir']}/manifest.json: its config is invalid: {e}") from e
     if old.model != cfg.model:
         raise ConfigError(f"checkpoint {man['_dir']} holds a different model than the config "
                           f"(its config: {man['_dir']}/manifest.json)")
@@ -161,6 +198,11 @@ def _resume_state(cfg: Config, path: str):
         if getattr(old.train, k) != getattr(cfg.train, k):
             raise ConfigError(f"checkpoint {man['_dir']} was trained with {k} "
                               f"{getattr(old.train, k)}, not {getattr(cfg.train, k)}")
+    from dlrm_tvm.runtime.distributed import launched_ranks
+
+    if launched_ranks() == 1:  # one rank reads every file: verify them all before compiling
+        for name in sorted(man.get("files") or ()):
+            ck.verify_file(man, name)
     D = cfg.model.embedding_dim
     has_acc = bool(man.get("row_acc"))
     start = StartState(
@@ -194,7 +236,11 @@ def _init_state(cfg: Config, path: str):
 
 def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=None,
                     keep: int = 2) -> Path | None:
-    """Every rank writes its shards; rank 0 the MLP and the manifest, then commits."""
+    """Every rank writes its shards; rank 0 the MLP and the manifest, then commits.
+
+    Every file's size and SHA-256 go into the manifest. Parameters are checked as they are
+    written: if any rank finds a non-finite value, nothing is committed (the previous
+    checkpoint stays ``latest``) and every rank raises DivergedError."""
     from dlrm_tvm.runtime import checkpoint as ck
 
     rank = comm.Get_rank() if comm is not None else 0
@@ -204,30 +250,49 @@ def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config, comm=Non
         token = comm.bcast(token, root=0)
     tmp = ck.begin(root, step, token)  # the same directory on every rank (mkdir exist_ok)
     fault = os.environ.get("DLRM_TVM_CKPT_FAULT")  # test hook: "RANK:STEP" dies mid-write
-    shards = []
+    shards, files, bad = [], {}, []
     for i, (t, a, b, rows, acc) in enumerate(trainer.shard_state()):
-        ck.write_array(tmp, ck.shard_file(t, a, b), rows)
+        if ck.non_finite(rows):
+            bad.append(f"table {t} rows {a}:{b} ({ck.non_finite(rows)} values)")
+        files[ck.shard_file(t, a, b)] = ck.write_array(tmp, ck.shard_file(t, a, b), rows)
         if acc is not None:
-            ck.write_array(tmp, ck.shard_file(t, a, b, acc=True), acc)
+            if ck.non_finite(acc):
+                bad.append(f"table {t} rows {a}:{b} accumulators")
+            files[ck.shard_file(t, a, b, acc=True)] = ck.write_array(
+                tmp, ck.shard_file(t, a, b, acc=True), acc)
         shards.append({"table": t, "row_start": a, "row_stop": b, "rank": rank})
         if fault and i == 0 and fault == f"{rank}:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
     if comm is not None:
-        allsh = comm.gather(shards, root=0)
-        shards = [s for part in (allsh or []) for s in part]
+        parts = comm.gather((shards, files, bad), root=0)
+        if parts is not None:
+            shards = [s for p in parts for s in p[0]]
+            files = {k: v for p in parts for k, v in p[1].items()}
+            bad = [x for p in parts for x in p[2]]
+    final = None
     if rank == 0:
-        ck.write_npz(tmp, "mlp.npz", trainer.dense.fp32())
+        dense = trainer.dense.fp32()
+        bad += [f"MLP {k} ({ck.non_finite(v)} values)" for k, v in dense.items()
+                if ck.non_finite(v)]
         adagrad = cfg.train.optimizer == "rwsadagrad"
-        if adagrad:
-            ck.write_npz(tmp, "mlp_acc.npz", trainer.dense.acc())
-        final = ck.commit(root, tmp, step, {
-            "config": cfg.to_dict(), "ranks": comm.Get_size() if comm is not None else 1,
-            "shards": sorted(shards, key=lambda s: (s["table"], s["row_start"])),
-            "row_acc": adagrad, "mlp_acc": adagrad, "data": source.state()}, keep=keep)
-    else:
-        final = None
+        if not bad:
+            files["mlp.npz"] = ck.write_npz(tmp, "mlp.npz", dense)
+            if adagrad:
+                files["mlp_acc.npz"] = ck.write_npz(tmp, "mlp_acc.npz", trainer.dense.acc())
+            final = ck.commit(root, tmp, step, {
+                "config": cfg.to_dict(), "ranks": comm.Get_size() if comm is not None else 1,
+                "shards": sorted(shards, key=lambda s: (s["table"], s["row_start"])),
+                "row_acc": adagrad, "mlp_acc": adagrad, "data": source.state(),
+                "files": files}, keep=keep)
+        else:
+            ck.discard(tmp)
     if comm is not None:
+        bad = comm.bcast(bad, root=0)
         comm.Barrier()
+    if bad:
+        raise DivergedError(f"non-finite parameters at step {step}: {'; '.join(bad[:4])}"
+                            f"{' ...' if len(bad) > 4 else ''}; no checkpoint of this state was "
+                            f"written", step=step)
     return final
 
 
@@ -274,6 +339,16 @@ def run_eval(trainer, batches, cfg: Config, comm=None) -> dict:
             ps.append(p[:n])
             ys.append(full.labels[:n])
     res = None
+    if ps and not all(np.isfinite(x).all() for x in ps):
+        bad = sum(int((~np.isfinite(x)).sum()) for x in ps)
+        err = DivergedError(f"{bad} of {sum(x.size for x in ps)} held-out predictions are not "
+                            f"finite: the model's parameters are not finite (diverged)")
+    else:
+        err = None
+    if comm is not None:
+        err = comm.bcast(err, root=0)
+    if err is not None:
+        raise err
     if comm is None or comm.Get_rank() == 0:
         res = evaluate_predictions(np.concatenate(ys) if ys else np.zeros(0),
                                    np.concatenate(ps) if ps else np.zeros(0))
@@ -286,6 +361,13 @@ def run_eval(trainer, batches, cfg: Config, comm=None) -> dict:
 
 
 # ----------------------------------------------------------------------------- the loop
+def _latest_name(out: Path) -> str | None:
+    try:
+        return str(out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip())
+    except OSError:
+        return None
+
+
 def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: int,
                 dist_info: dict | None, opts: RunOptions, manifest: dict | None) -> dict:
     lead = rank == 0
@@ -304,10 +386,20 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
     prog = Progress(steps - first, "train") if not quiet and lead else None
     times, losses, evals = [], [], []
     timings: dict[str, list[float]] = {}
-    metrics = open(out / "metrics.jsonl", "a" if manifest else "w") if lead else None
+    metrics = None
+    if lead:
+        mpath = out / "metrics.jsonl"
+        if manifest is not None:
+            dropped = truncate_metrics(mpath, first)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d lines past the resumed step %d", dropped,
+                         first)
+        # line-buffered: every line reaches the file as it is written (a kill loses none)
+        metrics = open(mpath, "a" if manifest else "w", buffering=1)
     t_start = time.perf_counter()
     reached = None
     local = getattr(source, "local", False)
+    saved_at = [first if manifest is not None else -1]
 
     def evaluate(step: int) -> dict:
         t0 = time.perf_counter()
@@ -317,11 +409,27 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         if metrics:
             metrics.write(json.dumps({"kind": "eval", "step": step, "eval": r,
                                       "time_s": time.perf_counter() - t_start}) + "\n")
-            metrics.flush()
         if not quiet and lead:
             log.info("eval at step %d: loss %.5f accuracy %.4f auc %.5f (%d rows)", step,
                      r["loss"], r["accuracy"], r["auc"], r["rows"])
         return r
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out, trainer, step, source, cfg, comm, keep=opts.keep_checkpoints)
+        saved_at[0] = step
+
+    def ended(status: str, err: BaseException) -> None:
+        """A run that stops early still leaves a summary that says why and where."""
+        if not lead:
+            return
+        summary = {"status": status, "error": str(err), "steps": first + len(times),
+                   "first_step": first, "final_loss": losses[-1] if losses else None,
+                   "config": cfg.to_dict(), "target": meta["target"], "evals": evals,
+                   "rank": rank, "last_checkpoint": _latest_name(out)}
+        if isinstance(err, DivergedError):
+            summary["diverged_at_step"] = err.step
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
+                                                     default=float))
 
     try:
         s = first
@@ -333,11 +441,16 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
             dt = time.perf_counter() - t
             times.append(dt)
             losses.append(r["loss"])
-            if not np.isfinite(r["loss"]):
-                raise FloatingPointError(f"loss became {r['loss']} at step {s}")
-            if metrics and (s % cfg.train.log_every == 0 or s == steps - 1):
+            if metrics and (s % cfg.train.log_every == 0 or s == steps - 1
+                            or not np.isfinite(r["loss"])):
                 metrics.write(json.dumps({"step": s, "loss": r["loss"], "lr": r["lr"],
                                           "ms": dt * 1e3}) + "\n")
+            if not np.isfinite(r["loss"]):
+                raise DivergedError(
+                    f"the loss became {r['loss']} at step {s} (learning rate {r['lr']:g}): "
+                    f"training diverged; lower --learning-rate or add warm-up "
+                    f"(--lr-num-warmup-steps); the last good checkpoint, if any, is "
+                    f"{_latest_name(out) or 'none'}", step=s)
             if prog:
                 prog.update(s + 1 - first, loss=float(np.mean(losses[-10:])),
                             ms_per_step=dt * 1e3)
@@ -348,7 +461,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
                     reached = {"step": done, "auc": e["auc"],
                                "time_s": time.perf_counter() - t_start}
             if opts.checkpoint_every and done % opts.checkpoint_every == 0:
-                save_checkpoint(out, trainer, done, source, cfg, comm, keep=opts.keep_checkpoints)
+                checkpoint(done)
             if reached:
                 if lead:
                     log.info("target AUC %.4f reached at step %d (%.1f s)", opts.target_auc,
@@ -367,15 +480,21 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
                 and final_eval["auc"] >= opts.target_auc):
             reached = {"step": final_eval["step"], "auc": final_eval["auc"],
                        "time_s": time.perf_counter() - t_start}
-        if opts.checkpoint_every and times and (first + len(times)) % opts.checkpoint_every:
-            save_checkpoint(out, trainer, first + len(times), source, cfg, comm,
-                            keep=opts.keep_checkpoints)
+        if (opts.final_checkpoint or opts.checkpoint_every) and saved_at[0] != end:
+            checkpoint(end)  # the finished run's model: eval/export --checkpoint RUNDIR
+    except DivergedError as e:
+        ended("diverged", e)
+        raise
+    except KeyboardInterrupt as e:
+        ended("interrupted", e)
+        raise
     finally:
         if metrics:
             metrics.close()
     warm = times[min(len(times) - 1, 2):] if times else []
     med = float(np.median(warm)) if warm else float("nan")
     summary = {
+        "status": "finished",
         "steps": first + len(times),
         "first_step": first,
         "final_loss": losses[-1] if losses else None,
@@ -392,6 +511,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool, rank: 
         "data": source.describe() if hasattr(source, "describe") else {},
         "eval": final_eval,
         "evals": evals,
+        "last_checkpoint": _latest_name(out) if lead else None,
     }
     if opts.target_auc is not None:
         summary["target_auc"] = {"target": opts.target_auc, "reached": reached}
