@@ -2,8 +2,9 @@
 
 Every function here returns a naive PrimFunc for one fixed shape, tagged with the func attribute
 ``dlrm.op`` (and a few shape/kind attributes) that schedule rules in ``dlrm_tvm.schedules`` match
-on. Nothing here says how a loop is run: no parallel, no vectorize, no target. The NumPy oracle of
-each kernel lives beside it in ``graphs/reference.py``.
+on: every key, its type, meaning and readers are listed in schedules/base.py's docstring (add a
+new one there too). Nothing here says how a loop is run: no parallel, no vectorize, no target.
+The NumPy oracle of each kernel lives beside it in ``graphs/reference.py``.
 
 Layouts (row-major):
   MLP weight    Wt [K, N]  (in x out: the transpose of torch's Linear.weight)
@@ -25,6 +26,8 @@ I64 = "int64"
 
 
 def _tag(func: tirx.PrimFunc, op: str, **attrs) -> tirx.PrimFunc:
+    """``func`` with ``dlrm.op`` = op and ``dlrm.<key>`` = value for each keyword (the contract:
+    schedules/base.py)."""
     func = func.with_attr("dlrm.op", op)
     for k, v in attrs.items():
         func = func.with_attr(f"dlrm.{k}", v)

@@ -1,8 +1,14 @@
 """HOW each kernel runs: one ordered rule list per target; the first rule that matches wins.
 
-``rules_for(target)`` is the single place that says which schedule an op gets on a target.
-Every list ends in ``Fallback``, which is correct on any x86-64. A user can put a rule of their
-own first with ``prefer=[...]`` (by rule name), from the command line or the config.
+``RULES`` below is the single place that says which schedule an op gets: every rule in
+priority order; ``rules_for(target)`` keeps those whose ``requires`` the target has. Every list
+ends in ``Fallback``, which is correct on any x86-64. A user can put a rule of their own first
+with ``prefer=[...]`` (by rule name), from the command line or the config.
+
+To add a rule: write its class in the module of its op kind (or a new module here, imported
+below; one that needs an instruction only some x86 CPUs have goes in ``x86/`` and lists the
+features in ``requires``), then add one line to ``RULES`` at its priority. What a rule may match
+on (the ``dlrm.*`` function attributes) is documented in ``base.py``.
 """
 
 from __future__ import annotations
@@ -12,78 +18,52 @@ import logging
 from tvm import IRModule, tirx
 from tvm.target import Target
 
-from .base import Rule, has_feature, op_of
-from .embedding import (
-    EmbeddingBagBalancedPrefetch,
-    EmbeddingBagParallelBags,
-    EmbeddingUpdateBucketed,
-    EmbeddingUpdateLookupOrder,
-)
-from .fallback import Fallback
-from .gemm import GemmPacked, GemmTiled
-from .gemv import GemvVector
-from .interaction import InteractionDotBwd, InteractionDotFwd
-from .pack import PackVnniVector
-from .reduction import ColsumVectorBlocks, SplitSgdParallel
-from .x86.gemm_bf16 import GemmBF16Dpbf16ps, GemmVnniDpbf16ps
+from . import embedding, embedding_update, fallback, gemm, gemv, interaction, pack, reduction
+from .base import Rule, op_of
+from .x86 import gemm_bf16
 
 log = logging.getLogger("dlrm_tvm.schedules")
 
-ALL_RULES: dict[str, Rule] = {
-    r.name: r
-    for r in (
-        GemmVnniDpbf16ps(),
-        GemvVector(),
-        PackVnniVector(),
-        GemmBF16Dpbf16ps(),
-        GemmPacked(),
-        GemmTiled(),
-        ColsumVectorBlocks(),
-        SplitSgdParallel(),
-        EmbeddingBagBalancedPrefetch(),
-        EmbeddingBagParallelBags(),
-        EmbeddingUpdateLookupOrder(),
-        EmbeddingUpdateBucketed(),
-        InteractionDotFwd(),
-        InteractionDotBwd(),
-        Fallback(),
-    )
-}
+# Every rule, one line each, in priority order: for an op, the first rule in this list that
+# matches it wins. A rule that needs target features says so itself (``Rule.requires``, e.g. the
+# BF16 microkernel rules: avx512bf16); ``rules_for`` drops those the target lacks. The GEMV rule
+# takes the 1-wide layer's GEMMs before the GEMM rules; the fp32 rules' tile sizes come from the
+# target (AVX2 or AVX-512). Fallback, correct on any CPU, is last.
+RULES: tuple[Rule, ...] = (
+    gemm_bf16.GemmVnniDpbf16ps(),
+    gemv.GemvVector(),
+    pack.PackVnniVector(),
+    gemm_bf16.GemmBF16Dpbf16ps(),
+    gemm.GemmPacked(),
+    gemm.GemmTiled(),
+    reduction.ColsumVectorBlocks(),
+    reduction.SplitSgdParallel(),
+    embedding.EmbeddingBagBalancedPrefetch(),
+    embedding.EmbeddingBagParallelBags(),
+    embedding_update.EmbeddingUpdateLookupOrder(),
+    embedding_update.EmbeddingUpdateBucketed(),
+    interaction.InteractionDotFwd(),
+    interaction.InteractionDotBwd(),
+    fallback.Fallback(),
+)
+ALL_RULES: dict[str, Rule] = {r.name: r for r in RULES}  # by name, in RULES order
 
 
 def rules_for(target: Target, prefer: list[str] | tuple[str, ...] = (),
               tuning: dict | None = None) -> list[Rule]:
-    """The ordered rule list for ``target``: preferred rules first, Fallback last.
-
-    The BF16 microkernel rules are listed only for targets with avx512bf16 (and check again
-    themselves); the GEMV rule takes the 1-wide layer's GEMMs first; then the fp32 rules, whose tile sizes come from the target (AVX2 or AVX-512).
-    """
+    """The ordered rule list for ``target``: the rules named in ``prefer`` first (even where the
+    target lacks a feature they need: they decline themselves), then the rules of ``RULES`` that
+    apply to the target (``Rule.applies``), Fallback last. ``tuning``: a tuning record whose
+    parameters go to the rules that take them (``Rule.tuned``)."""
     unknown = [p for p in prefer if p not in ALL_RULES]
     if unknown:
         raise ValueError(f"unknown schedule rule(s) {unknown}; known: {sorted(ALL_RULES)}")
-    bf16 = has_feature(target, "avx512bf16")
-    base = [
-        *([ALL_RULES["gemm_vnni_avx512_dpbf16ps"]] if bf16 else []),
-        ALL_RULES["gemv_vector"],
-        ALL_RULES["pack_vnni_vector"],
-        *([ALL_RULES["gemm_bf16_avx512_dpbf16ps"]] if bf16 else []),
-        ALL_RULES["gemm_packed_fp32"],
-        ALL_RULES["gemm_tiled_fp32"],
-        ALL_RULES["colsum_vector_blocks"],
-        ALL_RULES["split_sgd_parallel_chunks"],
-        ALL_RULES["embedding_bag_balanced_prefetch"],
-        ALL_RULES["embedding_bag_parallel_bags"],
-        ALL_RULES["embedding_update_bucketed_lookups"],
-        ALL_RULES["embedding_update_bucketed"],
-        ALL_RULES["interaction_dot_fwd_rfactor"],
-        ALL_RULES["interaction_dot_bwd_batched_gemm"],
-    ]
+    *ordered, last = RULES
     chosen = [ALL_RULES[p] for p in prefer]
-    out = chosen + [r for r in base if r not in chosen] + [ALL_RULES["fallback"]]
+    out = chosen + [r for r in ordered if r not in chosen and r.applies(target)] + [last]
     if tuning:  # a tuning record's per-kernel parameters (dlrm-tvm kernels tune)
         params = tuning_params(tuning, target)
-        out = [GemmVnniDpbf16ps(params=params) if r.name == GemmVnniDpbf16ps.name else r
-               for r in out]
+        out = [r.tuned(params) for r in out]
     return out
 
 
@@ -144,4 +124,4 @@ def schedule_module(
     return out, chosen
 
 
-__all__ = ["ALL_RULES", "Rule", "rules_for", "schedule_func", "schedule_module"]
+__all__ = ["ALL_RULES", "RULES", "Rule", "rules_for", "schedule_func", "schedule_module"]

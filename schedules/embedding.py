@@ -1,10 +1,9 @@
-"""Embedding-bag kernels: the sum-pooling forward and the fused backward + optimizer step.
+"""Embedding-bag forward kernels: the sum pooling (graphs/ops.embedding_bag_fwd).
 
-The plain kernels (graphs/ops.py, graphs/embedding_update.py) keep their row loops where
-schedule primitives cannot reach them (inside one opaque block per bag, or in a function with no
-blocks), and LLVM does not vectorise them on its own. So these rules schedule by substitution:
-each returns a Schedule of a hand-written implementation with the same signature and the same
-arithmetic in the same order, its loop kinds set here.
+The plain kernel keeps its row loops where schedule primitives cannot reach them (inside one
+opaque block per bag), and LLVM does not vectorise them on its own. So these rules schedule by
+substitution (``base.substitute``): each returns a Schedule of a hand-written implementation
+with the same signature and the same arithmetic in the same order, its loop kinds set here.
 
 Forward, two variants:
 * ``embedding_bag_balanced_prefetch`` (default): the lookups are cut into ``FWD_TASKS`` equal
@@ -13,24 +12,16 @@ Forward, two variants:
   accumulator while the row ``FWD_PREFETCH`` lookups ahead is prefetched.
 * ``embedding_bag_parallel_bags``: one task per (table, bag), no prefetch (the first version).
 
-Update, two variants (graphs/embedding_update.py; both give the same bytes for any thread
-count):
-* ``embedding_update_bucketed_lookups`` (default for SGD): lookups bucketed by row, then each
-  bucket steps its rows lookup by lookup in lookup order. Cheapest per lookup; a hot row's
-  lookups are one bucket's serial work.
-* ``embedding_update_bucketed`` (rwsadagrad, whose step is not linear, needs it): the plain
-  coalescing kernel's passes with their outer loops parallel, D vectorised and the rows ahead
-  prefetched: a hot row's lookups are summed per chunk in parallel, then once per row.
+The fused backward + optimizer step is scheduled the same way: schedules/embedding_update.py.
 """
 
 from __future__ import annotations
 
-from dlrm_tvm.graphs.embedding_update import embedding_bag_sgd_lookup_order, embedding_bag_update
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .base import Rule, attr
+from .base import Rule, attr, prefetch, substitute
 
 F32, I64 = "float32", "int64"
 
@@ -111,11 +102,8 @@ def bag_fwd_balanced_impl(b: int, nt: int, d: int, table_dtype: str = F32,
                     p = Off[v] + i
                     if p + FWD_PREFETCH < nnz:
                         for q in range(lines):
-                            T.evaluate(T.call_llvm_intrin(
-                                "void", "llvm.prefetch.p0",
-                                T.address_of(W[I_[p + FWD_PREFETCH] + RO[v // b],
-                                               T.min(q * per_line, d - 1)]),
-                                T.int32(0), T.int32(3), T.int32(1)))
+                            prefetch(W, I_[p + FWD_PREFETCH] + RO[v // b],
+                                     T.min(q * per_line, d - 1), 0)
                     # the first row is stored, the others added (0 + x is x: same sums)
                     if i == 0:
                         for c in T.vectorized(d):
@@ -131,59 +119,23 @@ def bag_fwd_balanced_impl(b: int, nt: int, d: int, table_dtype: str = F32,
     return func
 
 
-def _substitute(func: tirx.PrimFunc, impl: tirx.PrimFunc) -> s_tir.Schedule:
-    if len(impl.params) != len(func.params):
-        raise AssertionError("implementation signature differs from the kernel's")
-    return s_tir.Schedule(impl.with_attrs(func.attrs) if func.attrs else impl)
-
-
 class EmbeddingBagParallelBags(Rule):
+    """One task per (table, bag), no prefetch: ``bag_fwd_impl``."""
+
     name = "embedding_bag_parallel_bags"
     ops = ("embedding_bag_fwd",)
+    impl = staticmethod(bag_fwd_impl)
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
             return None
-        impl = bag_fwd_impl(attr(func, "batch"), attr(func, "tables"), attr(func, "d"),
-                            attr(func, "table_dtype", F32), attr(func, "row_width"))
-        return _substitute(func, impl)
+        return substitute(func, self.impl(attr(func, "batch"), attr(func, "tables"),
+                                          attr(func, "d"), attr(func, "table_dtype", F32),
+                                          attr(func, "row_width")))
 
 
-class EmbeddingBagBalancedPrefetch(Rule):
+class EmbeddingBagBalancedPrefetch(EmbeddingBagParallelBags):
+    """Equal lookups per task, rows ahead prefetched: ``bag_fwd_balanced_impl``."""
+
     name = "embedding_bag_balanced_prefetch"
-    ops = ("embedding_bag_fwd",)
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
-        if not self.matches_op(func):
-            return None
-        impl = bag_fwd_balanced_impl(attr(func, "batch"), attr(func, "tables"), attr(func, "d"),
-                                     attr(func, "table_dtype", F32), attr(func, "row_width"))
-        return _substitute(func, impl)
-
-
-class EmbeddingUpdateLookupOrder(Rule):
-    """SGD: lookups bucketed by row, each bucket applies its lookups' steps in lookup order
-    (no coalescing: 2.9x faster than the coalesced kernel on 1M x 64, 100 per bag, 2 threads)."""
-
-    name = "embedding_update_bucketed_lookups"
-    ops = ("embedding_bag_update",)
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
-        if not self.matches_op(func) or attr(func, "optimizer") != "sgd":
-            return None
-        impl = embedding_bag_sgd_lookup_order(attr(func, "batch"), attr(func, "tables"),
-                                              attr(func, "d"), attr(func, "storage"))
-        return _substitute(func, impl)
-
-
-class EmbeddingUpdateBucketed(Rule):
-    name = "embedding_update_bucketed"
-    ops = ("embedding_bag_update",)
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
-        if not self.matches_op(func):
-            return None
-        impl = embedding_bag_update(attr(func, "batch"), attr(func, "tables"), attr(func, "d"),
-                                    attr(func, "optimizer"), attr(func, "storage"),
-                                    parallel=True)
-        return _substitute(func, impl)
+    impl = staticmethod(bag_fwd_balanced_impl)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import tvm
-from dlrm_tvm.graphs.embedding_update import embedding_bag_sgd_lookup_order
+from dlrm_tvm.schedules.embedding_update import embedding_bag_sgd_lookup_order
 from dlrm_tvm.schedules.embedding import bag_fwd_balanced_impl
 
 from dlrm_tvm.targets import resolve_target

@@ -14,7 +14,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..base import Rule, attr, has_feature, vector_registers
+from ..base import Rule, attr, vector_registers
 from ..intrin import DPBF16_16X2, DPBF16_16X2_DESC, DPBF16_LLVM_IR, register
 
 
@@ -24,6 +24,7 @@ class GemmBF16Dpbf16ps(Rule):
 
     name = "gemm_bf16_avx512_dpbf16ps"
     ops = ("gemm",)
+    requires = ("avx512bf16",)  # LLVM would abort the process on this instruction without it
 
     def __init__(self, emulate: bool = False):
         self.emulate = emulate
@@ -31,8 +32,8 @@ class GemmBF16Dpbf16ps(Rule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func) or attr(func, "in_dtype", "float32") != "bfloat16":
             return None
-        if not self.emulate and not has_feature(target, "avx512bf16"):
-            return None  # LLVM would abort the process on this instruction
+        if not self.emulate and not self.applies(target):
+            return None
         m, k, n = attr(func, "m"), attr(func, "k"), attr(func, "n")
         if n % 16:
             return None
@@ -166,10 +167,14 @@ class GemmVnniDpbf16ps(Rule):
 
     name = "gemm_vnni_avx512_dpbf16ps"
     ops = ("gemm_vnni",)
+    requires = ("avx512bf16",)
 
     def __init__(self, emulate: bool = False, params: dict | None = None):
         self.emulate = emulate
         self.params = params or {}
+
+    def tuned(self, params: dict) -> GemmVnniDpbf16ps:
+        return type(self)(emulate=self.emulate, params=params)
 
     @staticmethod
     def key_of(func: tirx.PrimFunc) -> str:
@@ -198,7 +203,7 @@ class GemmVnniDpbf16ps(Rule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False):
         if not self.matches_op(func):
             return None
-        if not self.emulate and not has_feature(target, "avx512bf16"):
+        if not self.emulate and not self.applies(target):
             return None
         p = self.choose(func, target)
         m, n = attr(func, "m"), attr(func, "n")
