@@ -23,6 +23,7 @@ from collections import defaultdict
 import numpy as np
 
 from dlrm_tvm.config import Config
+from dlrm_tvm.timing import median_ms, time_each
 
 
 def step_work(cfg: Config) -> dict[str, float]:
@@ -40,10 +41,6 @@ def step_work(cfg: Config) -> dict[str, float]:
     return {"mlp_flop": fwd + dw + dx, "interaction_flop": inter,
             "embedding_bytes": lookups * D * 4 * 3,
             "embedding_bytes_bf16": lookups * D * (2 + 4 + 4)}
-
-
-def _median_ms(ts: list[float]) -> float:
-    return float(np.median(ts) * 1e3)
 
 
 def _time_kernels(vm, fn_calls) -> dict[str, float]:
@@ -98,19 +95,14 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
                      .executable)
         compile_s[prec] = time.perf_counter() - t0
         ours = Trainer(pcfg, vm, tables=tables, mlp=mlp)
-        ts = []
-        for i, b in enumerate(batches):
-            t = time.perf_counter()
-            ours.step(b)
-            if i >= warmup:
-                ts.append(time.perf_counter() - t)
-        rows.append({"name": f"dlrm-tvm {prec}", "ms_per_step": _median_ms(ts)})
+        ts = time_each(ours.step, batches, skip=warmup)
+        rows.append({"name": f"dlrm-tvm {prec}", "ms_per_step": median_ms(ts)})
         # per function and per kernel (one extra pass over a few batches)
         few = batches[warmup: warmup + min(5, steps)]
         fn_ms: dict[str, list[float]] = defaultdict(list)
         for b in few:
             ours.step(b, timings=fn_ms)
-        functions[prec] = {k: _median_ms(v) for k, v in fn_ms.items()}
+        functions[prec] = {k: median_ms(v) for k, v in fn_ms.items()}
         kernels[prec] = dict(sorted(_time_kernels(vm, [ours.dense_call(b) for b in few]).items(),
                                     key=lambda kv: -kv[1]))
         del ours, vm
@@ -135,13 +127,9 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
                 for b, x in zip(batches[:2], tin[:2], strict=True):
                     tt.step(b, x)
                 compile_s[name] = time.perf_counter() - t0
-            ts = []
-            for i, (b, x) in enumerate(zip(batches, tin, strict=True)):
-                t = time.perf_counter()
-                tt.step(b, x)
-                if i >= warmup:
-                    ts.append(time.perf_counter() - t)
-            rows.append({"name": name, "ms_per_step": _median_ms(ts)})
+            ts = time_each(lambda bx, tt=tt: tt.step(*bx), zip(batches, tin, strict=True),
+                           skip=warmup)
+            rows.append({"name": name, "ms_per_step": median_ms(ts)})
             del tt
     work = step_work(cfg)
     flop = work["mlp_flop"] + work["interaction_flop"]

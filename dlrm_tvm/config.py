@@ -1,24 +1,23 @@
-"""Every setting of dlrm-tvm: validated dataclasses, presets, TOML files and the reference's flags.
+"""Every setting of dlrm-tvm: validated dataclasses and presets.
 
 A config is three parts: ``ModelConfig`` (what is computed), ``TrainConfig`` (how it is trained)
 and ``DataConfig`` (what it is fed). ``Config`` holds all three. Sizes follow the
 facebookresearch/dlrm conventions: ``mlp_bot`` includes the dense input width and must end at the
 embedding dim; ``mlp_top`` excludes its input width, which the interaction fixes, and ends at 1.
+
+Reading a preset or TOML file, writing TOML, and the reference's command-line flags (one table
+for argparse and ``apply_overrides``, and the argparse types that check each flag's domain) are
+in config_io.py; their names are importable from here too (``load_config``, ``apply_overrides``,
+``positive_int``, ...), as before.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import os
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import tomllib
 
 # Criteo Terabyte per-column category counts (the MLPerf DLRM benchmark's table sizes).
 CRITEO_TERABYTE_ROWS = (
@@ -29,6 +28,15 @@ CRITEO_TERABYTE_ROWS = (
 # Feature widths are padded to a multiple of this many fp32 lanes where the graph owns the layout
 # (the interaction output feeding the top MLP), so every GEMM runs on whole vector tiles.
 FEATURE_ALIGN = 16
+
+
+# The values of the choice fields (and of their flags' choices).
+INTERACTIONS = ("dot", "cat")
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("sgd", "rwsadagrad")
+LABELS = ("random", "teacher")
+INDEX_DISTRIBUTIONS = ("uniform", "zipf")
+DATA_KINDS = ("synthetic", "criteo-kaggle", "criteo-terabyte", "mlperf-bin")
 
 
 class ConfigError(ValueError):
@@ -80,7 +88,7 @@ class ModelConfig:
         for name, widths in (("mlp_bot", self.mlp_bot), ("mlp_top", self.mlp_top)):
             for i, w in enumerate(widths):
                 _positive(f"{name}[{i}]", w)
-        if self.interaction not in ("dot", "cat"):
+        if self.interaction not in INTERACTIONS:
             raise ConfigError(f"interaction must be 'dot' or 'cat', got {self.interaction!r}")
         if self.mlp_bot[-1] != self.embedding_dim:
             raise ConfigError(
@@ -167,10 +175,6 @@ class ModelConfig:
         return 4 * (self.total_rows * self.embedding_dim + self.mlp_param_count())
 
 
-OPTIMIZERS = ("sgd", "rwsadagrad")
-INDEX_DISTRIBUTIONS = ("uniform", "zipf")
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """SGD training. The LR schedule is the reference's: linear warmup, then polynomial decay."""
@@ -189,7 +193,7 @@ class TrainConfig:
     optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -215,9 +219,6 @@ class TrainConfig:
                 scale = ((self.lr_num_decay_steps - done) / self.lr_num_decay_steps) ** 2
                 return max(1e-7, base * scale)
         return base
-
-
-DATA_KINDS = ("synthetic", "criteo-kaggle", "criteo-terabyte", "mlperf-bin")
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class DataConfig:
         if self.max_ind_range < 0:
             raise ConfigError(f"max_ind_range must be >= 0, got {self.max_ind_range}")
         _positive("num_indices_per_lookup", self.num_indices_per_lookup)
-        if self.labels not in ("random", "teacher"):
+        if self.labels not in LABELS:
             raise ConfigError(f"labels must be 'random' or 'teacher', got {self.labels!r}")
         if self.index_distribution not in INDEX_DISTRIBUTIONS:
             raise ConfigError(f"index_distribution must be one of {INDEX_DISTRIBUTIONS}, "
@@ -452,188 +453,17 @@ PRESETS: dict[str, Config] = {
 }
 
 
-def load_config(spec: str | os.PathLike | None) -> Config:
-    """A preset name, or a TOML file (optionally naming a ``preset`` to start from)."""
-    if spec is None:
-        return PRESETS["tiny"]
-    s = str(spec)
-    if s in PRESETS:
-        return PRESETS[s]
-    path = Path(s)
-    if not path.exists():
-        raise ConfigError(f"{s!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-    try:
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    base = d.pop("preset", None)
-    if base is not None:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: preset must be a string, got {_describe(base)}")
-        if base not in PRESETS:
-            raise ConfigError(f"{path}: unknown preset {base!r}")
-        merged = PRESETS[base].to_dict()
-        for section, values in d.items():
-            if isinstance(values, dict) and isinstance(merged.get(section), dict):
-                merged[section].update(values)
-            else:
-                merged[section] = values
-        merged.setdefault("name", base)
-        d = merged
-    d.setdefault("name", path.stem)
-    try:
-        return Config.from_dict(d)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+# Names that moved to config_io.py, importable from here as before. Resolved on first use:
+# config_io imports this module, so importing it here at the top would be circular.
+_IN_CONFIG_IO = frozenset({
+    "CONFIG_FLAGS", "ConfigFlag", "apply_overrides", "load_config", "to_toml", "auc_fraction",
+    "finite_float", "nonneg_float", "nonneg_int", "positive_float", "positive_int",
+})
 
 
-def _dash_ints(flag: str, s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in s.split("-"))
-    except ValueError as e:
-        raise ConfigError(
-            f"{flag} expects dash-separated integers like 13-512-256, got {s!r}"
-        ) from e
+def __getattr__(name: str) -> Any:
+    if name in _IN_CONFIG_IO:
+        from dlrm_tvm import config_io
 
-
-def apply_overrides(cfg: Config, **flags: Any) -> Config:
-    """Apply the reference's flags (``arch_sparse_feature_size`` etc.); None means unset."""
-    m = dataclasses.asdict(cfg.model)
-    t = dataclasses.asdict(cfg.train)
-    d = dataclasses.asdict(cfg.data)
-    f = {k: v for k, v in flags.items() if v is not None}
-    if "arch_sparse_feature_size" in f:
-        m["embedding_dim"] = int(f["arch_sparse_feature_size"])
-    if "arch_embedding_size" in f:
-        m["table_rows"] = _dash_ints("--arch-embedding-size", f["arch_embedding_size"])
-    if "arch_mlp_bot" in f:
-        m["mlp_bot"] = _dash_ints("--arch-mlp-bot", f["arch_mlp_bot"])
-    if "arch_mlp_top" in f:
-        m["mlp_top"] = _dash_ints("--arch-mlp-top", f["arch_mlp_top"])
-    if "arch_interaction_op" in f:
-        m["interaction"] = f["arch_interaction_op"]
-    if "arch_interaction_itself" in f:
-        m["interaction_itself"] = bool(f["arch_interaction_itself"])
-    if "max_ind_range" in f:
-        r = int(f["max_ind_range"])
-        _positive("--max-ind-range", r)
-        m["table_rows"] = tuple(min(x, r) for x in m["table_rows"])
-        d["max_ind_range"] = r  # the reference's flag also folds raw categories modulo R
-    if "mini_batch_size" in f:
-        t["batch_size"] = int(f["mini_batch_size"])
-    if "learning_rate" in f:
-        t["learning_rate"] = float(f["learning_rate"])
-    if "steps" in f:
-        t["steps"] = int(f["steps"])
-    if "seed" in f:
-        t["seed"] = int(f["seed"])
-    if "precision" in f:
-        t["precision"] = f["precision"]
-    if "optimizer" in f:
-        t["optimizer"] = f["optimizer"]
-    for key in ("lr_num_warmup_steps", "lr_decay_start_step", "lr_num_decay_steps"):
-        if key in f:
-            t[key] = int(f[key])
-    if "num_indices_per_lookup" in f:
-        d["num_indices_per_lookup"] = int(f["num_indices_per_lookup"])
-    if "num_indices_per_lookup_fixed" in f:
-        d["num_indices_per_lookup_fixed"] = bool(f["num_indices_per_lookup_fixed"])
-    if "labels" in f:
-        d["labels"] = f["labels"]
-    if "index_distribution" in f:
-        d["index_distribution"] = f["index_distribution"]
-    if "zipf_alpha" in f:
-        d["zipf_alpha"] = float(f["zipf_alpha"])
-    if "data" in f:
-        d["kind"] = f["data"]
-    if "data_path" in f:
-        d["path"] = str(f["data_path"])
-    if "eval_data_path" in f:
-        d["eval_path"] = str(f["eval_data_path"])
-    if "skip_bad_lines" in f:
-        d["skip_bad_lines"] = bool(f["skip_bad_lines"])
-    if "data_max_ind_range" in f:
-        d["max_ind_range"] = int(f["data_max_ind_range"])
-    return Config(
-        name=cfg.name, model=ModelConfig(**m), train=TrainConfig(**t), data=DataConfig(**d)
-    )
-
-
-def to_toml(cfg: Config) -> str:
-    """``cfg`` as a TOML file that ``load_config`` reads back to an equal Config."""
-
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (tuple, list)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    d = cfg.to_dict()
-    lines = [f"name = {val(d['name'])}"]
-    for section in ("model", "train", "data"):
-        lines.append(f"\n[{section}]")
-        lines += [f"{k} = {val(v)}" for k, v in d[section].items()]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- argparse types for numeric flags
-# Each parses one flag's value and refuses one outside its domain with ArgumentTypeError, which
-# argparse reports as "argument --flag: ..." with exit status 2.
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {s!r}")
-        return v
-
-    parse.__name__ = f"int_at_least_{low}"
-    return parse
-
-
-positive_int = _int_at_least(1)
-positive_int.__name__ = "positive_int"
-positive_int.__doc__ = "An argparse type: an integer >= 1."
-nonneg_int = _int_at_least(0)
-nonneg_int.__name__ = "nonneg_int"
-nonneg_int.__doc__ = "An argparse type: an integer >= 0."
-
-
-def _float_where(ok: Callable[[float], bool], domain: str, s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not (math.isfinite(v) and ok(v)):
-        raise argparse.ArgumentTypeError(f"must be {domain}, got {s!r}")
-    return v
-
-
-def finite_float(s: str) -> float:
-    """An argparse type: a finite number (no nan, inf)."""
-    return _float_where(lambda v: True, "a finite number", s)
-
-
-def positive_float(s: str) -> float:
-    """An argparse type: a finite number > 0."""
-    return _float_where(lambda v: v > 0, "a finite number > 0", s)
-
-
-def nonneg_float(s: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    return _float_where(lambda v: v >= 0, "a finite number >= 0", s)
-
-
-def auc_fraction(s: str) -> float:
-    """An argparse type: an AUC to reach, a number with 0 < x <= 1."""
-    return _float_where(lambda v: 0 < v <= 1, "a number with 0 < x <= 1", s)
+        return getattr(config_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,15 +20,12 @@ import os
 
 import numpy as np
 
+from dlrm_tvm.timing import time_call
+
 # the cases: (rows, D, lookups per bag)
 DEFAULT_CASES = ((1_000_000, 64, 100), (1_000_000, 128, 1), (10_000_000, 64, 1))
 LOOKUPS_PER_CALL = 204_800  # bags per call = this / lookups per bag (at least 2048)
-
-
-def _median_time(f, reps: int) -> float:
-    from dlrm_tvm.kernels import _time
-
-    return _time(f, reps, budget_s=4.0)
+BUDGET_S = 4.0  # seconds of timed runs per variant before fewer than --reps are taken
 
 
 def _indices(rows: int, n: int, dist: str, alpha: float, rng) -> np.ndarray:
@@ -129,7 +126,8 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             gbuf = np.zeros((nnz, d), np.float32) if not bf16 else \
                 np.zeros((nnz, d), np.uint16).view(ml_dtypes.bfloat16)
             gout = tvm.runtime.tensor(gbuf)
-            tg = _median_time(lambda f=glib["main"], a=(tables[0], t_in[0], gout): f(*a), reps)
+            tg = time_call(lambda f=glib["main"], a=(tables[0], t_in[0], gout): f(*a), reps,
+                           BUDGET_S)
             row["gather_ms"] = tg * 1e3
             row["gather_gbs"] = nnz * d * esize / tg / 1e9
             if op == "embedding_bag_fwd":
@@ -145,7 +143,8 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
                     got = y.numpy()[:, 0]
                     err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
                     ok = bool(not np.isnan(got).any() and err < 1e-5)
-                    t = _median_time(lambda f=lib["main"], a=(tables[0], *t_in, y): f(*a), reps)
+                    t = time_call(lambda f=lib["main"], a=(tables[0], *t_in, y): f(*a), reps,
+                                  BUDGET_S)
                 else:
                     ok, err = _check_update(lib, tables, tables_np, idx, off, roff, grad,
                                             optimizer, bf16, rows, rng,
@@ -154,7 +153,7 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
                         if optimizer == "rwsadagrad" else []
                     args = [*tables, *acc, *t_in, tvm.runtime.tensor(grad),
                             tvm.runtime.tensor(np.array([1e-4], np.float32))]
-                    t = _median_time(lambda f=lib["main"], a=tuple(args): f(*a), reps)
+                    t = time_call(lambda f=lib["main"], a=tuple(args): f(*a), reps, BUDGET_S)
                 row["variants"][name] = {
                     "status": "ok" if ok else "WRONG", "err": err, "ms": t * 1e3,
                     "mlookups_s": nnz / t / 1e6, "gbs": floor_bytes / t / 1e9,
@@ -218,8 +217,8 @@ def _torch_times(op, w32, idx, off, grad, optimizer, reps, threads) -> dict:
     if op == "embedding_bag_fwd":
         wt = torch.from_numpy(w32)
         with torch.no_grad():
-            t = _median_time(lambda: torch.nn.functional.embedding_bag(ti, wt, to, mode="sum"),
-                             reps)
+            t = time_call(lambda: torch.nn.functional.embedding_bag(ti, wt, to, mode="sum"),
+                          reps, BUDGET_S)
         return {"fwd_ms": t * 1e3}
     from dlrm_tvm.torch_ref import _rwsadagrad_step
 
@@ -241,7 +240,7 @@ def _torch_times(op, w32, idx, off, grad, optimizer, reps, threads) -> dict:
         with torch.no_grad():
             emb(ti, to)
 
-    tf, tt = _median_time(fwd, reps), _median_time(full, reps)
+    tf, tt = time_call(fwd, reps, BUDGET_S), time_call(full, reps, BUDGET_S)
     return {"fwd_ms": tf * 1e3, "step_ms": tt * 1e3, "update_ms": max(tt - tf, 1e-9) * 1e3}
 
 

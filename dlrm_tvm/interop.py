@@ -3,8 +3,8 @@
 Our state ("state") is ``{"tables": float32 [total_rows, D], "bot0_w": Wt [in, out],
 "bot0_b": [out], ..., "top0_w": Wt [interaction_width_padded, out], ...}``: all tables
 concatenated at ``ModelConfig.table_offsets``, every Linear weight stored transposed, and the
-first top layer's rows past the true interaction width zero (see ``graphs/dlrm.py``
-``mlp_param_specs``).
+first top layer's rows past the true interaction width zero (the MLP part's names, shapes and
+order are ``ModelConfig.mlp_param_specs``, dlrm_tvm/config.py).
 
 The reference saves ``torch.save`` of a dict (``--save-model``)::
 
@@ -21,8 +21,9 @@ layers sit at the even indices.) Its ``--load-model`` reads ``state_dict`` (stri
 unless ``--inference-only``, ``opt_state_dict`` (loaded into its optimizer).
 
 The conversions between the two state layouts (``from_reference_state_dict``,
-``to_reference_state_dict``) are plain NumPy; torch is imported only inside the two checkpoint
-functions, which read and write the files.
+``to_reference_state_dict``) are plain NumPy; torch is imported only by the two checkpoint
+functions, which read and write the files (``load_reference_checkpoint``, through
+``_torch_load``, and ``save_reference_checkpoint``).
 """
 
 from __future__ import annotations
@@ -62,10 +63,9 @@ def model_of(cfg: ModelConfig | Config) -> ModelConfig:
     raise TypeError(f"expected a ModelConfig or Config, got {type(cfg).__name__}")
 
 
-def mlp_layout(m: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every MLP parameter in our order (``ModelConfig.mlp_param_specs``:
-    the first top ``Wt`` has ``interaction_width_padded`` rows)."""
-    return m.mlp_param_specs()
+# The MLP parameter layout has one name, ``ModelConfig.mlp_param_specs``; this alias is kept for
+# tests/test_interop.py, which imports it from here.
+mlp_layout = ModelConfig.mlp_param_specs
 
 
 def check_state(m: ModelConfig, state: Mapping[str, np.ndarray]) -> None:
@@ -73,7 +73,7 @@ def check_state(m: ModelConfig, state: Mapping[str, np.ndarray]) -> None:
 
     ``top0_w`` may have either ``interaction_width_padded`` rows (the compiled module's layout)
     or exactly ``interaction_width`` rows (as ``torch_ref.TorchTrainer.state`` returns)."""
-    expect = [("tables", (m.total_rows, m.embedding_dim)), *mlp_layout(m)]
+    expect = [("tables", (m.total_rows, m.embedding_dim)), *m.mlp_param_specs()]
     missing = [n for n, _ in expect if n not in state]
     if missing:
         raise ValueError(f"the state lacks {missing} (expected our layout: tables + MLP Wt/b)")

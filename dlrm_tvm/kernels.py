@@ -1,13 +1,16 @@
 """``dlrm-tvm kernels``: see which rule schedules each kernel, and race candidate rules.
 
-``list``: for every kernel of a config's training step on a target, the rules that accept it
-and the one the ordered list picks. ``bench``: one op at one shape, every candidate rule (or
+``list``: for every kernel of a config's training step on a target, built and scheduled as
+``dlrm-tvm compile`` does (``pipeline.build_step`` and ``schedules.schedule_module``, with the
+same preferred rules and tuning record), the rule chosen with its parameters, and the other rules
+of the ordered list that would take it. ``bench``: one op at one shape, every candidate rule (or
 those named) checked against the NumPy oracle on random data with poisoned outputs, timed, and
 compared with torch's matmul (fp32 and bf16) in the same process, as GFLOP/s and as a fraction
-of the machine's measured fp32 peak.
+of the machine's measured fp32 peak; with ``--config``, every GEMM and pack of the config's step
+(``sweep_gemms``). ``tune``: dlrm_tvm/tuning.py.
 
-To try a rule of your own: write a ``Rule`` subclass in a file under ``schedules/``, add it to
-``ALL_RULES`` in ``schedules/__init__.py``, and select it with ``--rule NAME`` here, in
+To try a rule of your own: write a ``Rule`` subclass in a file under ``schedules/``, add one
+line to ``RULES`` in ``schedules/__init__.py``, and select it with ``--rule NAME`` here, in
 ``dlrm-tvm compile/train --rule NAME``, or leave it in the target's list.
 """
 
@@ -19,24 +22,34 @@ import time
 import numpy as np
 
 from dlrm_tvm.config import Config
+from dlrm_tvm.timing import time_call
+from dlrm_tvm.tuning import read_tuning as read_tuning  # re-exported: its old home
+from dlrm_tvm.tuning import tune_gemms as tune_gemms  # re-exported: its old home
+
+TIME_BUDGET_S = 3.0  # seconds of timed runs per candidate before fewer than --reps are taken
 
 
-def list_kernels(cfg: Config, target_name: str = "host") -> dict:
+def list_kernels(cfg: Config, target_name: str = "host", prefer: tuple[str, ...] = (),
+                 tuning: dict | None = None) -> dict:
+    """Per kernel of ``cfg``'s step for ``target_name`` (any target, on any host): the rule
+    compile chooses (and its parameters, e.g. a tuned register tile), every rule of the list
+    that would take it, in order (the chosen one first), and any rule that raised on it."""
     from tvm import tirx
 
-    from dlrm_tvm.schedules import rules_for
-    from dlrm_tvm.schedules.base import op_of
+    from dlrm_tvm.pipeline import build_step
+    from dlrm_tvm.schedules import rules_for, schedule_module
     from dlrm_tvm.targets import resolve_target
 
     ti = resolve_target(target_name)
     target = ti.tvm_target()
-    rules = rules_for(target)
-    mod = _step_module(cfg, target)  # the config's precision, optimizer and layouts
+    mod = build_step(cfg, target)  # compile's graph: precision, optimizer, batch, layouts
+    _, chosen = schedule_module(mod, target, prefer, tuning)  # compile's selection
+    rules = rules_for(target, prefer, tuning)
     rows = []
     for gv, func in sorted(mod.functions_items(), key=lambda kv: kv[0].name_hint):
         if not isinstance(func, tirx.PrimFunc):
             continue
-        ok = []
+        ok, raised = [], []
         for r in rules:
             if not r.matches_op(func):
                 continue
@@ -44,22 +57,30 @@ def list_kernels(cfg: Config, target_name: str = "host") -> dict:
                 if r.apply(func, target, False) is not None:
                     ok.append(r.name)
             except Exception as e:  # noqa: BLE001 - a rule that raises is reported, not fatal
-                ok.append(f"{r.name} (raised {type(e).__name__})")
-        rows.append({"kernel": gv.name_hint, "op": op_of(func), "applicable": ok,
-                     "chosen": ok[0] if ok else None})
-    return {"config": cfg.name, "target": ti.to_dict(),
+                raised.append(f"{r.name} ({type(e).__name__})")
+        c = chosen[gv.name_hint]
+        rows.append({"kernel": gv.name_hint, "op": c["op"], "chosen": c["rule"],
+                     "params": c.get("params", {}), "applicable": ok, "raised": raised})
+    return {"config": cfg.name, "precision": cfg.train.precision,
+            "optimizer": cfg.train.optimizer, "batch_size": cfg.train.batch_size,
+            "target": ti.to_dict(), "prefer": list(prefer), "tuned": tuning is not None,
             "rule_order": [r.name for r in rules], "kernels": rows}
 
 
 def format_list(r: dict) -> str:
-    out = [f"config {r['config']}  target {r['target']['name']} (mcpu {r['target']['mcpu']}, "
-           f"features {','.join(r['target']['features']) or '-'})",
+    out = [f"config {r['config']} ({r['precision']}, {r['optimizer']}, batch "
+           f"{r['batch_size']})  target {r['target']['name']} (mcpu {r['target']['mcpu']}, "
+           f"features {','.join(r['target']['features']) or '-'})"
+           + ("  with a tuning record" if r.get("tuned") else ""),
            f"rule order: {' > '.join(r['rule_order'])}", ""]
     w = max(len(k["kernel"]) for k in r["kernels"]) + 2
     out.append(f"{'kernel':<{w}}{'op':<26}{'chosen':<34}other applicable rules")
     for k in r["kernels"]:
-        others = ", ".join(x for x in k["applicable"][1:])
-        out.append(f"{k['kernel']:<{w}}{k['op'] or '?':<26}{k['chosen'] or '-':<34}{others}")
+        others = [x for x in k["applicable"] if x != k["chosen"]]
+        others += [f"{x} raised" for x in k.get("raised", ())]
+        params = k.get("params") or {}
+        chosen = k["chosen"] + (" (tuned)" if params.get("tuned") else "")
+        out.append(f"{k['kernel']:<{w}}{k['op'] or '?':<26}{chosen:<34}{', '.join(others)}")
     return "\n".join(out)
 
 
@@ -85,18 +106,8 @@ def check_and_time(sch, target, ins, want: np.ndarray, reps: int,
 
         want = want.astype(ml_dtypes.bfloat16).astype(np.float32)
     err = float(np.linalg.norm(got - want) / max(1e-30, np.linalg.norm(want)))
-    return err, bool(np.isnan(got).any()), _time(lambda: lib["main"](*ins, out), reps)
-
-
-def _time(f, reps: int, budget_s: float = 3.0) -> float:
-    """Median of up to ``reps`` runs, fewer (at least 2) once ``budget_s`` is spent."""
-    f()
-    ts: list[float] = []
-    while len(ts) < reps and (len(ts) < 2 or sum(ts) < budget_s):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    secs = time_call(lambda: lib["main"](*ins, out), reps, TIME_BUDGET_S)
+    return err, bool(np.isnan(got).any()), secs
 
 
 def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str = "kn",
@@ -200,16 +211,6 @@ def format_bench(r: dict) -> str:
     return "\n".join(out)
 
 
-def _step_module(cfg: Config, target):
-    """The config's step as compile builds it for ``target`` (same layouts as compile)."""
-    from dlrm_tvm.graphs.dlrm import DLRMGraph
-    from dlrm_tvm.pipeline import graph_layouts
-
-    return DLRMGraph(cfg.model, cfg.train.batch_size, precision=cfg.train.precision,
-                     optimizer=cfg.train.optimizer,
-                     layouts=graph_layouts(cfg.train.precision, target)).build()
-
-
 def _vnni_inputs(func, seed: int = 0):
     """Random packed operands (bf16) for a gemm_vnni kernel, its oracle, and the logical
     (A [M, K], B [K, N]) the torch baseline multiplies."""
@@ -274,7 +275,7 @@ def _time_pack(func, sch, target, reps: int) -> dict:
     tx = tvm.runtime.tensor(x)
     lib["main"](tx, out)
     ok = np.array_equal(out.numpy().view(np.uint16), want.view(np.uint16))
-    s = _time(lambda: lib["main"](tx, out), reps)
+    s = time_call(lambda: lib["main"](tx, out), reps, TIME_BUDGET_S)
     return {"status": "ok" if ok else "WRONG", "ms": s * 1e3,
             "gbs": (x.nbytes + want.nbytes) / s / 1e9}
 
@@ -290,7 +291,7 @@ def _torch_matmul_seconds(a, b, reps: int) -> dict[str, float]:
     for dt, prec in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         ta = torch.from_numpy(np.asarray(a, np.float32)).to(dt)
         tb = torch.from_numpy(np.asarray(b, np.float32)).to(dt)
-        out[prec] = _time(lambda ta=ta, tb=tb: ta @ tb, reps)
+        out[prec] = time_call(lambda ta=ta, tb=tb: ta @ tb, reps, TIME_BUDGET_S)
     return out
 
 
@@ -302,6 +303,7 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     from tvm import tirx
 
     from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops, memory_bandwidth_gbs
+    from dlrm_tvm.pipeline import build_step
     from dlrm_tvm.schedules import rules_for, schedule_func
     from dlrm_tvm.schedules.base import attr, op_of
     from dlrm_tvm.targets import runnable_target
@@ -312,7 +314,7 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     peaks = (fp32_peak_gflops(target, threads), bf16_peak_gflops(target, threads) if bf16
              else None)
     copy_gbs = memory_bandwidth_gbs(target)
-    mod = _step_module(cfg, target)
+    mod = build_step(cfg, target)  # the step compile builds
     rules = rules_for(target, tuning=tuning)
     rows, packs = [], []
     torch_rows = []
@@ -412,114 +414,3 @@ def sweep_verdict(r: dict) -> list[str]:
     if wrong:
         lines.append("WRONG results: " + ", ".join(wrong))
     return lines
-
-
-def _tile_candidates(m: int, n: int, regs: int = 32, k: int = 1024) -> list[dict]:
-    """Register tiles that fit the vector registers (MI x NJ/16 accumulators plus the B
-    vectors and one broadcast) and divide the shape, each with both loop orders and a few row
-    blocks (row tiles per task)."""
-    from dlrm_tvm.schedules.x86.gemm_bf16 import row_block_for
-
-    out = []
-    for nj in (16, 32, 48, 64):
-        if n % nj:
-            continue
-        per_row = nj // 16
-        limit = (regs - per_row - 1) // per_row
-        mis = sorted({mi for mi in range(1, limit + 1) if m % mi == 0 and mi >= min(4, m)},
-                     reverse=True)[:4]
-        for mi in mis:
-            rbs = sorted({1, row_block_for(m, n, mi, nj, k)} | {rb for rb in (4, 16)
-                                                                 if (m // mi) % rb == 0})
-            for po in (False, True):
-                for rb in rbs:
-                    out.append({"mi": mi, "nj": nj, "panel_outer": po, "row_block": rb})
-    return out
-
-
-def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, reps: int = 5,
-               log=print) -> dict:
-    """Search the register tile and loop order of every packed bf16 GEMM of ``cfg``'s step on
-    this host, within ``budget_s`` (shared evenly by the kernels; the default parameters are
-    always measured first). Returns a tuning record (JSON-able) for compile/train --tuning."""
-    from tvm import tirx
-
-    from dlrm_tvm.schedules.base import attr, op_of, vector_registers
-    from dlrm_tvm.schedules.x86.gemm_bf16 import GemmVnniDpbf16ps, gemm_vnni_schedule
-    from dlrm_tvm.targets import runnable_target, target_signature
-
-    if cfg.train.precision != "bf16":
-        raise ValueError("kernels tune searches the bf16 microkernel GEMMs: pass --precision bf16 "
-                         "(or a bf16 config)")
-    ti = runnable_target(target_name, "tune")
-    target = ti.tvm_target()
-    rule = GemmVnniDpbf16ps()
-    if "avx512bf16" not in ti.features:
-        raise ValueError(f"target {ti.name} has no avx512bf16: there is no bf16 microkernel "
-                         "GEMM to tune")
-    mod = _step_module(cfg, target)
-    funcs = [(gv.name_hint, f) for gv, f in sorted(mod.functions_items(),
-                                                   key=lambda kv: kv[0].name_hint)
-             if isinstance(f, tirx.PrimFunc) and op_of(f) == "gemm_vnni"]
-    t_start = time.perf_counter()
-    kernels: dict[str, dict] = {}
-    for i, (name, func) in enumerate(funcs):
-        key = rule.key_of(func)
-        if key in kernels:
-            continue
-        deadline = time.perf_counter() + (budget_s - (time.perf_counter() - t_start)) / \
-            max(1, len(funcs) - i)
-        m, n, kk = attr(func, "m"), attr(func, "n"), attr(func, "k")
-        default = rule.choose(func, target)
-        tried = []
-        for p in [default] + [c for c in _tile_candidates(m, n, vector_registers(target), kk)
-                              if c != default]:
-            if tried and time.perf_counter() > deadline:
-                break
-            sch = gemm_vnni_schedule(func, target, p["mi"], p["nj"], p["panel_outer"],
-                                     row_block=p.get("row_block", 1))
-            r = time_vnni(func, sch, target, reps)
-            if r["status"] != "ok":
-                raise RuntimeError(f"{name} with {p} gave a wrong result (rel err "
-                                   f"{r['rel_err']:.1e}): a schedule bug, not a tuning choice")
-            tried.append((r["gflops"], p))
-        best_g, best = max(tried, key=lambda t: t[0])
-        kernels[key] = {"kernel": name, "params": best, "gflops": round(best_g, 1),
-                        "default_params": default, "default_gflops": round(tried[0][0], 1),
-                        "candidates_tried": len(tried)}
-        log(f"  {name:<44} {len(tried):>3} tried  default {tried[0][0]:7.1f} -> best "
-            f"{best_g:7.1f} GFLOP/s  mi={best['mi']} nj={best['nj']} "
-            f"panel_outer={best['panel_outer']} row_block={best.get('row_block', 1)}")
-    return {"format": "dlrm-tvm-tuning", "version": 1, "config": cfg.name,
-            "precision": cfg.train.precision, "batch_size": cfg.train.batch_size,
-            "target": ti.to_dict(), "target_signature": target_signature(target),
-            "threads": int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1)),
-            "budget_s": budget_s, "seconds": round(time.perf_counter() - t_start, 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernels": kernels}
-
-
-def read_tuning(path) -> dict:
-    """A tuning record from ``dlrm-tvm kernels tune`` (plain JSON, validated; never pickle)."""
-    import json
-
-    from dlrm_tvm.config import ConfigError
-
-    try:
-        with open(path) as f:
-            rec = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"tuning record {path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"tuning record {path} is not readable JSON: {e}") from None
-    if not isinstance(rec, dict) or rec.get("format") != "dlrm-tvm-tuning" or \
-            not isinstance(rec.get("kernels"), dict) or "target_signature" not in rec:
-        raise ConfigError(f"{path} is not a dlrm-tvm tuning record (kernels tune writes one)")
-    for key, v in rec["kernels"].items():
-        p = v.get("params") if isinstance(v, dict) else None
-        ok = isinstance(p, dict) and all(isinstance(p.get(f), int) and p[f] > 0
-                                         for f in ("mi", "nj")) and \
-            isinstance(p.get("panel_outer", False), bool) and p["nj"] % 16 == 0 and \
-            p["mi"] <= 32 and isinstance(p.get("row_block", 1), int) and p.get("row_block", 1) > 0
-        if not ok:
-            raise ConfigError(f"tuning record {path}: kernel {key} has invalid params {p!r}")
-    return rec

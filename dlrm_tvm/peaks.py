@@ -9,16 +9,17 @@
 * random-gather bandwidth: rows of a 256 MiB table read by uniform random indices and summed
   64 at a time, an embedding bag with nothing else to do (bytes of rows gathered).
 
-Each figure is the best of a few runs (a ceiling, not a typical value).
+Each figure is the best of ``REPS`` runs after a warm-up (a ceiling, not a typical value).
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from dlrm_tvm.pipeline import compile_primfunc
+from dlrm_tvm.timing import time_call
+
+REPS = 5  # timed runs per figure, after a warm-up; the best is kept
 
 
 def _loop_ir(symbol: str, vec: str, accs: int, decl: str, setup: list[str], init: str,
@@ -63,16 +64,6 @@ def _dpbf16_ir(accs: int) -> str:
                     f"call {v} {dp}({v} {{a}}, <32 x bfloat> %x, <32 x bfloat> %x)")
 
 
-def _best(f, reps: int = 5) -> float:
-    f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
-
-
 def _loop_kernel(target, threads: int, symbol: str, ir: str):
     """A TIR kernel calling the LLVM IR function ``symbol(iters, out)`` on every thread."""
     from tvm import s_tir
@@ -96,7 +87,7 @@ def _run_loop(lib, threads: int, iters: int) -> float:
     import tvm
 
     out = tvm.runtime.tensor(np.zeros(threads, np.float32))
-    return _best(lambda: lib["main"](out, iters))
+    return time_call(lambda: lib["main"](out, iters), REPS, best=True)
 
 
 def fp32_peak_gflops(target, threads: int, iters: int = 40_000_000) -> float:
@@ -147,7 +138,7 @@ def memory_bandwidth_gbs(target, mib: int = 256) -> float:
     lib = _compile_te(target, [x, y])
     a = tvm.runtime.tensor(np.ones(n, np.float32))
     b = tvm.runtime.tensor(np.zeros(n, np.float32))
-    return 2 * n * 4 / _best(lambda: lib["main"](a, b)) / 1e9
+    return 2 * n * 4 / time_call(lambda: lib["main"](a, b), REPS, best=True) / 1e9
 
 
 def gather_bandwidth_gbs(target, rows: int = 1_000_000, dim: int = 64,
@@ -174,7 +165,8 @@ def gather_bandwidth_gbs(target, rows: int = 1_000_000, dim: int = 64,
     t = tvm.runtime.tensor(rng.random((rows, dim), dtype=np.float32))
     ix = tvm.runtime.tensor(rng.integers(0, rows, lookups).astype(np.int64))
     o = tvm.runtime.tensor(np.zeros((lookups // 64, dim), np.float32))
-    return lookups * dim * 4 / _best(lambda: lib["main"](t, ix, o)) / 1e9
+    secs = time_call(lambda: lib["main"](t, ix, o), REPS, best=True)
+    return lookups * dim * 4 / secs / 1e9
 
 
 def measure_peaks(target, threads: int, embedding_dim: int = 64) -> dict:

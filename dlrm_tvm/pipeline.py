@@ -1,12 +1,16 @@
 """The compile pipeline, in order:
 
 1. graph    build the Relax module of the DLRM step (graphs/dlrm.py): call_tir to naive kernels
-2. schedule give every PrimFunc the first matching rule of the target's list (schedules/)
+            (``build_step``)
+2. schedule give every PrimFunc the first matching rule of the target's list (schedules/;
+            ``schedule_module``, with the preferred rules and a tuning record)
 3. lower    Relax: dataflow lowering + memory planning + VM lowering. Deliberately NO
             LegalizeOps/FuseOps/FuseTIR: they would re-fuse our scheduled kernels
 4. codegen  TIR default pipeline + LLVM for the target
 
-``dump_dir`` writes the IR after each phase, for a person to read.
+Steps 1 and 2 are also what ``dlrm-tvm kernels list`` reports, so it lists what compile chooses.
+``dump_dir`` writes the module after step 2 (``scheduled.py``, TVMScript), for a person to read;
+the other phases are not dumped.
 """
 
 from __future__ import annotations
@@ -56,6 +60,25 @@ def graph_layouts(precision: str, tvm_target, layouts: str = "auto") -> str:
     return layouts
 
 
+def build_step(
+    cfg: Config,
+    tvm_target: tvm.target.Target,
+    batch_size: int | None = None,
+    model=None,
+    parts: tuple[str, ...] = ("sparse", "dense"),
+    loss_scale: float | None = None,
+    hooks: bool = False,
+    layouts: str = "auto",
+) -> tvm.IRModule:
+    """Step 1: the unscheduled Relax module of ``cfg``'s step (its precision, optimizer and
+    batch size, or ``batch_size``) with the GEMM layouts ``layouts`` resolves to for
+    ``tvm_target``. The arguments are compile_dlrm's."""
+    layouts = graph_layouts(cfg.train.precision, tvm_target, layouts)
+    return DLRMGraph(model or cfg.model, batch_size or cfg.train.batch_size,
+                     loss_scale=loss_scale, precision=cfg.train.precision,
+                     optimizer=cfg.train.optimizer, hooks=hooks, layouts=layouts).build(parts)
+
+
 def compile_dlrm(
     cfg: Config,
     target: TargetInfo,
@@ -81,13 +104,9 @@ def compile_dlrm(
     bf16 on a target with avx512bf16. ``tuning``: a record of ``dlrm-tvm kernels tune``
     (per-kernel register tiles for this target; the choices land in ``schedules``)."""
     tvm_target = target.tvm_target()
-    layouts = graph_layouts(cfg.train.precision, tvm_target, layouts)
     secs: dict[str, float] = {}
     t0 = time.perf_counter()
-    b = batch_size or cfg.train.batch_size
-    mod = DLRMGraph(model or cfg.model, b, loss_scale=loss_scale,
-                    precision=cfg.train.precision,
-                    optimizer=cfg.train.optimizer, hooks=hooks, layouts=layouts).build(parts)
+    mod = build_step(cfg, tvm_target, batch_size, model, parts, loss_scale, hooks, layouts)
     secs["graph"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mod, chosen = schedule_module(mod, tvm_target, prefer, tuning)

@@ -1,24 +1,34 @@
-"""The DLRM training graph in Relax, as functions that do no communication.
+"""The DLRM training graph in Relax, as functions the runtime calls.
 
 Four named parts as in torchrec: sparse (embedding bags), dense (bottom MLP), interaction
-(dot or cat), over (top MLP), plus the loss. The module exports:
+(dot or cat), over (top MLP), plus the loss. The module exports (``DLRMGraph.build(parts)``:
+"sparse" the embedding functions, "dense" the others; one rank builds both into one module, a
+rank of a distributed run builds each part apart):
 
-  embedding_forward(tables, indices, offsets) -> pooled [B, T, D]
+  embedding_forward(tables, indices, offsets) -> pooled [B, T, D]                  (sparse)
   dense_forward_backward(dense [B, Din], pooled [B, T, D], labels [B], *mlp_params)
-      -> (loss [1], p [B], *mlp_grads, d_pooled [B, T, D])
-  dense_update(*mlp_params, *mlp_grads, lr [1]) -> mlp_params        (in place)
+      -> (loss [1], p [B], *mlp_grads, d_pooled [B, T, D])                          (dense)
+  dense_update(*mlp_params, *mlp_grads, lr [1]) -> mlp_params        (in place)    (dense)
   embedding_update(tables, indices, offsets, d_pooled, lr [1]) -> tables (in place: the fused
-      sparse backward + optimizer step of graphs/embedding_update.py)
-  predict(dense, pooled, *mlp_params) -> p [B]
+      sparse backward + optimizer step of graphs/embedding_update.py)               (sparse)
+  predict(dense, pooled, *mlp_params) -> p [B]                                      (dense)
 
-The runtime calls them in that order; exchanges between ranks can sit between the calls.
+A training step (runtime/trainer.py ``Trainer.step``) calls embedding_forward,
+dense_forward_backward, embedding_update, then dense_update; predict is for evaluation. No
+function moves data between ranks itself: the runtime does every exchange, between the calls,
+or, in a dense part built with ``hooks=True`` (a rank of a distributed run; HOOK_* below), from
+inside dense_forward_backward, which then calls back into the runtime where the pooled rows are
+needed, as each layer's gradients are final and once d_pooled is, and returns after d_pooled one
+token [1] per gradient-ready and d_pooled-ready call.
+
 Every op is a ``call_tir`` to a kernel of ``graphs/ops.py``; the backward is written out by hand
 (forward, input gradient, weight gradient per layer, as the SC20 paper does), because Relax's
 ``Gradient`` does not differentiate ``call_tir`` and the embedding backward must stay sparse.
 
-MLP parameters, in order: for each bottom then each top layer, ``Wt`` [in, out] and ``b`` [out].
-The first top layer's ``Wt`` has ``interaction_width_padded`` rows; rows past the true
-interaction width multiply zero columns and stay zero.
+MLP parameters, in order (``ModelConfig.mlp_param_specs``): for each bottom then each top
+layer, ``Wt`` [in, out] and ``b`` [out]. The first top layer's ``Wt`` has
+``interaction_width_padded`` rows; rows past the true interaction width multiply zero columns
+and stay zero.
 
 Precision "bf16": MLP weights, biases and activations are bfloat16 in the GEMMs (fp32 sums,
 fp32 loss, fp32 gradients out of the GEMMs); the interaction runs in fp32 on the fp32 pooled
@@ -61,9 +71,10 @@ HOOK_GRAD_READY = "dlrm_tvm.grad_ready"
 HOOK_DPOOLED_READY = "dlrm_tvm.d_pooled_ready"
 
 
-def mlp_param_specs(model: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every MLP parameter in the module's order (ModelConfig's)."""
-    return model.mlp_param_specs()
+# The MLP parameter layout has one name, ``ModelConfig.mlp_param_specs``; this alias is kept
+# for the modules that import it from here (runtime/params.py, runtime/trainer.py,
+# tests/test_interop.py).
+mlp_param_specs = ModelConfig.mlp_param_specs
 
 
 def _t(shape, dtype=F32) -> relax.TensorType:
@@ -99,7 +110,7 @@ class DLRMGraph:
         self.m = model
         self.B = batch_size
         self.loss_scale = loss_scale
-        self.specs = mlp_param_specs(model)
+        self.specs = model.mlp_param_specs()
         self.bf16 = precision == "bf16"
         self.act = "bfloat16" if self.bf16 else F32  # weights/activations in the GEMMs
         self.sfx = "_bf16" if self.bf16 else ""

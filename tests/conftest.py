@@ -1,12 +1,17 @@
 """Test configuration. Ways to run the tests:
 
-  pytest                      the default tier: fast, any x86-64 host (what .ci/run runs)
-  pytest --runslow            also the slow tier (bigger configs, longer runs)
-  pytest -m mpi               the multi-rank tier (launches mpiexec itself; run by .ci/run)
+  pytest                      the default tier: any x86-64 host; includes the multi-rank tests
+                              (``mpi`` marker: they launch ``mpiexec -n 2`` themselves and skip
+                              without mpiexec on PATH)
+  pytest --runslow            also the slow tier (``slow`` marker: long runs, such as
+                              cross-compiling the step for every named target); what .ci/run
+                              runs
+  pytest -m mpi               only the multi-rank tests
   pytest tests/test_kernels.py -k gemm    one family of kernel tests
 
-Compiled modules are cached per session (``compiled`` fixture), so each config variant is
-compiled once. TVM's thread pool is fixed to 2 threads before TVM starts.
+Compiled modules are cached per session (``compiled`` fixture): each (model, batch size,
+precision, optimizer) is compiled once. TVM's thread pool gets 2 threads unless
+``TVM_NUM_THREADS`` is already set (set here before TVM starts).
 
 The real Criteo sample rows are found beside the repository, at
 ``<repo>/../shared/data/criteo_kaggle_sample`` (``CRITEO_SAMPLE``), never at an absolute path;

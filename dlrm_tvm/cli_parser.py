@@ -1,0 +1,332 @@
+"""The ``dlrm-tvm`` command line: every subcommand's arguments (cli.py runs them).
+
+The config flags shared by the subcommands that take a config come from one table,
+dlrm_tvm/config_io.py ``CONFIG_FLAGS``, which also applies their values (``apply_overrides``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+
+from dlrm_tvm.config import PRECISIONS, PRESETS
+from dlrm_tvm.config_io import (
+    CONFIG_FLAGS,
+    auc_fraction,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
+from dlrm_tvm.runtime.sharding import SHARDINGS
+
+EPILOG = """examples:
+  dlrm-tvm train --config tiny --steps 100 --out runs/tiny
+  dlrm-tvm compile --config small --target cooperlake --out artifacts/small-cpx
+  dlrm-tvm train --artifact artifacts/tiny --steps 50 --out runs/t2
+  dlrm-tvm bench --config small --precisions fp32,bf16 --json bench.json
+  dlrm-tvm kernels list --config small
+  dlrm-tvm kernels bench --op gemm --shape 2048,1024,1024 --rule gemm_packed_fp32
+  mpiexec -n 2 dlrm-tvm train --config small --steps 50 --out runs/s2
+  dlrm-tvm preprocess train.txt --out data/kaggle --max-ind-range 10000000
+  dlrm-tvm train --config mlperf --data criteo-kaggle --data-path data/kaggle --eval-every 1000
+  dlrm-tvm eval --checkpoint runs/k --data criteo-kaggle --data-path data/kaggle --out runs/e
+  dlrm-tvm export-onnx --checkpoint runs/k --out model.onnx --check
+  dlrm-tvm plot runs/k
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """--config and one argument per row of config_io.CONFIG_FLAGS (the reference's flags)."""
+    g = p.add_argument_group("config (a preset or TOML file, then the reference's flags)")
+    g.add_argument("--config", default=None,
+                   help=f"preset ({', '.join(PRESETS)}) or TOML file (default: tiny)")
+    for flag in CONFIG_FLAGS:
+        if flag.cli:
+            flag.add_to(g)
+
+
+def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
+                 ) -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``func`` to ``commands[its name]`` ("compile",
+    "kernels list", ...)."""
+    p = argparse.ArgumentParser(
+        prog="dlrm-tvm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Compile DLRM with Apache TVM for an x86 CPU, and train it.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("compile", help="compile the training step into a loadable artifact",
+                       description="Compile the DLRM training step for a CPU target and write "
+                       "DIR/module.so + DIR/artifact.json (config, target, CPU features needed, "
+                       "TVM version, schedule rule per kernel). Works for any target on any host.")
+    _add_config_args(c)
+    c.add_argument("--target", default="host",
+                   help="host (this CPU's features) or a named CPU: skylake-avx512, cascadelake, "
+                   "icelake-server, cooperlake, sapphirerapids, znver3/4/5 (default: host)")
+    c.add_argument("--out", required=True, help="artifact directory")
+    c.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
+    c.add_argument("--tuning", metavar="FILE",
+                   help="a tuning record from `dlrm-tvm kernels tune` (register tiles per GEMM; "
+                        "recorded in artifact.json)")
+    c.add_argument("--dump-ir", help="write the scheduled IR to this directory")
+    c.set_defaults(func=commands["compile"])
+
+    t = sub.add_parser("train", help="train on synthetic data (compiling first if needed)",
+                       description="Train DLRM; writes RUNDIR/metrics.jsonl (one line per logged "
+                       "step), RUNDIR/summary.json and RUNDIR/config.json. Without --artifact the "
+                       "step is compiled for --target into RUNDIR/artifact.")
+    _add_config_args(t)
+    t.add_argument("--artifact", help="a directory from `dlrm-tvm compile` (must match config)")
+    t.add_argument("--target", default="host", help="target to compile for (default: host)")
+    t.add_argument("--steps", type=nonneg_int, default=None,
+                   help="training steps (default: config's)")
+    t.add_argument("--seed", type=nonneg_int, default=None, help="seed for init and data")
+    t.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
+    t.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
+    t.add_argument("--tuning", metavar="FILE",
+                   help="a tuning record from `dlrm-tvm kernels tune`, used when compiling")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--save-params", action="store_true",
+                   help="write every fp32 parameter to RUNDIR/params.npz at the end")
+    e = t.add_argument_group("evaluation and checkpoints")
+    e.add_argument("--eval-every", type=nonneg_int, default=0,
+                   help="evaluate on the held-out split every K steps (loss, accuracy, exact "
+                   "ROC AUC; to metrics.jsonl as lines with \"kind\": \"eval\") and at the end")
+    e.add_argument("--eval-batches", type=positive_int, default=2,
+                   help="synthetic data: batches in the held-out stream (default 2)")
+    e.add_argument("--eval", action="store_true",
+                   help="evaluate at the end (the default with real data, --eval-every or "
+                   "--target-auc)")
+    e.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    e.add_argument("--target-auc", type=auc_fraction,
+                   help="stop when the held-out AUC reaches this (checked at --eval-every); "
+                   "the summary records the step and time it took (0 < AUC <= 1)")
+    e.add_argument("--checkpoint-every", type=nonneg_int, default=0,
+                   help="write the whole training state to RUNDIR/checkpoints/ every K steps "
+                   "and at the end (atomic: a kill mid-write keeps the previous one)")
+    e.add_argument("--no-final-checkpoint", action="store_true",
+                   help="do not write a checkpoint of the last step (by default every run "
+                   "ends with one, so `eval`/`export-onnx --checkpoint RUNDIR` work)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (its metrics, summary and checkpoints "
+                   "are deleted); without it such a directory is refused unless --resume")
+    e.add_argument("--keep-checkpoints", type=positive_int, default=2,
+                   help="how many checkpoints to keep (default 2)")
+    e.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of a checkpoint (ours, or a facebookresearch/"
+                   "dlrm torch.save file) at step 0 with fresh optimizer state")
+    e.add_argument("--resume", nargs="?", const="auto",
+                   help="continue from a checkpoint (a checkpoint dir, a checkpoints/ dir or a "
+                   "run dir; without a value: --out's latest), bit-exactly, at any rank count")
+    t.add_argument("--threads", type=positive_int,
+                   help="TVM threads (per rank under mpiexec; default: "
+                   "all cores, or the rank's share of its node's cores)")
+    g = t.add_argument_group("distributed (under mpiexec -n N)")
+    g.add_argument("--sharding", default="auto", choices=SHARDINGS,
+                   help="auto: whole tables balanced by memory + lookups, row ranges for a "
+                   "table over a rank's budget; table: whole tables only; row: every table "
+                   "cut into N row ranges (default auto)")
+    g.add_argument("--rank-memory-gib", type=positive_float,
+                   help="table memory one rank may hold (default: 80%% of the node's "
+                   "available memory over its ranks)")
+    g.add_argument("--comm-timeout", type=positive_float, default=300.0,
+                   help="seconds an exchange may wait before the job is aborted (default 300)")
+    g.add_argument("--no-progress-thread", action="store_true",
+                   help="do not advance MPI from a background thread while compiled code runs")
+    g.add_argument("--progress-poll-us", type=positive_float, default=50.0,
+                   help="how often the progress thread tests pending exchanges (default 50 us)")
+    t.set_defaults(func=commands["train"])
+
+    b = sub.add_parser("bench", help="ms/step vs PyTorch in the same process, per-op breakdown",
+                       description="Benchmark the compiled step against a PyTorch DLRM with the "
+                       "same weights (eager fp32 and bf16 autocast), run side by side in one "
+                       "process; prints medians, ratios, per-kernel times and GFLOP/s vs peak.")
+    _add_config_args(b)
+    b.add_argument("--target", default="host")
+    b.add_argument("--steps", type=positive_int, default=20, help="timed steps per contender")
+    b.add_argument("--warmup", type=nonneg_int, default=3,
+                   help="untimed steps per contender first (default 3)")
+    b.add_argument("--precisions", help="ours at these precisions, e.g. fp32,bf16 "
+                   "(default: the config's)")
+    b.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    b.add_argument("--tuning", metavar="FILE",
+                   help="compile our bf16 step with this record of `dlrm-tvm kernels tune`")
+    b.add_argument("--no-torch-compile", action="store_true",
+                   help="skip the torch.compile + bf16 autocast contender (its compile, about "
+                        "a minute, is timed apart and reported, never in ms/step)")
+    b.add_argument("--json", help="also write the table as JSON here")
+    g = b.add_argument_group("rank scaling (instead of the PyTorch comparison)")
+    g.add_argument("--ranks", help="rank counts to run, e.g. 1,2: each runs `mpiexec -n N "
+                   "dlrm-tvm train` (--steps steps) and reports ms/step split into compute, "
+                   "exposed and overlapped communication, bytes per exchange, an MPI probe "
+                   "and the scaling model for 1 to 64 sockets")
+    g.add_argument("--threads-per-rank", type=positive_int,
+                   help="threads of each rank (default: its share of this machine's cores)")
+    g.add_argument("--sharding", default="auto", choices=SHARDINGS)
+    g.add_argument("--plot", help="write the scaling efficiency plot (PNG) here")
+    g.add_argument("--net-bandwidth-gbs", type=positive_float, default=12.5,
+                   help="the model's assumed network bandwidth per socket (default 12.5 GB/s)")
+    g.add_argument("--net-latency-us", type=positive_float, default=2.0,
+                   help="the model's assumed network latency (default 2 us)")
+    g = b.add_argument_group("data loading (instead of the PyTorch comparison)")
+    g.add_argument("--loader", action="store_true",
+                   help="Criteo raw parse, preprocess and memory-mapped batch rates (rows/s) "
+                   "against the config's training step (rows/s it consumes)")
+    g.add_argument("--loader-rows", type=positive_int, default=200_000,
+                   help="raw rows to generate for --loader (default 200000)")
+    b.set_defaults(func=commands["bench"])
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (ours or the reference's) on "
+                        "held-out data",
+                        description="Load a checkpoint (a dlrm-tvm checkpoint or run directory, "
+                        "or a facebookresearch/dlrm torch.save file), compile its model for "
+                        "this CPU and evaluate every held-out row: RUNDIR/summary.json with loss, "
+                        "accuracy, auc (exact ROC AUC), rows; --save-predictions adds "
+                        "RUNDIR/predictions.npy, one probability per row in file order.")
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(ev)
+    ev.add_argument("--out", required=True, metavar="RUNDIR")
+    ev.add_argument("--target", default="host")
+    ev.add_argument("--save-predictions", action="store_true")
+    ev.add_argument("--eval-batches", type=positive_int, default=2,
+                    help="synthetic data: held-out batches (default 2)")
+    ev.add_argument("--split", choices=("test", "val", "train", "all"),
+                    help="rows of a preprocessed directory to evaluate (default test); raw "
+                    "and binary files are evaluated whole, in file order")
+    ev.set_defaults(func=commands["eval"])
+
+    pp = sub.add_parser("preprocess", help="raw Criteo files -> MLPerf binary shards, once",
+                        description="Parse raw Criteo files (Kaggle train.txt or Terabyte "
+                        "day_N: label, 13 counts, 26 hex categories, tab-separated), with the "
+                        "reference's preprocessing, into 40-int32-per-row binary files plus "
+                        "meta.json; training then memory-maps them (--data criteo-kaggle "
+                        "--data-path OUT).")
+    pp.add_argument("inputs", nargs="+", help="raw files (terabyte: day_0 day_1 ... in order)")
+    pp.add_argument("--out", required=True, help="output directory")
+    pp.add_argument("--format", choices=("kaggle", "terabyte"), default="kaggle",
+                    help="kaggle: one file split into 7 days (days 0-5 train, day 6 halves "
+                    "test/val); terabyte: one day per file (the last day halves test/val)")
+    pp.add_argument("--max-ind-range", type=positive_int,
+                    help="categories int(hex, 16) %% R (default: the raw 32-bit hash)")
+    pp.add_argument("--remap", action="store_true",
+                    help="contiguous ids per column in order of first appearance (counts saved)")
+    pp.add_argument("--skip-bad-lines", action="store_true",
+                    help="skip malformed lines (counted) instead of stopping at the first")
+    pp.add_argument("--days", type=positive_int, default=7, help="kaggle: days to split into")
+    pp.add_argument("--json", help="also write meta.json's content here")
+    pp.set_defaults(func=commands["preprocess"])
+
+    xo = sub.add_parser("export-onnx", help="a checkpoint as an ONNX model (embedding bags "
+                        "included)")
+    xo.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(xo)
+    xo.add_argument("--out", required=True, help="the .onnx file")
+    xo.add_argument("--opset", type=positive_int, default=17,
+                    help="ONNX opset version (default 17)")
+    xo.add_argument("--check", action="store_true",
+                    help="run it under onnxruntime against a NumPy forward pass")
+    xo.set_defaults(func=commands["export-onnx"])
+
+    xr = sub.add_parser("export-reference", help="a checkpoint in facebookresearch/dlrm's "
+                        "torch.save layout (needs torch)")
+    xr.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(xr)
+    xr.add_argument("--out", required=True, help="the .pt file")
+    xr.set_defaults(func=commands["export-reference"])
+
+    pl = sub.add_parser("plot", help="draw a run's loss and AUC curves to a PNG",
+                        description="Read RUNDIR/metrics.jsonl and draw the training loss and "
+                        "the held-out loss, accuracy and AUC against the step.")
+    pl.add_argument("run_dir", metavar="RUNDIR")
+    pl.add_argument("--out", help="PNG path (default RUNDIR/curves.png)")
+    pl.set_defaults(func=commands["plot"])
+
+    pn = sub.add_parser("plan", help="where every table's rows live on N ranks (no mpiexec)",
+                        description="Print the sharding plan a distributed run of this config "
+                        "makes on rank 0 (runtime/sharding.py): per rank its tables or row "
+                        "ranges, rows, MiB and lookups per step; per table its ranks and rows.")
+    _add_config_args(pn)
+    pn.add_argument("--ranks", type=positive_int, required=True, help="rank count")
+    pn.add_argument("--sharding", default="auto", choices=SHARDINGS,
+                    help="auto: whole tables, row ranges only for a table over --rank-memory-"
+                    "gib; table: whole tables only; row: every table in N row ranges, range i "
+                    "on rank i (default auto)")
+    pn.add_argument("--rank-memory-gib", type=positive_float,
+                    help="table memory one rank may hold (default: no limit)")
+    pn.add_argument("--json", help="also write the plan as JSON here")
+    pn.set_defaults(func=commands["plan"])
+
+    mp = sub.add_parser("mpi-probe", help="alltoall/allreduce latency and bandwidth (run under "
+                        "mpiexec -n N)")
+    mp.add_argument("--json", help="also write the result as JSON here")
+    mp.set_defaults(func=commands["mpi-probe"])
+
+    kp = sub.add_parser("kernels", help="which schedule rule runs each kernel; race rules",
+                        description="Experiment with schedules: list the rule chosen per kernel, "
+                        "or benchmark candidate rules for one op against torch.")
+    ksub = kp.add_subparsers(dest="kcmd", required=True)
+    kl = ksub.add_parser("list", help="per kernel: the applicable rules and the one chosen",
+                         description="Build and schedule the config's training step as "
+                         "`dlrm-tvm compile` does (its precision, optimizer, batch size, --rule "
+                         "and --tuning) without compiling it; per kernel, the rule chosen (the "
+                         "one artifact.json records) and the other rules that would take it.")
+    _add_config_args(kl)
+    kl.add_argument("--target", default="host")
+    kl.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable), as "
+                    "compile --rule")
+    kl.add_argument("--tuning", metavar="FILE",
+                    help="a tuning record from `dlrm-tvm kernels tune`, as compile --tuning")
+    kl.add_argument("--json", help="also write the table as JSON here")
+    kl.set_defaults(func=commands["kernels list"])
+    kb = ksub.add_parser("bench", help="check and time candidate rules for one op and shape",
+                         description="Each candidate is checked against the NumPy reference "
+                         "(outputs poisoned first) and timed; torch's matmul (fp32, bf16) runs "
+                         "in the same process. Exit status 1 if a candidate is wrong.")
+    kb.add_argument("--op", default="gemm",
+                    choices=("gemm", "embedding_bag_fwd", "embedding_bag_update"),
+                    help="operator (default gemm)")
+    kb.add_argument("--shape", help="gemm: M,K,N (or --config C: every GEMM of that config); "
+                    "embedding ops: ROWS,DIM,LOOKUPS_PER_BAG, several separated by ';' "
+                    "(default: 1000000,64,100;1000000,128,1;10000000,64,1)")
+    kb.add_argument("--dist", default="uniform,zipf",
+                    help="embedding ops: index distributions to run (uniform,zipf)")
+    kb.add_argument("--batch", type=positive_int,
+                    help="embedding ops: bags per call (default: 204800 lookups' worth, at "
+                    "least 2048)")
+    _add_config_args(kb)
+    kb.add_argument("--layout", default="mk", choices=("mk", "km"),
+                    help="A as [M, K] (forward, input gradient) or [K, M] (weight gradient)")
+    kb.add_argument("--b-layout", default="kn", choices=("kn", "nk"))
+    kb.add_argument("--epilogue", default="none",
+                    choices=("none", "bias", "bias_relu", "relu_mask"))
+    kb.add_argument("--rule", action="append", help="candidate rule (repeatable; default: all)")
+    kb.add_argument("--target", default="host")
+    kb.add_argument("--reps", type=positive_int, default=10,
+                    help="timed repetitions per candidate (default 10)")
+    kb.add_argument("--dtype", default="fp32", choices=PRECISIONS,
+                    help="gemm: operand dtype (bf16: the AVX-512 BF16 rule where the CPU has "
+                    "it); embedding ops: the table (bf16: Split-SGD-BF16 storage)")
+    kb.add_argument("--no-torch", action="store_true")
+    kb.add_argument("--json", help="also write the table as JSON here")
+    kb.add_argument("--tuning", metavar="FILE",
+                    help="--config: schedule with this tuning record (dlrm-tvm kernels tune)")
+    kb.set_defaults(func=commands["kernels bench"])
+    kt = ksub.add_parser("tune", help="search register tiles of a config's bf16 GEMMs on this "
+                         "host; write a tuning record",
+                         description="For every packed bf16 GEMM of the config's step, time the "
+                         "default register tile and loop order, then other tiles that fit the "
+                         "registers and the shape, each checked against NumPy, within the "
+                         "budget; write the best per kernel as JSON for compile/train --tuning.")
+    _add_config_args(kt)
+    kt.add_argument("--target", default="host")
+    kt.add_argument("--budget-s", type=positive_float, default=300.0,
+                    help="seconds for the whole search (default 300)")
+    kt.add_argument("--reps", type=positive_int, default=5,
+                    help="timed repetitions per tile (default 5)")
+    kt.add_argument("--out", default="tuning.json", help="the record (default tuning.json)")
+    kt.add_argument("--check", action="store_true",
+                    help="then run `kernels bench --config` with the record")
+    kt.add_argument("--no-torch", action="store_true", help="--check without torch")
+    kt.add_argument("--json", help="--check: also write its table as JSON here")
+    kt.set_defaults(func=commands["kernels tune"])
+    return p

@@ -1,0 +1,320 @@
+"""A Config from outside, and back: preset names and TOML files (``load_config``, ``to_toml``),
+and the command line's flags over a config.
+
+The flags are one table, ``CONFIG_FLAGS``: each row names the flag, its argparse type (a domain
+check: ``positive_int`` etc., below) or choices, the config field it sets (``section.field``),
+its help and the transform from the flag's value to the field's. The ``dlrm-tvm`` parser adds an
+argument per row (``ConfigFlag.add_to``: cli_parser.py) and ``apply_overrides`` applies values
+by the same rows, so each flag is named once. Rows with ``cli=False`` are ``apply_overrides``
+keywords with no argument of their own (``--steps``/``--seed`` are train's own flags).
+
+Every public name here is also importable from dlrm_tvm.config, its former home.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from dlrm_tvm.config import (
+    DATA_KINDS,
+    INDEX_DISTRIBUTIONS,
+    INTERACTIONS,
+    LABELS,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRESETS,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    _describe,
+    _positive,
+)
+
+# ---------------------------------------------------------------- preset names and TOML files
+
+
+def load_config(spec: str | os.PathLike | None) -> Config:
+    """A preset name, or a TOML file (optionally naming a ``preset`` to start from)."""
+    if spec is None:
+        return PRESETS["tiny"]
+    s = str(spec)
+    if s in PRESETS:
+        return PRESETS[s]
+    path = Path(s)
+    if not path.exists():
+        raise ConfigError(f"{s!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    base = d.pop("preset", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: preset must be a string, got {_describe(base)}")
+        if base not in PRESETS:
+            raise ConfigError(f"{path}: unknown preset {base!r}")
+        merged = PRESETS[base].to_dict()
+        for section, values in d.items():
+            if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                merged[section].update(values)
+            else:
+                merged[section] = values
+        merged.setdefault("name", base)
+        d = merged
+    d.setdefault("name", path.stem)
+    try:
+        return Config.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def to_toml(cfg: Config) -> str:
+    """``cfg`` as a TOML file that ``load_config`` reads back to an equal Config."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (tuple, list)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    d = cfg.to_dict()
+    lines = [f"name = {val(d['name'])}"]
+    for section in ("model", "train", "data"):
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {val(v)}" for k, v in d[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- argparse types for numeric flags
+# Each parses one flag's value and refuses one outside its domain with ArgumentTypeError, which
+# argparse reports as "argument --flag: ..." with exit status 2.
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {s!r}")
+        return v
+
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+positive_int = _int_at_least(1)
+positive_int.__name__ = "positive_int"
+positive_int.__doc__ = "An argparse type: an integer >= 1."
+nonneg_int = _int_at_least(0)
+nonneg_int.__name__ = "nonneg_int"
+nonneg_int.__doc__ = "An argparse type: an integer >= 0."
+
+
+def _float_where(ok: Callable[[float], bool], domain: str, s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and ok(v)):
+        raise argparse.ArgumentTypeError(f"must be {domain}, got {s!r}")
+    return v
+
+
+def finite_float(s: str) -> float:
+    """An argparse type: a finite number (no nan, inf)."""
+    return _float_where(lambda v: True, "a finite number", s)
+
+
+def positive_float(s: str) -> float:
+    """An argparse type: a finite number > 0."""
+    return _float_where(lambda v: v > 0, "a finite number > 0", s)
+
+
+def nonneg_float(s: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    return _float_where(lambda v: v >= 0, "a finite number >= 0", s)
+
+
+def auc_fraction(s: str) -> float:
+    """An argparse type: an AUC to reach, a number with 0 < x <= 1."""
+    return _float_where(lambda v: 0 < v <= 1, "a number with 0 < x <= 1", s)
+
+
+# ---------------------------------------------------------------- the flags over a config
+# Transforms: (the flag's value, the flag's name for messages) -> the field's value.
+
+
+def _as_is(v: Any, flag: str) -> Any:
+    return v
+
+
+def _int(v: Any, flag: str) -> int:
+    return int(v)
+
+
+def _float(v: Any, flag: str) -> float:
+    return float(v)
+
+
+def _bool(v: Any, flag: str) -> bool:
+    return bool(v)
+
+
+def _str(v: Any, flag: str) -> str:
+    return str(v)
+
+
+def _dash_ints(s: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in s.split("-"))
+    except ValueError as e:
+        raise ConfigError(
+            f"{flag} expects dash-separated integers like 13-512-256, got {s!r}"
+        ) from e
+
+
+def _cap_tables(sections: dict[str, dict[str, Any]], value: Any) -> None:
+    """--max-ind-range R: every table capped at R rows, and raw categories folded modulo R
+    (the reference's flag does both)."""
+    r = int(value)
+    _positive("--max-ind-range", r)
+    sections["model"]["table_rows"] = tuple(min(x, r) for x in sections["model"]["table_rows"])
+    sections["data"]["max_ind_range"] = r
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One flag over one config field (``field``: "section.name")."""
+
+    flag: str
+    field: str
+    help: str | None = None
+    type: Callable[[str], Any] | None = None  # argparse's: parses and checks the domain
+    choices: tuple[Any, ...] | None = None
+    transform: Callable[[Any, str], Any] = _as_is  # the flag's value -> the field's
+    switch: bool = False  # store_true, None (unset) when not given
+    cli: bool = True  # False: an apply_overrides keyword only, no argparse argument
+    apply: Callable[[dict[str, dict[str, Any]], Any], None] | None = None  # sets several fields
+
+    @property
+    def dest(self) -> str:
+        """The argparse dest and the apply_overrides keyword: ``--max-ind-range`` ->
+        ``max_ind_range``."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        kw: dict[str, Any] = {"help": self.help}
+        if self.switch:
+            kw.update(action="store_true", default=None)
+        if self.type is not None:
+            kw["type"] = self.type
+        if self.choices is not None:
+            kw["choices"] = self.choices
+        parser.add_argument(self.flag, **kw)
+
+    def set(self, sections: dict[str, dict[str, Any]], value: Any) -> None:
+        """Write ``value`` (not None) into ``sections`` ({"model": {...}, "train": ...})."""
+        if self.apply is not None:
+            self.apply(sections, value)
+            return
+        section, name = self.field.split(".")
+        sections[section][name] = self.transform(value, self.flag)
+
+
+F = ConfigFlag
+# In this order: argparse's help lists them so, and apply_overrides applies them so (the tables'
+# sizes before --max-ind-range caps them; data_max_ind_range after --max-ind-range).
+CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
+    F("--arch-sparse-feature-size", "model.embedding_dim", "embedding dim D", positive_int,
+      transform=_int),
+    F("--arch-embedding-size", "model.table_rows",
+      "rows per table, dash-separated: 1000-1000-...", transform=_dash_ints),
+    F("--arch-mlp-bot", "model.mlp_bot", "bottom MLP incl. dense input width: 13-512-256-64",
+      transform=_dash_ints),
+    F("--arch-mlp-top", "model.mlp_top", "top MLP without its input width: 512-256-1",
+      transform=_dash_ints),
+    F("--arch-interaction-op", "model.interaction", choices=INTERACTIONS),
+    F("--arch-interaction-itself", "model.interaction_itself",
+      "include self dot products in the dot interaction", switch=True, transform=_bool),
+    F("--max-ind-range", "data.max_ind_range", "cap every table at this many rows",
+      positive_int, apply=_cap_tables),
+    F("--mini-batch-size", "train.batch_size", "batch size", positive_int, transform=_int),
+    F("--learning-rate", "train.learning_rate", "base learning rate (> 0)", positive_float,
+      transform=_float),
+    F("--lr-num-warmup-steps", "train.lr_num_warmup_steps", "linear LR warmup (reference)",
+      nonneg_int, transform=_int),
+    F("--lr-decay-start-step", "train.lr_decay_start_step", "polynomial decay starts here",
+      nonneg_int, transform=_int),
+    F("--lr-num-decay-steps", "train.lr_num_decay_steps", "decay length (0: no decay)",
+      nonneg_int, transform=_int),
+    F("--num-indices-per-lookup", "data.num_indices_per_lookup",
+      "lookups per bag (max if varied)", positive_int, transform=_int),
+    F("--num-indices-per-lookup-fixed", "data.num_indices_per_lookup_fixed",
+      "1: every bag has exactly that many lookups; 0: sizes vary", int, (0, 1),
+      transform=_bool),
+    F("--precision", "train.precision",
+      "bf16: bf16 GEMMs with Split-SGD-BF16 weights and tables (default fp32)",
+      choices=PRECISIONS),
+    F("--labels", "data.labels",
+      "synthetic labels: random coin flips (reference) or a learnable teacher", choices=LABELS),
+    F("--optimizer", "train.optimizer",
+      "sgd, or the reference's rwsadagrad: row-wise sparse Adagrad for the tables, dense "
+      "Adagrad for the MLPs (default sgd)", choices=OPTIMIZERS),
+    F("--index-distribution", "data.index_distribution",
+      "synthetic indices: uniform (reference) or Zipf power law over rows",
+      choices=INDEX_DISTRIBUTIONS),
+    F("--zipf-alpha", "data.zipf_alpha", "Zipf exponent (default 1.05)", positive_float,
+      transform=_float),
+    F("--data", "data.kind",
+      "synthetic (default); criteo-kaggle / criteo-terabyte: raw train.txt or day_N files "
+      "(preprocessed into RUNDIR/data once) or a `dlrm-tvm preprocess` directory; mlperf-bin: "
+      "MLPerf binary files (40 int32 per row)", choices=DATA_KINDS),
+    F("--data-path", "data.path", "the data: file(s), comma-separated, or a directory",
+      transform=_str),
+    F("--eval-data-path", "data.eval_path",
+      "mlperf-bin: held-out file(s) (criteo-*: the preprocessed test split)", transform=_str),
+    F("--skip-bad-lines", "data.skip_bad_lines",
+      "raw Criteo: skip malformed lines (counted in the summary) instead of stopping at the "
+      "first with its file and line", switch=True, transform=_bool),
+    # keywords of apply_overrides with no config flag of their own
+    F("--steps", "train.steps", transform=_int, cli=False),
+    F("--seed", "train.seed", transform=_int, cli=False),
+    F("--data-max-ind-range", "data.max_ind_range", transform=_int, cli=False),
+)
+del F
+_BY_DEST = {f.dest: f for f in CONFIG_FLAGS}
+
+
+def apply_overrides(cfg: Config, **flags: Any) -> Config:
+    """``cfg`` with the reference's flags applied, by their dest (``arch_sparse_feature_size``,
+    ``mini_batch_size``, ``steps``, ...: ``CONFIG_FLAGS``); None means unset. The new Config is
+    validated as any other; an unknown keyword is a TypeError."""
+    unknown = sorted(set(flags) - set(_BY_DEST))
+    if unknown:
+        raise TypeError(f"apply_overrides: unknown flag(s) {unknown}; known: {sorted(_BY_DEST)}")
+    sections = {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train),
+                "data": dataclasses.asdict(cfg.data)}
+    for f in CONFIG_FLAGS:
+        if flags.get(f.dest) is not None:
+            f.set(sections, flags[f.dest])
+    return Config(name=cfg.name, model=ModelConfig(**sections["model"]),
+                  train=TrainConfig(**sections["train"]), data=DataConfig(**sections["data"]))

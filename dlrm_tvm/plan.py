@@ -1,0 +1,60 @@
+"""``dlrm-tvm plan``: where every table's rows would live on N ranks, without mpiexec.
+
+The same plan a distributed run makes on rank 0 (runtime/sharding.py ``make_plan``, with the
+run's costs: each table's bytes and lookups per step), printed per rank (tables, rows, MiB,
+lookups per step) and per table (its owner ranks and row ranges).
+"""
+
+from __future__ import annotations
+
+from dlrm_tvm.config import Config
+
+
+def plan_report(cfg: Config, ranks: int, sharding: str = "auto",
+                rank_memory_gib: float | None = None) -> dict:
+    """The plan as a JSON-able dict: the plan itself, per rank and per table summaries."""
+    from dlrm_tvm.runtime.sharding import make_plan
+
+    budget = int(rank_memory_gib * 2**30) if rank_memory_gib else None
+    plan = make_plan(cfg, ranks, sharding, budget)
+    m, d = cfg.model, cfg.data
+    per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
+        (d.num_indices_per_lookup + 1) / 2
+    bpr = 4 * m.embedding_dim + (4 if cfg.train.optimizer == "rwsadagrad" else 0)
+    per_rank = []
+    for r in range(ranks):
+        sh = plan.shards_of(r)
+        rows = sum(s.rows for s in sh)
+        look = sum(min(m.table_rows[s.table], per_bag) * cfg.train.batch_size
+                   * s.rows / m.table_rows[s.table] for s in sh)
+        per_rank.append({"rank": r, "shards": len(sh), "rows": rows, "mib": rows * bpr / 2**20,
+                         "lookups_per_step": look,
+                         "tables": sorted({s.table for s in sh})})
+    per_table = []
+    for t, rows in enumerate(m.table_rows):
+        parts = sorted((s for s in plan.shards if s.table == t), key=lambda s: s.row_start)
+        per_table.append({"table": t, "rows": rows,
+                          "parts": [{"rank": s.rank, "row_start": s.row_start,
+                                     "row_stop": s.row_stop} for s in parts]})
+    return {"config": cfg.name, "ranks": ranks, "sharding": sharding,
+            "rank_memory_gib": rank_memory_gib, "plan": plan.to_dict(),
+            "per_rank": per_rank, "per_table": per_table}
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"config {rep['config']}: {len(rep['per_table'])} tables over {rep['ranks']} "
+             f"ranks, sharding {rep['sharding']}"
+             + (f", {rep['rank_memory_gib']} GiB per rank" if rep["rank_memory_gib"] else ""),
+             "", f"{'rank':>4}  {'shards':>6}  {'rows':>12}  {'MiB':>9}  {'lookups/step':>12}"
+             "  tables"]
+    for r in rep["per_rank"]:
+        lines.append(f"{r['rank']:>4}  {r['shards']:>6}  {r['rows']:>12,}  {r['mib']:>9.1f}  "
+                     f"{r['lookups_per_step']:>12,.0f}  "
+                     + (",".join(map(str, r["tables"])) or "-"))
+    lines += ["", f"{'table':>5}  {'rows':>12}  where"]
+    for t in rep["per_table"]:
+        whole = len(t["parts"]) == 1
+        where = (f"rank {t['parts'][0]['rank']}" if whole else "; ".join(
+            f"rank {p['rank']} rows {p['row_start']}:{p['row_stop']}" for p in t["parts"]))
+        lines.append(f"{t['table']:>5}  {t['rows']:>12,}  {where}")
+    return "\n".join(lines)
