@@ -26,7 +26,7 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
     from dlrm_tvm.runtime.trainer import Trainer
     from dlrm_tvm.sources import make_source, needs_preprocess, preprocess_for_run
     from dlrm_tvm.state_io import load_state
-    from dlrm_tvm.train import get_compiled, pad_batch
+    from dlrm_tvm.train import get_compiled
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,3 +65,58 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
                                                  default=float))
     return summary
+
+
+def pad_batch(batch, size: int, num_tables: int):
+    """``batch`` of n < size samples made ``size`` long by repeating its first sample (the
+    compiled step has a fixed batch); the caller drops predictions past n."""
+    from dlrm_tvm.data import Batch
+
+    n = batch.dense.shape[0]
+    if n == size:
+        return batch
+    extra = size - n
+    lens, inds = [], []
+    for t in range(num_tables):
+        o = batch.offsets[t * n:(t + 1) * n + 1]
+        first = batch.indices[o[0]:o[1]]
+        lens.append(np.concatenate([np.diff(o), np.full(extra, first.size, np.int64)]))
+        inds.append(np.concatenate([batch.indices[o[0]:o[-1]], np.tile(first, extra)]))
+    off = np.zeros(num_tables * size + 1, np.int64)
+    np.cumsum(np.concatenate(lens), out=off[1:])
+    return Batch(dense=np.concatenate([batch.dense, np.repeat(batch.dense[:1], extra, 0)]),
+                 indices=np.concatenate(inds).astype(np.int64), offsets=off,
+                 labels=np.concatenate([batch.labels, np.repeat(batch.labels[:1], extra)]))
+
+
+def run_eval(trainer, batches, cfg: Config) -> dict:
+    """Loss, accuracy and exact ROC AUC over every held-out row (``batches``: iterable of
+    (global batch, real rows)); across ranks the predictions are gathered on rank 0 and the
+    result is broadcast. Raises DivergedError on non-finite predictions."""
+    from dlrm_tvm.errors import DivergedError
+    from dlrm_tvm.metrics import evaluate_predictions
+
+    B, T = cfg.train.batch_size, cfg.model.num_tables
+    comm = trainer.comm
+    ps, ys = [], []
+    for batch, n in batches:
+        full = pad_batch(batch, B, T)
+        parts = comm.gather(trainer.predict(full), root=0)
+        p = np.concatenate(parts) if parts is not None else None
+        if p is not None:
+            ps.append(p[:n])
+            ys.append(full.labels[:n])
+    res = None
+    if ps and not all(np.isfinite(x).all() for x in ps):
+        bad = sum(int((~np.isfinite(x)).sum()) for x in ps)
+        err = DivergedError(f"{bad} of {sum(x.size for x in ps)} held-out predictions are not "
+                            f"finite: the model's parameters are not finite (diverged)")
+    else:
+        err = None
+    err = comm.bcast(err, root=0)
+    if err is not None:
+        raise err
+    if comm.rank == 0:
+        res = evaluate_predictions(np.concatenate(ys) if ys else np.zeros(0),
+                                   np.concatenate(ps) if ps else np.zeros(0))
+    return comm.bcast(res, root=0)

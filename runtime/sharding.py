@@ -88,9 +88,10 @@ def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
                 bytes_per_value: int = 4, min_parts: int = 1) -> ShardingPlan:
     """The plan for ``ranks`` ranks. ``lookups_per_table``: lookups per step of each table
     (default: 1 each); ``rank_budget_bytes``: the most table memory one rank may hold
-    (default: no limit); ``min_parts``: cut every table into at least this many row ranges
-    (``ranks`` gives torchrec's row-wise sharding of every table; default 1: table-wise
-    unless a table exceeds the budget). Raises ValueError when the tables cannot fit."""
+    (default: no limit); ``min_parts``: cut every table into at least this many row ranges,
+    each placed by load like a table (default 1: table-wise unless a table exceeds the
+    budget; ``row_wise`` is torchrec's one range per rank). Raises ValueError when the tables
+    cannot fit."""
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
     nt = len(table_rows)
@@ -136,3 +137,59 @@ def plan_shards(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int,
         placed.append(Shard(t, a, b, r))
     placed.sort(key=lambda s: (s.table, s.row_start))
     return ShardingPlan(ranks, tuple(int(x) for x in table_rows), dim, tuple(placed))
+
+
+def whole_tables(table_rows: tuple[int, ...] | list[int], dim: int) -> ShardingPlan:
+    """The plan of one rank: every table whole, in table order."""
+    return ShardingPlan(ranks=1, table_rows=tuple(table_rows), dim=dim,
+                        shards=tuple(Shard(t, 0, r, 0) for t, r in enumerate(table_rows)))
+
+
+SHARDINGS = ("auto", "table", "row")
+
+
+def make_plan(cfg, ranks: int, sharding: str = "auto",
+              rank_budget_bytes: int | None = None) -> ShardingPlan:
+    """The sharding plan of ``cfg`` (a dlrm_tvm Config) over ``ranks``: "table" places whole
+    tables; "row" cuts every table into ``ranks`` row ranges; "auto" places whole tables and
+    cuts only those over ``rank_budget_bytes``. Each table's cost is its bytes (rows x D x 4,
+    plus a row accumulator under rwsadagrad) and its lookups per step (batch x mean bag size,
+    at most its rows)."""
+    import math
+
+    from dlrm_tvm.config import ConfigError
+
+    if sharding not in SHARDINGS:
+        raise ConfigError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
+    m, d = cfg.model, cfg.data
+    per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
+        (d.num_indices_per_lookup + 1) / 2
+    lookups = [min(r, per_bag) * cfg.train.batch_size for r in m.table_rows]
+    per_row = 4 + (4 / m.embedding_dim if cfg.train.optimizer == "rwsadagrad" else 0)
+    if sharding == "row":
+        plan = row_wise(m.table_rows, m.embedding_dim, ranks)
+        worst = max(plan.rank_bytes(int(math.ceil(per_row))))
+        if rank_budget_bytes is not None and worst > rank_budget_bytes:
+            raise ConfigError(f"cannot shard the tables over {ranks} ranks: row-wise, a rank "
+                              f"holds {worst / 2**30:.2f} GiB, over its budget of "
+                              f"{rank_budget_bytes / 2**30:.2f} GiB")
+        return plan
+    try:
+        return plan_shards(m.table_rows, m.embedding_dim, ranks, lookups,
+                           None if sharding == "table" else rank_budget_bytes,
+                           bytes_per_value=int(math.ceil(per_row)))
+    except ValueError as e:
+        raise ConfigError(f"cannot shard the tables over {ranks} ranks: {e}") from e
+
+
+def row_wise(table_rows: tuple[int, ...] | list[int], dim: int, ranks: int) -> ShardingPlan:
+    """torchrec's row-wise sharding: every table cut into ``ranks`` contiguous row ranges of
+    near-equal size (bounds rows * i // ranks), range i on rank i; a table with fewer rows
+    than ranks has one range per row, on ranks (t + i) mod ranks, so small tables spread."""
+    shards = []
+    for t, rows in enumerate(table_rows):
+        parts = max(1, min(ranks, rows))
+        bounds = [rows * i // parts for i in range(parts + 1)]
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            shards.append(Shard(t, a, b, (t + i) % ranks if parts < ranks else i))
+    return ShardingPlan(ranks, tuple(int(x) for x in table_rows), dim, tuple(shards))

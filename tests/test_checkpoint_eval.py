@@ -49,7 +49,7 @@ def test_loss_and_accuracy():
 
 def test_pad_batch_keeps_the_real_rows():
     from dlrm_tvm.data import SyntheticData
-    from dlrm_tvm.train import pad_batch
+    from dlrm_tvm.evaluate import pad_batch
 
     cfg = apply_overrides(load_config("tiny"), num_indices_per_lookup=4,
                           num_indices_per_lookup_fixed=False, mini_batch_size=40)

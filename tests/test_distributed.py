@@ -1,4 +1,4 @@
-"""Training per MPI rank (runtime/distributed.py).
+"""Training per MPI rank (runtime/trainer.py over runtime/mpi.py).
 
 The ``mpi`` tests launch ``mpiexec -n 2 dlrm-tvm train`` themselves (``pytest -m mpi`` runs
 only them; .ci/run runs them with the rest) and compare the result with one rank training on
@@ -40,7 +40,7 @@ def test_init_table_rows_equals_the_whole_table_slice():
 
 
 def test_local_slice_takes_each_ranks_samples_with_their_bags():
-    from dlrm_tvm.runtime.distributed import local_slice
+    from dlrm_tvm.runtime.trainer import local_slice
 
     from dlrm_tvm.data import SyntheticData, validate_batch
 
@@ -63,7 +63,7 @@ def test_local_slice_takes_each_ranks_samples_with_their_bags():
 
 
 def test_make_plan_modes():
-    from dlrm_tvm.runtime.distributed import make_plan
+    from dlrm_tvm.runtime.sharding import make_plan
 
     cfg = load_config("tiny")
     table = make_plan(cfg, 2, "table")
@@ -98,7 +98,14 @@ def _mpiexec(args: list[str], n: int = 2, env_extra: dict | None = None, timeout
     return p, time.monotonic() - t0
 
 
+_ONE_RANK: dict = {}
+
+
 def _one_rank(cfg, compiled):
+    """Losses and final state of ``cfg`` trained on one rank in this process; computed once
+    per config (the compile is cached per session by ``compiled``)."""
+    if cfg in _ONE_RANK:
+        return _ONE_RANK[cfg]
     from dlrm_tvm.runtime.trainer import Trainer
 
     from dlrm_tvm.data import SyntheticData
@@ -107,41 +114,32 @@ def _one_rank(cfg, compiled):
     tr = Trainer(cfg, vm)
     data = SyntheticData(cfg.model, cfg.data, cfg.train.batch_size, cfg.train.seed)
     losses = [tr.step(data.next_batch())["loss"] for _ in range(cfg.train.steps)]
-    return losses, {**tr.state(), **{f"acc_{k}": v for k, v in tr.optimizer_state().items()}}
+    _ONE_RANK[cfg] = losses, {**tr.state(),
+                              **{f"acc_{k}": v for k, v in tr.optimizer_state().items()}}
+    return _ONE_RANK[cfg]
 
 
-CASES = [
-    # (interaction, sharding, extra flags)
-    ("dot", "table", []),
-    ("cat", "table", []),
-    ("dot", "row", []),
-    ("cat", "row", []),
-    ("dot", "row", ["--optimizer", "rwsadagrad"]),
-    ("dot", "table", ["--arch-embedding-size", "1000", "--num-indices-per-lookup", "3",
-                      "--num-indices-per-lookup-fixed", "0"]),  # rank 1 holds no table
-    # table 0 (1.28 MB) is over a rank's 0.97 MB budget: auto cuts it row-wise, the rest whole
-    ("cat", "auto", ["--arch-embedding-size", "20000-1000-1000", "--rank-memory-gib", "0.0009"]),
-]
-
-
-@pytest.mark.mpi
-@needs_mpi
-@pytest.mark.parametrize("interaction,sharding,extra", CASES,
-                         ids=["dot-table", "cat-table", "dot-row", "cat-row",
-                              "dot-row-rwsadagrad", "one-table", "auto-over-budget"])
-def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interaction, sharding,
-                                                   extra):
+def _train_on_ranks(tmp_path, n, interaction, sharding, extra):
+    """``dlrm-tvm train`` for 20 steps on ``n`` ranks; returns its run directory."""
     out = tmp_path / "run"
     args = ["train", "--config", "tiny", "--arch-interaction-op", interaction, "--steps", "20",
             "--sharding", sharding, "--out", str(out), "--save-params", "--quiet", *extra]
-    p, _ = _mpiexec(args)
+    p, secs = _mpiexec(args, n=n)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["ranks"] == 2
+    assert summary["ranks"] == n
+    plan = json.loads((out / "sharding.json").read_text())
+    assert plan["ranks"] == n
+    return out, plan, secs
+
+
+def _assert_one_rank_computes_the_same(out, compiled, interaction, extra):
+    """The run in ``out`` has the losses and final parameters of the same run on one rank."""
     got = np.load(out / "params.npz")
     # the same run on one rank, in this process
     flags = dict(zip(extra[::2], extra[1::2], strict=True))
     flags.pop("--rank-memory-gib", None)
+    flags.pop("--threads", None)
     kw = {k.lstrip("-").replace("-", "_"): v for k, v in flags.items()}
     if "num_indices_per_lookup" in kw:
         kw["num_indices_per_lookup"] = int(kw["num_indices_per_lookup"])
@@ -168,12 +166,88 @@ def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interactio
     from dlrm_tvm.runtime.params import init_tables
 
     assert not np.allclose(got["tables"], init_tables(cfg.model, cfg.train.seed))
-    plan = json.loads((out / "sharding.json").read_text())
-    assert plan["ranks"] == 2
+    return cfg
+
+
+CASES = [
+    # (interaction, sharding, extra flags)
+    ("dot", "table", []),
+    ("cat", "table", []),
+    ("dot", "row", []),
+    ("cat", "row", []),
+    ("dot", "row", ["--optimizer", "rwsadagrad"]),
+    ("dot", "table", ["--arch-embedding-size", "1000", "--num-indices-per-lookup", "3",
+                      "--num-indices-per-lookup-fixed", "0"]),  # rank 1 holds no table
+    # table 0 (1.28 MB) is over a rank's 0.97 MB budget: auto cuts it row-wise, the rest whole
+    ("cat", "auto", ["--arch-embedding-size", "20000-1000-1000", "--rank-memory-gib", "0.0009"]),
+]
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("interaction,sharding,extra", CASES,
+                         ids=["dot-table", "cat-table", "dot-row", "cat-row",
+                              "dot-row-rwsadagrad", "one-table", "auto-over-budget"])
+def test_two_ranks_compute_what_one_rank_computes(tmp_path, compiled, interaction, sharding,
+                                                   extra):
+    out, plan, _ = _train_on_ranks(tmp_path, 2, interaction, sharding, extra)
+    _assert_one_rank_computes_the_same(out, compiled, interaction, extra)
     if sharding == "row":
         assert len(plan["shards"]) == 2 * len(plan["table_rows"])
     if sharding == "auto":
         assert [s["table"] for s in plan["shards"]] == [0, 0, 1, 2]
+
+
+N_CASES = [
+    # (ranks, interaction, sharding, extra flags); the global batch divides by the ranks
+    # 26 tables over 3 ranks: 9, 9 and 8 whole tables
+    (3, "dot", "table", ["--mini-batch-size", "96"]),
+    # 1000 rows over 3 ranks: ranges of 333 and 334 rows
+    (3, "cat", "row", ["--mini-batch-size", "96"]),
+    # 26 tables over 4 ranks: 7, 7, 6 and 6 whole tables
+    (4, "cat", "table", []),
+    # 250 rows of every table on each of 4 ranks
+    (4, "dot", "row", []),
+    # 1001 and 999 rows do not divide by 4; a table of 3 rows is cut into 3 ranges, so one
+    # rank holds no row of it
+    (4, "dot", "row", ["--arch-embedding-size", "1001-999-3"]),
+]
+
+
+@pytest.mark.mpi
+@needs_mpi
+@pytest.mark.parametrize("ranks,interaction,sharding,extra", N_CASES,
+                         ids=["3-dot-table", "3-cat-row", "4-cat-table", "4-dot-row",
+                              "4-dot-row-uneven"])
+def test_n_ranks_compute_what_one_rank_computes(tmp_path, compiled, ranks, interaction,
+                                                 sharding, extra):
+    """As test_two_ranks_compute_what_one_rank_computes, at 3 and 4 ranks (oversubscribed on
+    a small host: one TVM thread per rank)."""
+    out, plan, secs = _train_on_ranks(tmp_path, ranks, interaction, sharding,
+                                      [*extra, "--threads", "1"])
+    print(f"{ranks} ranks under mpiexec: {secs:.1f} s")
+    cfg = _assert_one_rank_computes_the_same(out, compiled, interaction, extra)
+    rows = list(cfg.model.table_rows)
+    assert plan["table_rows"] == rows
+    shards = plan["shards"]
+    # every row of every table is in exactly one shard
+    for t, n in enumerate(rows):
+        spans = sorted((s["row_start"], s["row_stop"]) for s in shards if s["table"] == t)
+        assert spans[0][0] == 0 and spans[-1][1] == n, (t, spans)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)), (t, spans)
+    per_rank = [[s for s in shards if s["rank"] == r] for r in range(ranks)]
+    if sharding == "table":
+        assert len(shards) == len(rows)
+        assert all(s["row_stop"] - s["row_start"] == rows[s["table"]] for s in shards)
+        # uneven: some ranks hold one table more than others
+        counts = sorted(len(p) for p in per_rank)
+        assert counts[0] >= 1 and counts[-1] == counts[0] + 1, counts
+    else:
+        assert len(shards) == sum(min(ranks, n) for n in rows)
+        assert all(per_rank), "a rank holds no rows"
+        sizes = {s["row_stop"] - s["row_start"] for s in shards}
+        if any(n % ranks for n in rows):
+            assert len(sizes) > 1, sizes  # ranges of unequal size were exercised
 
 
 @pytest.mark.mpi
@@ -250,7 +324,7 @@ def test_bench_ranks_reports_the_split_and_the_model(tmp_path):
 # progress thread tested requests and how many exchanges it saw complete (before any wait).
 _PROGRESS_PROBE = """
 import atexit, json, os, sys, threading
-from dlrm_tvm.runtime import distributed as dist
+from dlrm_tvm.runtime import mpi as dist
 
 counts = {"thread_tests": 0, "thread_completed": 0, "waits": 0, "done_before_wait": 0}
 _test, _wait = dist.Progress._test, dist.Progress.wait

@@ -151,7 +151,8 @@ def test_non_finite_parameters_stop_the_checkpoint(tmp_path):
     """A checkpoint of non-finite parameters is never committed; the previous stays latest."""
     from dlrm_tvm.config import load_config
     from dlrm_tvm.errors import DivergedError
-    from dlrm_tvm.train import save_checkpoint
+    from dlrm_tvm.checkpoints import save_checkpoint
+    from dlrm_tvm.runtime.comm import LocalComm
 
     cfg = load_config("tiny")
 
@@ -166,6 +167,8 @@ def test_non_finite_parameters_stop_the_checkpoint(tmp_path):
             return {"bot0_w": w}
 
     class FakeTrainer:
+        comm = LocalComm()
+
         def __init__(self, bad_rows=False, bad_mlp=False):
             self.dense = Dense(bad_mlp)
             rows = np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32)
@@ -210,11 +213,14 @@ def test_eval_refuses_non_finite_predictions():
     from dlrm_tvm.config import load_config
     from dlrm_tvm.data import SyntheticData
     from dlrm_tvm.errors import DivergedError
-    from dlrm_tvm.train import run_eval
+    from dlrm_tvm.evaluate import run_eval
+    from dlrm_tvm.runtime.comm import LocalComm
 
     cfg = load_config("tiny")
 
     class NaNTrainer:
+        comm = LocalComm()
+
         def predict(self, batch):
             p = np.random.default_rng(0).random(batch.dense.shape[0]).astype(np.float32)
             p[5] = np.nan

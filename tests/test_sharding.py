@@ -65,3 +65,28 @@ def test_lookups_balance_even_when_memory_is_dominated_by_a_few_tables():
     assert max(per_rank) == 2  # 26 tables over 16 ranks: no rank serves 3 tables' lookups
     big_ranks = [s.rank for s in plan.shards if s.rows == 1_000_000]
     assert len(set(big_ranks)) == 6  # and no rank holds two huge tables
+
+
+def test_row_wise_puts_range_i_on_rank_i_and_plan_command_reports_it():
+    from dlrm_tvm.config import apply_overrides, load_config
+    from dlrm_tvm.plan import format_report, plan_report
+    from dlrm_tvm.runtime.sharding import make_plan
+
+    cfg = apply_overrides(load_config("tiny"), arch_embedding_size="1000-1001-2-7")
+    plan = make_plan(cfg, 3, "row")
+    for t, rows in enumerate(cfg.model.table_rows):
+        parts = sorted((s for s in plan.shards if s.table == t), key=lambda s: s.row_start)
+        assert [s.row_start for s in parts] == [rows * i // len(parts)
+                                                for i in range(len(parts))]
+        assert parts[-1].row_stop == rows and len(parts) == min(3, rows)
+        if rows >= 3:
+            assert [s.rank for s in parts] == [0, 1, 2]
+    assert sorted(s.rank for s in plan.shards if s.table == 2) == [0, 2]  # ranks 2, 0
+    rep = plan_report(cfg, 3, "row")
+    assert rep["per_table"][1]["parts"][2] == {"rank": 2, "row_start": 667, "row_stop": 1001}
+    assert sum(r["rows"] for r in rep["per_rank"]) == sum(cfg.model.table_rows)
+    text = format_report(rep)
+    assert "rank 2 rows 667:1001" in text
+    auto = plan_report(load_config("mlperf"), 4)
+    owners = [len(t["parts"]) for t in auto["per_table"]]
+    assert owners == [1] * 26  # 1M-row tables fit a rank: table-wise
