@@ -21,8 +21,9 @@ inside dense_forward_backward, which then calls back into the runtime where the 
 needed, as each layer's gradients are final and once d_pooled is, and returns after d_pooled one
 token [1] per gradient-ready and d_pooled-ready call.
 
-Every op is a ``call_tir`` to a kernel of ``graphs/ops.py``; the backward is written out by hand
-(forward, input gradient, weight gradient per layer, as the SC20 paper does), because Relax's
+Every op is a ``call_tir`` to a kernel of ``graphs/ops.py`` (or of its neighbours
+``ops_interaction.py`` and ``ops_optim.py``); the backward is written out by hand (forward,
+input gradient, weight gradient per layer, as the SC20 paper does), because Relax's
 ``Gradient`` does not differentiate ``call_tir`` and the embedding backward must stay sparse.
 
 MLP parameters, in order (``ModelConfig.mlp_param_specs``): for each bottom then each top
@@ -51,12 +52,13 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from dlrm_tvm.graphs import ops
+from dlrm_tvm.graphs import ops_interaction as inter
+from dlrm_tvm.graphs import ops_optim as optim
+from dlrm_tvm.graphs.common import F32
 from dlrm_tvm.graphs.embedding_update import embedding_bag_update
 from tvm import relax, tirx
 
-from dlrm_tvm.config import ModelConfig
-
-F32 = "float32"
+from dlrm_tvm.config import OPTIMIZERS, ModelConfig
 
 # With ``hooks=True`` (a rank of a distributed run) dense_forward_backward calls back into the
 # runtime mid-function: HOOK_WAIT_POOLED(pooled) -> pooled after the bottom MLP (the runtime
@@ -103,8 +105,9 @@ class DLRMGraph:
                  layouts: str = "plain"):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        if optimizer not in ("sgd", "rwsadagrad"):
-            raise ValueError(f"optimizer must be sgd or rwsadagrad, got {optimizer!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.optimizer = optimizer
         self.adagrad = optimizer == "rwsadagrad"
         self.hooks = hooks
         self.m = model
@@ -177,17 +180,17 @@ class DLRMGraph:
                                                          ty_args=_t((B, T, D))))
         tc = None
         if m.interaction == "dot":
-            li, lj, _ = ops.pair_tables(m.num_features, m.interaction_itself)
-            tc = self._emit_tir(k, "stack_features", lambda: ops.stack_features(B, T, D),
+            li, lj, _ = inter.pair_tables(m.num_features, m.interaction_itself)
+            tc = self._emit_tir(k, "stack_features", lambda: inter.stack_features(B, T, D),
                                 [h, pooled], _t((B, T + 1, D)))
             r = self._emit_tir(
                 k, "interaction_dot_fwd",
-                lambda: ops.interaction_dot_fwd(B, T + 1, D, m.interaction_itself, W),
+                lambda: inter.interaction_dot_fwd(B, T + 1, D, m.interaction_itself, W),
                 [tc, relax.const(np.array(li, np.int32), "int32"),
                  relax.const(np.array(lj, np.int32), "int32")], _t((B, W)))
         else:
             r = self._emit_tir(k, "interaction_cat_fwd",
-                               lambda: ops.interaction_cat_fwd(B, T, D, W), [h, pooled],
+                               lambda: inter.interaction_cat_fwd(B, T, D, W), [h, pooled],
                                _t((B, W)))
         h = self._to_act(k, r, (B, W))
         acts_top = [h]
@@ -339,15 +342,16 @@ class DLRMGraph:
                         grads[len(bot) + i] = (dw, db)
                         ready(len(bot) + i, dw, db)
                     if m.interaction == "dot":
-                        _, _, pidx = ops.pair_tables(m.num_features, m.interaction_itself)
+                        _, _, pidx = inter.pair_tables(m.num_features, m.interaction_itself)
                         res = self._emit_tir(
                             k, "interaction_dot_bwd",
-                            lambda: ops.interaction_dot_bwd(B, T + 1, D, m.interaction_itself, W),
+                            lambda: inter.interaction_dot_bwd(B, T + 1, D,
+                                                              m.interaction_itself, W),
                             [dz, tc, relax.const(np.array(pidx, np.int32), "int32")],
                             [_t((B, D)), _t((B, T, D))])
                     else:
                         res = self._emit_tir(k, "interaction_cat_bwd",
-                                             lambda: ops.interaction_cat_bwd(B, T, D, W), [dz],
+                                             lambda: inter.interaction_cat_bwd(B, T, D, W), [dz],
                                              [_t((B, D)), _t((B, T, D))])
                     dx = bb.emit(relax.TupleGetItem(res, 0))
                     d_pooled = bb.emit(relax.TupleGetItem(res, 1))
@@ -398,13 +402,13 @@ class DLRMGraph:
                         state += [accs[i]] if self.adagrad else []
                         if self.adagrad:
                             fn = k.get(f"adagrad_update_{sh}{self.sfx}",
-                                       lambda shape=shape: ops.adagrad_update(shape, self.bf16))
+                                       lambda shape=shape: optim.adagrad_update(shape, self.bf16))
                         elif self.bf16:
                             fn = k.get(f"split_sgd_update_{sh}",
-                                       lambda shape=shape: ops.split_sgd_update(shape))
+                                       lambda shape=shape: optim.split_sgd_update(shape))
                         else:
                             fn = k.get(f"sgd_update_{sh}",
-                                       lambda shape=shape: ops.sgd_update(shape))
+                                       lambda shape=shape: optim.sgd_update(shape))
                         types = [_t(shape, self.act)] + [_t(shape, "uint16")] * self.bf16 + \
                             [_t(shape)] * self.adagrad
                         res = bb.emit(relax.call_tir_inplace(
@@ -425,7 +429,7 @@ class DLRMGraph:
             shape = (m.total_rows, D * (2 if self.bf16 else 1))
             state = [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
             types = [_t(shape, self.act)] + [_t((m.total_rows,))] * self.adagrad
-            opt = "rwsadagrad" if self.adagrad else "sgd"
+            opt = self.optimizer
             storage = "rows" if self.bf16 else "fp32"
             with bb.function("embedding_update", [tables, *state, indices, offsets, d_pooled, lr]):
                 with bb.dataflow():

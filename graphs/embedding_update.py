@@ -25,9 +25,9 @@ Optimizers: ``sgd`` (W -= lr * g) and ``rwsadagrad`` (the reference's row-wise s
 one fp32 accumulator per row, M[r] += mean(g^2); W -= lr * g / (sqrt(M[r]) + eps)).
 Storage: ``fp32`` tables, or ``split`` (Split-SGD-BF16: a bfloat16 high half, what the forward
 reads, and a uint16 low half; the step rebuilds the fp32 master, steps, splits again:
-``fp32_of_halves``, ``high_half``, ``low_half``), or ``rows`` (the same halves kept together:
-one table [rows, 2D] whose row r is hi(r) then lo(r), so an updated row is one span of 4D
-bytes, one page; the forward reads the first 2D bytes).
+graphs/common.py's ``fp32_of_halves``, ``high_half``, ``low_half``), or ``rows`` (the same
+halves kept together: one table [rows, 2D] whose row r is hi(r) then lo(r), so an updated row
+is one span of 4D bytes, one page; the forward reads the first 2D bytes).
 
 Parameter order: table(s) (W, or hi and lo), then M for rwsadagrad, then indices, offsets,
 row offsets, d_pooled [B, T, D], lr [1]. Indices are NOT bounds-checked: the runtime validates.
@@ -41,15 +41,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dlrm_tvm.graphs.common import ADAGRAD_EPS, F32, I64, fp32_of_halves, high_half, low_half
 from tvm import tirx
 from tvm.script import tirx as T
 
-F32, I64 = "float32", "int64"
+from dlrm_tvm.config import OPTIMIZERS
+
 CHUNK = 4096  # lookups per chunk (fixed: part of the summation order)
 BUCKETS = 256  # row buckets (fixed: part of the work split, never of the result)
 HASH_MUL = 2654435761  # Knuth's multiplicative hash; r * HASH_MUL stays < 2^63 for r < 2^31
-ADAGRAD_EPS = 1e-10  # torch's Adagrad default, and the reference's
-OPTIMIZERS = ("sgd", "rwsadagrad")
 STORAGES = ("fp32", "split", "rows")
 
 
@@ -62,25 +62,7 @@ def bucket_of(r):
     return T.floordiv(_h32(r), T.int64((1 << 32) // BUCKETS))
 
 
-# ---------------------------------------------------------------- Split-SGD-BF16 bit math
-# The fp32 master w of a bf16 parameter is kept as its upper 16 bits (hi: the bf16 value) and
-# its lower 16 bits (lo). These three are the only TIR statement of the split.
-
-
-def fp32_of_halves(hi16, lo16):
-    """The fp32 whose upper and lower 16 bits are the uint16 values ``hi16`` and ``lo16``."""
-    return T.reinterpret(
-        F32, T.shift_left(T.Cast("uint32", hi16), T.uint32(16)) | T.Cast("uint32", lo16))
-
-
-def high_half(bits):
-    """The upper 16 bits of the uint32 ``bits`` (the bf16 half, as uint16)."""
-    return T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
-
-
-def low_half(bits):
-    """The lower 16 bits of the uint32 ``bits`` (as uint16)."""
-    return T.Cast("uint16", bits & T.uint32(0xFFFF))
+# ---------------------------------------------------------------- Split-SGD-BF16 step
 
 
 @T.macro

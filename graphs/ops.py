@@ -4,7 +4,9 @@ Every function here returns a naive PrimFunc for one fixed shape, tagged with th
 ``dlrm.op`` (and a few shape/kind attributes) that schedule rules in ``dlrm_tvm.schedules`` match
 on: every key, its type, meaning and readers are listed in schedules/base.py's docstring (add a
 new one there too). Nothing here says how a loop is run: no parallel, no vectorize, no target.
-The NumPy oracle of each kernel lives beside it in ``graphs/reference.py``.
+The NumPy oracle of each kernel lives beside it in ``graphs/reference.py``. The interaction's
+kernels (ops_interaction.py) and the dense optimizer steps (ops_optim.py) live in their own
+files and are re-exported here: ``ops.<name>`` names every kernel factory.
 
 Layouts (row-major):
   MLP weight    Wt [K, N]  (in x out: the transpose of torch's Linear.weight)
@@ -18,21 +20,18 @@ Layouts (row-major):
 
 from __future__ import annotations
 
+from dlrm_tvm.graphs.common import F32, I64, tag_op
+from dlrm_tvm.graphs.ops_interaction import (  # noqa: F401
+    interaction_cat_bwd,
+    interaction_cat_fwd,
+    interaction_dot_bwd,
+    interaction_dot_fwd,
+    pair_tables,
+    stack_features,
+)
+from dlrm_tvm.graphs.ops_optim import adagrad_update, sgd_update, split_sgd_update  # noqa: F401
 from tvm import te, tirx
 from tvm.script import tirx as T
-
-F32 = "float32"
-I64 = "int64"
-
-
-def _tag(func: tirx.PrimFunc, op: str, **attrs) -> tirx.PrimFunc:
-    """``func`` with ``dlrm.op`` = op and ``dlrm.<key>`` = value for each keyword (the contract:
-    schedules/base.py)."""
-    func = func.with_attr("dlrm.op", op)
-    for k, v in attrs.items():
-        func = func.with_attr(f"dlrm.{k}", v)
-    return func
-
 
 # ---------------------------------------------------------------- GEMM family
 
@@ -79,14 +78,14 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
     C = te.compute((m, n), lambda i, j: te.sum(a_at(i, r) * b_at(r, j), axis=r), name="C")
     args, Y = _gemm_epilogue(C, m, n, epilogue, in_dtype, out_dtype)
     f = te.create_prim_func([A, Bm, *args, Y])
-    return _tag(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
+    return tag_op(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
                 epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
 
 
 def convert(x, dst: str, src: str = F32):
-    """``x`` (of dtype ``src``) as ``dst``; fp32 -> bf16 rounds to nearest even and keeps every NaN a NaN (TVM's
-    rounding alone adds the rounding bias to NaN payloads too: 0x7FFFFFFF would become -0.0,
-    0x7F800001 +inf, hiding a diverged value)."""
+    """``x`` (of dtype ``src``) as ``dst``; fp32 -> bf16 rounds to nearest even and keeps every
+    NaN a NaN (TVM's rounding alone adds the rounding bias to NaN payloads too: 0x7FFFFFFF would
+    become -0.0, 0x7F800001 +inf, hiding a diverged value)."""
     if src == F32 and dst == "bfloat16":
         nan = tirx.reinterpret("bfloat16", tirx.const(0x7FC0, "uint16"))
         return tirx.Select(tirx.isnan(x), nan, x.astype(dst))
@@ -123,137 +122,7 @@ def colsum(m: int, n: int, in_dtype: str = F32) -> tirx.PrimFunc:
     X = te.placeholder((m, n), in_dtype, name="X")
     r = te.reduce_axis((0, m), name="r")
     Y = te.compute((n,), lambda j: te.sum(X[r, j].astype(F32), axis=r), name="Y")
-    return _tag(te.create_prim_func([X, Y]), "colsum")
-
-
-def sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
-    """In place: W -= lr * G, for a dense parameter of rank 1 or 2."""
-    if len(shape) == 1:
-        (n,) = shape
-
-        @T.prim_func(s_tir=True)
-        def func1(W: T.Buffer((n,), F32), G: T.Buffer((n,), F32), lr: T.Buffer((1,), F32)):
-            for i in range(n):
-                with T.sblock("update"):
-                    vi = T.axis.spatial(n, i)
-                    # in place: an iteration reads only the element it writes, so W is
-                    # declared as written only (lets a schedule parallelise the loop)
-                    T.reads(G[vi], lr[0])
-                    T.writes(W[vi])
-                    W[vi] = W[vi] - lr[0] * G[vi]
-
-        return _tag(func1, "sgd_update")
-    if len(shape) == 2:
-        m, n = shape
-
-        @T.prim_func(s_tir=True)
-        def func2(W: T.Buffer((m, n), F32), G: T.Buffer((m, n), F32), lr: T.Buffer((1,), F32)):
-            for i, j in T.grid(m, n):
-                with T.sblock("update"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    T.reads(G[vi, vj], lr[0])
-                    T.writes(W[vi, vj])
-                    W[vi, vj] = W[vi, vj] - lr[0] * G[vi, vj]
-
-        return _tag(func2, "sgd_update")
-    raise ValueError(f"sgd_update supports rank 1 or 2, got shape {shape}")
-
-
-def split_sgd_update(shape: tuple[int, ...]) -> tirx.PrimFunc:
-    """Split-SGD-BF16, in place: the fp32 master weight lives as its upper 16 bits ``hi`` (a
-    bfloat16 tensor: the weight the GEMMs use) and its lower 16 bits ``lo`` (uint16).
-
-    w = bits(hi) << 16 | bits(lo) as fp32;  w -= lr * g;  hi, lo = upper, lower 16 bits of w.
-    The fp32 master is thus updated exactly as plain fp32 SGD would, at 4 bytes per parameter.
-    """
-    size = 1
-    for s_ in shape:
-        size *= s_
-
-    @T.prim_func(s_tir=True)
-    def func(hi: T.handle, lo: T.handle, g: T.handle, lr: T.Buffer((1,), F32)):
-        H = T.match_buffer(hi, shape, "bfloat16")
-        L = T.match_buffer(lo, shape, "uint16")
-        G = T.match_buffer(g, shape, F32)
-        h16 = T.decl_buffer((size,), "uint16", data=H.data)  # hi's bits
-        l16 = T.decl_buffer((size,), "uint16", data=L.data)
-        g32 = T.decl_buffer((size,), F32, data=G.data)
-        for i in range(size):
-            with T.sblock("update"):
-                vi = T.axis.spatial(size, i)
-                T.reads(g32[vi], lr[0])
-                T.writes(h16[vi], l16[vi])
-                w = T.reinterpret(
-                    "float32",
-                    T.shift_left(T.Cast("uint32", h16[vi]), T.uint32(16))
-                    | T.Cast("uint32", l16[vi]),
-                )
-                bits = T.reinterpret("uint32", w - lr[0] * g32[vi])
-                h16[vi] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
-                l16[vi] = T.Cast("uint16", bits & T.uint32(0xFFFF))
-
-    return _tag(func, "split_sgd_update")
-
-
-ADAGRAD_EPS = 1e-10  # torch's and the reference's default
-
-
-def adagrad_update(shape: tuple[int, ...], split: bool = False,
-                   eps: float = ADAGRAD_EPS) -> tirx.PrimFunc:
-    """Dense Adagrad in place, as the reference's rwsadagrad does for the MLP parameters:
-    S += g^2;  w -= lr * g / (sqrt(S) + eps), S fp32 of the parameter's shape.
-    ``split``: the parameter is Split-SGD-BF16 (hi bfloat16, lo uint16), as in split_sgd_update.
-    Parameters: (W, S, G, lr) or (hi, lo, S, G, lr)."""
-    size = 1
-    for s_ in shape:
-        size *= s_
-
-    if not split:
-        @T.prim_func(s_tir=True)
-        def func(w: T.handle, acc: T.handle, g: T.handle, lr: T.Buffer((1,), F32)):
-            W = T.match_buffer(w, shape, F32)
-            S = T.match_buffer(acc, shape, F32)
-            G = T.match_buffer(g, shape, F32)
-            w32 = T.decl_buffer((size,), F32, data=W.data)
-            s32 = T.decl_buffer((size,), F32, data=S.data)
-            g32 = T.decl_buffer((size,), F32, data=G.data)
-            for i in range(size):
-                with T.sblock("update"):
-                    vi = T.axis.spatial(size, i)
-                    T.reads(g32[vi], lr[0])
-                    T.writes(w32[vi], s32[vi])
-                    s32[vi] = s32[vi] + g32[vi] * g32[vi]
-                    w32[vi] = w32[vi] - lr[0] * (g32[vi] / (T.sqrt(s32[vi]) + T.float32(eps)))
-
-        return _tag(func, "adagrad_update", split=0)
-
-    @T.prim_func(s_tir=True)
-    def funcs(hi: T.handle, lo: T.handle, acc: T.handle, g: T.handle, lr: T.Buffer((1,), F32)):
-        H = T.match_buffer(hi, shape, "bfloat16")
-        L = T.match_buffer(lo, shape, "uint16")
-        S = T.match_buffer(acc, shape, F32)
-        G = T.match_buffer(g, shape, F32)
-        h16 = T.decl_buffer((size,), "uint16", data=H.data)
-        l16 = T.decl_buffer((size,), "uint16", data=L.data)
-        s32 = T.decl_buffer((size,), F32, data=S.data)
-        g32 = T.decl_buffer((size,), F32, data=G.data)
-        for i in range(size):
-            with T.sblock("update"):
-                vi = T.axis.spatial(size, i)
-                T.reads(g32[vi], lr[0])
-                T.writes(h16[vi], l16[vi], s32[vi])
-                s32[vi] = s32[vi] + g32[vi] * g32[vi]
-                w = T.reinterpret(
-                    "float32",
-                    T.shift_left(T.Cast("uint32", h16[vi]), T.uint32(16))
-                    | T.Cast("uint32", l16[vi]),
-                )
-                bits = T.reinterpret(
-                    "uint32", w - lr[0] * (g32[vi] / (T.sqrt(s32[vi]) + T.float32(eps))))
-                h16[vi] = T.Cast("uint16", T.shift_right(bits, T.uint32(16)))
-                l16[vi] = T.Cast("uint16", bits & T.uint32(0xFFFF))
-
-    return _tag(funcs, "adagrad_update", split=1)
+    return tag_op(te.create_prim_func([X, Y]), "colsum")
 
 
 def relu_bwd(m: int, n: int, act_dtype: str = F32, out_dtype: str = F32) -> tirx.PrimFunc:
@@ -266,14 +135,14 @@ def relu_bwd(m: int, n: int, act_dtype: str = F32, out_dtype: str = F32) -> tirx
         lambda i, j: convert(tirx.Select(Y[i, j].astype(F32) > zero, dY[i, j], zero), out_dtype),
         name="dX",
     )
-    return _tag(te.create_prim_func([dY, Y, dX]), "relu_bwd")
+    return tag_op(te.create_prim_func([dY, Y, dX]), "relu_bwd")
 
 
 def cast(shape: tuple[int, ...], src: str, dst: str) -> tirx.PrimFunc:
     """Y = X converted from ``src`` to ``dst`` (fp32 <-> bf16, round to nearest even)."""
     X = te.placeholder(shape, src, name="X")
     Y = te.compute(shape, lambda *i: convert(X[i], dst, src), name="Y")
-    return _tag(te.create_prim_func([X, Y]), "cast")
+    return tag_op(te.create_prim_func([X, Y]), "cast")
 
 
 # ---------------------------------------------------------------- loss
@@ -283,7 +152,7 @@ def sigmoid(b: int) -> tirx.PrimFunc:
     """p[b] = sigmoid(z[b, 0]): the prediction head without the loss."""
     z = te.placeholder((b, 1), F32, name="z")
     p = te.compute((b,), lambda i: te.sigmoid(z[i, 0]), name="p")
-    return _tag(te.create_prim_func([z, p]), "sigmoid")
+    return tag_op(te.create_prim_func([z, p]), "sigmoid")
 
 
 def bce_loss(b: int, scale: float | None = None) -> tirx.PrimFunc:
@@ -310,120 +179,7 @@ def bce_loss(b: int, scale: float | None = None) -> tirx.PrimFunc:
     total = te.compute((1,), lambda _: te.sum(per[r], axis=r), name="total")
     loss = te.compute((1,), lambda i: total[i] * tirx.const(scale, F32), name="loss")
     dz = te.compute((b, 1), lambda i, _: (p[i] - y[i]) * tirx.const(scale, F32), name="dz")
-    return _tag(te.create_prim_func([z, y, p, loss, dz]), "bce_loss")
-
-
-# ---------------------------------------------------------------- interaction
-
-
-def pair_tables(f: int, itself: bool) -> tuple[list[int], list[int], list[list[int]]]:
-    """The reference's pair order: for i in range(F), for j in range(i + itself)."""
-    li, lj = [], []
-    for i in range(f):
-        for j in range(i + (1 if itself else 0)):
-            li.append(i)
-            lj.append(j)
-    pidx = [[-1] * f for _ in range(f)]
-    for p, (i, j) in enumerate(zip(li, lj, strict=True)):
-        pidx[i][j] = p
-        pidx[j][i] = p
-    return li, lj, pidx
-
-
-def stack_features(b: int, t: int, d: int) -> tirx.PrimFunc:
-    """Tc[b, 0, :] = x[b, :]; Tc[b, 1 + t, :] = pooled[b, t, :]."""
-    x = te.placeholder((b, d), F32, name="x")
-    e = te.placeholder((b, t, d), F32, name="pooled")
-    Tc = te.compute(
-        (b, t + 1, d),
-        lambda i, f, k: tirx.if_then_else(f == 0, x[i, k], e[i, te.max(f - 1, 0), k]),
-        name="Tc",
-    )
-    return _tag(te.create_prim_func([x, e, Tc]), "stack_features")
-
-
-def interaction_dot_fwd(b: int, f: int, d: int, itself: bool, width_padded: int) -> tirx.PrimFunc:
-    """R[b] = [Tc[b, 0, :], Z[b, p] for each pair p, zeros up to width_padded].
-
-    Z[b, p] = <Tc[b, li[p]], Tc[b, lj[p]]>, pairs in the reference's order. Inputs Tc [B, F, D]
-    and the pair tables li, lj int32 [P].
-    """
-    P = len(pair_tables(f, itself)[0])
-    Tc = te.placeholder((b, f, d), F32, name="Tc")
-    li = te.placeholder((P,), "int32", name="li")
-    lj = te.placeholder((P,), "int32", name="lj")
-    r = te.reduce_axis((0, d), name="r")
-    Z = te.compute(
-        (b, P), lambda i, p: te.sum(Tc[i, li[p], r] * Tc[i, lj[p], r], axis=r), name="Z"
-    )
-    zero = tirx.const(0.0, F32)
-    R = te.compute(
-        (b, width_padded),
-        lambda i, c: tirx.if_then_else(
-            c < d,
-            Tc[i, 0, te.min(c, d - 1)],
-            tirx.if_then_else(c < d + P, Z[i, te.min(te.max(c - d, 0), P - 1)], zero),
-        ),
-        name="R",
-    )
-    return _tag(te.create_prim_func([Tc, li, lj, R]), "interaction_dot_fwd")
-
-
-def interaction_dot_bwd(b: int, f: int, d: int, itself: bool, width_padded: int) -> tirx.PrimFunc:
-    """Gradients of R wrt the bottom output and the pooled embeddings.
-
-    Inputs dR [B, width_padded], Tc [B, F, D], pidx int32 [F, F] (pair index of (i, j), -1 if
-    none); outputs dx [B, D] = dR[:, :D] + G(0), demb [B, F-1, D] with demb[:, t] = G(t + 1),
-    where G(i)[b] = sum_j dZ(b, i, j) Tc[b, j] and dZ is dR's pair part made symmetric (the
-    diagonal counted twice), read straight from dR (never stored).
-    Blocks: "G0" (the bottom row's sum), "dx", "demb".
-    """
-    Tc = te.placeholder((b, f, d), F32, name="Tc")
-    dR = te.placeholder((b, width_padded), F32, name="dR")
-    pidx = te.placeholder((f, f), "int32", name="pidx")
-    zero = tirx.const(0.0, F32)
-    two = tirx.const(2.0, F32)
-
-    def dz(n, i, j):
-        scale = tirx.if_then_else(i == j, two, tirx.const(1.0, F32))
-        return tirx.if_then_else(pidx[i, j] >= 0, dR[n, d + te.max(pidx[i, j], 0)] * scale, zero)
-
-    r = te.reduce_axis((0, f), name="r")
-    g0 = te.compute((b, d), lambda n, k: te.sum(dz(n, 0, r) * Tc[n, r, k], axis=r), name="G0")
-    dx = te.compute((b, d), lambda n, k: dR[n, k] + g0[n, k], name="dx")
-    r2 = te.reduce_axis((0, f), name="r2")
-    demb = te.compute(
-        (b, f - 1, d), lambda n, t, k: te.sum(dz(n, t + 1, r2) * Tc[n, r2, k], axis=r2),
-        name="demb",
-    )
-    return _tag(te.create_prim_func([dR, Tc, pidx, dx, demb]), "interaction_dot_bwd")
-
-
-def interaction_cat_fwd(b: int, t: int, d: int, width_padded: int) -> tirx.PrimFunc:
-    """R[b] = [x[b], pooled[b, 0], ..., pooled[b, T-1], zeros up to width_padded]."""
-    x = te.placeholder((b, d), F32, name="x")
-    e = te.placeholder((b, t, d), F32, name="pooled")
-    zero = tirx.const(0.0, F32)
-    w = (t + 1) * d
-
-    def body(i, c):
-        q = te.min(te.max(c - d, 0), t * d - 1)
-        return tirx.if_then_else(
-            c < d,
-            x[i, te.min(c, d - 1)],
-            tirx.if_then_else(c < w, e[i, tirx.floordiv(q, d), tirx.floormod(q, d)], zero),
-        )
-
-    R = te.compute((b, width_padded), body, name="R")
-    return _tag(te.create_prim_func([x, e, R]), "interaction_cat_fwd")
-
-
-def interaction_cat_bwd(b: int, t: int, d: int, width_padded: int) -> tirx.PrimFunc:
-    """dx[b] = dR[b, :D]; demb[b, t] = dR[b, D + t*D : D + (t+1)*D]."""
-    dR = te.placeholder((b, width_padded), F32, name="dR")
-    dx = te.compute((b, d), lambda i, k: dR[i, k], name="dx")
-    demb = te.compute((b, t, d), lambda i, s, k: dR[i, d + s * d + k], name="demb")
-    return _tag(te.create_prim_func([dR, dx, demb]), "interaction_cat_bwd")
+    return tag_op(te.create_prim_func([z, y, p, loss, dz]), "bce_loss")
 
 
 # ---------------------------------------------------------------- embedding bags
@@ -465,7 +221,7 @@ def embedding_bag_fwd(b: int, row_offsets: tuple[int, ...], d: int,
                 for k in range(d):
                     Y[vs, vt, k] = acc[k]
 
-    return _tag(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype,
+    return tag_op(func, "embedding_bag_fwd", d=d, tables=nt, batch=b, table_dtype=table_dtype,
                 row_width=wd)
 
 
@@ -516,7 +272,7 @@ def pack_vnni(rows: int, cols: int, transpose: bool = False, k_pad: int | None =
                     vj, vq, vjj = T.axis.remap("SSS", [j, q, jj])
                     p32[vj, vq, vjj] = x32[vj * 16 + vjj, vq]
 
-        return _tag(words, "pack_vnni", **tag)
+        return tag_op(words, "pack_vnni", **tag)
     X = te.placeholder((rows, cols), dtype, name="X")
     zero = tirx.const(0.0, dtype)
 
@@ -530,7 +286,7 @@ def pack_vnni(rows: int, cols: int, transpose: bool = False, k_pad: int | None =
         return tirx.if_then_else(inside, v, zero)
 
     P = te.compute(shape, body, name="P")
-    return _tag(te.create_prim_func([X, P]), "pack_vnni", **tag)
+    return tag_op(te.create_prim_func([X, P]), "pack_vnni", **tag)
 
 
 def cast_pad(m: int, k: int, k_pad: int, src: str = F32, dst: str = "bfloat16") -> tirx.PrimFunc:
@@ -539,7 +295,7 @@ def cast_pad(m: int, k: int, k_pad: int, src: str = F32, dst: str = "bfloat16") 
     X = te.placeholder((m, k), src, name="X")
     Y = te.compute((m, k_pad), lambda i, j: tirx.if_then_else(
         j < k, convert(X[i, te.min(j, k - 1)], dst, src), tirx.const(0.0, dst)), name="Y")
-    return _tag(te.create_prim_func([X, Y]), "cast")
+    return tag_op(te.create_prim_func([X, Y]), "cast")
 
 
 def gemm_vnni(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
@@ -571,5 +327,5 @@ def gemm_vnni(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "non
         a_at(i, r) * Bp[j // 16, r // 2, j % 16, r % 2].astype(F32), axis=r), name="C")
     args, Y = _gemm_epilogue(C, m, n, epilogue, bf, out_dtype)
     f = te.create_prim_func([A, Bp, *args, Y])
-    return _tag(f, "gemm_vnni", m=m, k=k, n=n, a_layout=a_layout, b_layout="vnni",
+    return tag_op(f, "gemm_vnni", m=m, k=k, n=n, a_layout=a_layout, b_layout="vnni",
                 epilogue=epilogue, in_dtype=bf, out_dtype=out_dtype)

@@ -1,9 +1,17 @@
-"""Naive NumPy oracles, one per kernel in ``graphs/ops.py`` (same names, same layouts)."""
+"""Naive NumPy oracles, one per kernel in ``graphs/ops.py`` (same names, same layouts).
+
+The Split-SGD-BF16 halves in NumPy (``split_fp32``: uint16 bits of both halves;
+``combine_fp32``) are the runtime's own (runtime/state.py): one statement of the bit layout,
+which the kernels' TIR (graphs/common.py) is tested against.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from dlrm_tvm.graphs.ops import pair_tables
+from dlrm_tvm.graphs.common import ADAGRAD_EPS
+from dlrm_tvm.graphs.ops_interaction import pair_tables
+from dlrm_tvm.runtime.state import combine_fp32
+from dlrm_tvm.runtime.state import split_bits as split_fp32
 
 
 def gemm(a, b, a_layout="mk", epilogue="none", extra=None, b_layout="kn"):
@@ -27,16 +35,6 @@ def colsum(x):
 
 def sgd_update(w, g, lr):
     return (w - np.float32(lr) * g).astype(np.float32)
-
-
-def split_fp32(w):
-    """fp32 -> (hi bits, lo bits) as uint16 arrays (hi is the bf16 weight, truncated)."""
-    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
-    return (bits >> 16).astype(np.uint16), (bits & 0xFFFF).astype(np.uint16)
-
-
-def combine_fp32(hi_bits, lo_bits):
-    return ((hi_bits.astype(np.uint32) << 16) | lo_bits.astype(np.uint32)).view(np.float32)
 
 
 def split_sgd_update(hi_bits, lo_bits, g, lr):
@@ -114,7 +112,7 @@ def embedding_bag_fwd(w, indices, offsets, row_offsets, b):
 
 
 def embedding_bag_update(w, indices, offsets, row_offsets, grad, lr, optimizer="sgd", acc=None,
-                         eps=1e-10):
+                         eps=ADAGRAD_EPS):
     """The coalesced update: each looked-up row steps once with the sum of its lookups'
     gradients (summed in float64 here; the kernel sums in fp32). Returns (w, acc)."""
     w = np.asarray(w, np.float32).copy()
@@ -140,7 +138,7 @@ def embedding_bag_update(w, indices, offsets, row_offsets, grad, lr, optimizer="
     return w, acc
 
 
-def adagrad_update(w, acc, g, lr, eps=1e-10):
+def adagrad_update(w, acc, g, lr, eps=ADAGRAD_EPS):
     """Dense Adagrad (the reference's rwsadagrad on MLP parameters): (w, acc) after one step."""
     acc = (np.asarray(acc, np.float32) + g * g).astype(np.float32)
     w = (w - np.float32(lr) * (g / (np.sqrt(acc) + np.float32(eps)))).astype(np.float32)

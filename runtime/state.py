@@ -19,16 +19,24 @@ import tvm
 from dlrm_tvm.runtime.memory import table_buffer
 
 
+def split_bits(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fp32 -> (upper 16 bits, lower 16 bits) as uint16 arrays: the Split-SGD-BF16 halves of
+    ``w`` (the upper half is its bf16 value, truncated)."""
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
+    return (bits >> 16).astype(np.uint16), (bits & 0xFFFF).astype(np.uint16)
+
+
 def split_fp32(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """fp32 -> (bf16 high half, uint16 low half): the Split-SGD-BF16 storage of ``w``."""
     import ml_dtypes
 
-    bits = np.ascontiguousarray(w, np.float32).view(np.uint32)
-    hi = (bits >> 16).astype(np.uint16).view(ml_dtypes.bfloat16)
-    return hi, (bits & 0xFFFF).astype(np.uint16)
+    hi, lo = split_bits(w)
+    return hi.view(ml_dtypes.bfloat16), lo
 
 
 def combine_fp32(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """The fp32 masters of Split-SGD-BF16 halves, exactly: ``hi`` the upper halves (bf16, or
+    their bits as uint16), ``lo`` the lower halves (uint16)."""
     hb = np.ascontiguousarray(hi).view(np.uint16).astype(np.uint32)
     return ((hb << 16) | lo.astype(np.uint32)).view(np.float32)
 
