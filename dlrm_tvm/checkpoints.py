@@ -56,8 +56,8 @@ def resume_state(cfg: Config, path: str):
 def init_state(cfg: Config, path: str):
     """Weights only (step 0, fresh optimizer state and data) from a checkpoint of ours or a
     facebookresearch/dlrm torch.save file; its model must be the config's."""
+    from dlrm_tvm.interop.state_io import load_state
     from dlrm_tvm.runtime.trainer import StartState
-    from dlrm_tvm.state_io import load_state
 
     ck_cfg, state, desc = load_state(path, cfg)
     if ck_cfg.model != cfg.model:

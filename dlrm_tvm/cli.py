@@ -131,7 +131,7 @@ def cmd_train(args) -> int:
 
 
 def _bench_ranks(args, cfg) -> int:
-    from dlrm_tvm.scaling import format_ranks, measure_ranks, model_tables, plot_scaling
+    from dlrm_tvm.bench.scaling import format_ranks, measure_ranks, model_tables, plot_scaling
 
     try:
         ranks = tuple(int(x) for x in args.ranks.split(","))
@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
-    from dlrm_tvm.criteo import preprocess
+    from dlrm_tvm.data.criteo import preprocess
 
     t0 = time.perf_counter()
     meta = preprocess(args.inputs, args.out, fmt=args.format,
@@ -177,13 +177,13 @@ def cmd_preprocess(args) -> int:
 
 
 def _export_state(args):
-    from dlrm_tvm.state_io import load_state
+    from dlrm_tvm.interop.state_io import load_state
 
     return load_state(args.checkpoint, _resolve_config(args))
 
 
 def cmd_export_onnx(args) -> int:
-    from dlrm_tvm.onnx_export import export_onnx
+    from dlrm_tvm.interop.onnx_export import export_onnx
 
     cfg, state, desc = _export_state(args)
     path = export_onnx(cfg, state, args.out, opset=args.opset)
@@ -193,7 +193,7 @@ def cmd_export_onnx(args) -> int:
         import onnxruntime as ort
 
         from dlrm_tvm.data import SyntheticData
-        from dlrm_tvm.onnx_export import predict_numpy
+        from dlrm_tvm.interop.onnx_export import predict_numpy
 
         b = SyntheticData(cfg.model, cfg.data, 64, 0).next_batch()
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -207,7 +207,7 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_export_reference(args) -> int:
-    from dlrm_tvm.interop import save_reference_checkpoint
+    from dlrm_tvm.interop.reference import save_reference_checkpoint
 
     cfg, state, desc = _export_state(args)
     save_reference_checkpoint(args.out, cfg, state)
@@ -244,7 +244,7 @@ def cmd_mpi_probe(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from dlrm_tvm.bench import format_table, run_bench
+    from dlrm_tvm.bench.step_bench import format_table, run_bench
 
     # TVM's idle workers otherwise spin after each parallel call and slow torch (TVM_NOTES)
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
@@ -252,7 +252,7 @@ def cmd_bench(args) -> int:
     if args.ranks:
         return _bench_ranks(args, cfg)
     if args.loader:
-        from dlrm_tvm.loader_bench import bench_loader, format_loader
+        from dlrm_tvm.bench.loader_bench import bench_loader, format_loader
 
         r = bench_loader(cfg, rows=args.loader_rows, steps=max(args.steps, 4),
                          target=args.target)
@@ -283,7 +283,7 @@ def cmd_kernels_list(args) -> int:
 
 
 def _kernels_bench_embedding(args) -> int:
-    from dlrm_tvm.embedding_bench import DEFAULT_CASES, bench_embedding, format_embedding
+    from dlrm_tvm.bench.embedding_bench import DEFAULT_CASES, bench_embedding, format_embedding
 
     cases = DEFAULT_CASES
     if args.shape:

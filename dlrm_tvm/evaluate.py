@@ -22,10 +22,10 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
     accuracy, auc, rows) and with ``save_predictions`` OUT/predictions.npy (one probability per
     row, in file order). ``split``: which rows of a preprocessed directory (default test);
     raw and binary files are evaluated whole."""
+    from dlrm_tvm.data.sources import make_source, needs_preprocess, preprocess_for_run
+    from dlrm_tvm.interop.state_io import load_state
     from dlrm_tvm.metrics import evaluate_predictions
     from dlrm_tvm.runtime.trainer import Trainer
-    from dlrm_tvm.sources import make_source, needs_preprocess, preprocess_for_run
-    from dlrm_tvm.state_io import load_state
     from dlrm_tvm.train import get_compiled
 
     out = Path(out_dir)

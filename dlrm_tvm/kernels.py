@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
+from dlrm_tvm.bench.timing import time_call
 from dlrm_tvm.config import Config
-from dlrm_tvm.timing import time_call
 from dlrm_tvm.tuning import read_tuning as read_tuning  # re-exported: its old home
 from dlrm_tvm.tuning import tune_gemms as tune_gemms  # re-exported: its old home
 
@@ -116,9 +116,9 @@ def bench_gemm(shape: tuple[int, int, int], a_layout: str = "mk", b_layout: str 
                dtype: str = "float32", peaks: tuple[float, float | None] | None = None) -> dict:
     import tvm
 
+    from dlrm_tvm.bench.peaks import bf16_peak_gflops, fp32_peak_gflops
     from dlrm_tvm.graphs import ops
     from dlrm_tvm.graphs import reference as ref
-    from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops
     from dlrm_tvm.schedules import ALL_RULES
     from dlrm_tvm.targets import runnable_target
 
@@ -302,7 +302,7 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     picks, against torch; and every VNNI pack, as GB/s against the measured copy bandwidth."""
     from tvm import tirx
 
-    from dlrm_tvm.peaks import bf16_peak_gflops, fp32_peak_gflops, memory_bandwidth_gbs
+    from dlrm_tvm.bench.peaks import bf16_peak_gflops, fp32_peak_gflops, memory_bandwidth_gbs
     from dlrm_tvm.pipeline import build_step
     from dlrm_tvm.schedules import rules_for, schedule_func
     from dlrm_tvm.schedules.base import attr, op_of

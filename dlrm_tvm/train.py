@@ -74,7 +74,7 @@ class RunOptions:
     init_from: str | None = None  # start (step 0) from the weights of a checkpoint, ours or
     # the reference's torch.save file
     save_params: bool = False
-    source: object | None = None  # a data source (dlrm_tvm.sources); default synthetic
+    source: object | None = None  # a data source (dlrm_tvm.data.sources); default synthetic
     final_checkpoint: bool = True  # a checkpoint of the last step, so eval/export work on RUNDIR
     overwrite: bool = False  # replace a run already in the directory (else refused)
 
@@ -128,7 +128,7 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         if opts.resume:
             raise ConfigError("give --resume or --init-from, not both")
         start = init_state(cfg, opts.init_from)
-    from dlrm_tvm.sources import make_source, needs_preprocess, preprocess_for_run
+    from dlrm_tvm.data.sources import make_source, needs_preprocess, preprocess_for_run
 
     say = log.info if quiet else print
     if ranks > 1:

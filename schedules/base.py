@@ -7,15 +7,16 @@ target features it needs (``rules_for`` lists it only for targets that have them
 
 The ``dlrm.*`` attribute contract
 ---------------------------------
-What a rule may match on, besides the IR itself. Set on each kernel by graphs/ops.py
-(``_tag(func, op, **attrs)``: ``dlrm.op`` and one ``dlrm.<key>`` per keyword) and by
+What a rule may match on, besides the IR itself. Set on each kernel by graphs/ops.py and its
+neighbours ops_interaction.py and ops_optim.py (graphs/common.py's ``tag_op(func, op,
+**attrs)``: ``dlrm.op`` and one ``dlrm.<key>`` per keyword) and by
 graphs/embedding_update.py (the end of ``embedding_bag_update``). graphs/dlrm.py sets none
 itself: it picks the factory arguments they come from (precision -> dtypes, storage "rows" for
 bf16 tables, the optimizer) and names each kernel (the global symbol, which no rule reads).
 Read them with ``op_of(func)`` and ``attr(func, key, default)`` (ints come back as int, strings
 as str). "bench" below is dlrm_tvm/kernels.py (``dlrm-tvm kernels bench``), which reads them too.
 
-``dlrm.op``: str, on every kernel (and on dlrm_tvm/peaks.py's probe, "peak_probe"): the op kind.
+``dlrm.op``: str, on every kernel (and on dlrm_tvm/bench/peaks.py's probe, "peak_probe"): the op kind.
   Every rule's ``ops`` is matched against it (``Rule.matches_op``); ``schedule_module`` records it.
 
 gemm (``ops.gemm``) and gemm_vnni (``ops.gemm_vnni``):
@@ -45,7 +46,7 @@ embedding_bag_update (``graphs/embedding_update.embedding_bag_update``):
   ``batch``, ``tables``, ``d``: int (as above); ``optimizer``: str, "sgd" or "rwsadagrad";
   ``storage``: str, "fp32", "split" or "rows". All read by embedding_update_bucketed_lookups
   (which declines rwsadagrad) and embedding_update_bucketed.
-adagrad_update (``ops.adagrad_update``):
+adagrad_update (``ops_optim.adagrad_update``):
   ``split``: int 0/1 (hi/lo halves, or fp32). Read by no rule.
 
 Every other op carries ``dlrm.op`` only: colsum, sgd_update, split_sgd_update, relu_bwd, cast

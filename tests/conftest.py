@@ -16,7 +16,8 @@ precision, optimizer) is compiled once. TVM's thread pool gets 2 threads unless
 The real Criteo sample rows are found beside the repository, at
 ``<repo>/../shared/data/criteo_kaggle_sample`` (``CRITEO_SAMPLE``), never at an absolute path;
 tests that need them take the ``criteo_sample`` fixture, which skips when they are absent.
-Tests that only need Criteo-format rows write them with ``dlrm_tvm.criteo.write_synthetic_raw``.
+Tests that only need Criteo-format rows write them with
+``dlrm_tvm.data.criteo.write_synthetic_raw``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dlrm_tvm import cli
-from dlrm_tvm.peaks import fp32_peak_gflops, gather_bandwidth_gbs
+from dlrm_tvm.bench.peaks import fp32_peak_gflops, gather_bandwidth_gbs
 from dlrm_tvm.targets import resolve_target
 
 pytest.importorskip("torch")

@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlrm_tvm.bench.loader_bench import loader_throughput
 from dlrm_tvm.config import ModelConfig, mlperf_rows
-from dlrm_tvm.criteo import (
+from dlrm_tvm.data import validate_batch
+from dlrm_tvm.data.criteo import (
     BinaryDataset,
     CategoryMap,
     DataError,
-    loader_throughput,
     make_batch,
     parse_raw,
     preprocess,
     read_raw,
     write_synthetic_raw,
 )
-from dlrm_tvm.data import validate_batch
 
 TABLES = mlperf_rows(1000)  # 26 sizes from 3 to 1000: the folding is exercised
 MODEL = ModelConfig(table_rows=TABLES)

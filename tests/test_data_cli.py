@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlrm_tvm.criteo import write_synthetic_raw
+from dlrm_tvm.data.criteo import write_synthetic_raw
 
 MPIEXEC = shutil.which("mpiexec")
 
@@ -82,9 +82,9 @@ def test_eval_command_on_the_test_file_in_file_order(kaggle_run, criteo_sample, 
     assert pred.shape == (100,) and ((pred > 0) & (pred < 1)).all()
     # file order: the predictions equal our model on the rows read in order
     from dlrm_tvm.config import load_config
-    from dlrm_tvm.criteo import make_batch, read_raw
-    from dlrm_tvm.onnx_export import predict_numpy
-    from dlrm_tvm.state_io import load_state
+    from dlrm_tvm.data.criteo import make_batch, read_raw
+    from dlrm_tvm.interop.onnx_export import predict_numpy
+    from dlrm_tvm.interop.state_io import load_state
 
     cfg, state, _ = load_state(kaggle_run, load_config("tiny"))
     chunk, stats = read_raw(criteo_sample / "test.tsv")
@@ -172,7 +172,7 @@ def test_reference_checkpoint_and_onnx_match_the_compiled_model(tmp_path, intera
     ort = pytest.importorskip("onnxruntime")
     from dlrm_tvm.runtime.params import init_mlp, init_tables
 
-    from dlrm_tvm import torch_ref
+    from dlrm_tvm.bench import torch_ref
     from dlrm_tvm.config import apply_overrides, load_config
     from dlrm_tvm.data import SyntheticData
 
@@ -188,14 +188,14 @@ def test_reference_checkpoint_and_onnx_match_the_compiled_model(tmp_path, intera
     with torch.no_grad():
         dense, idx_l, off_l, _ = torch_ref.torch_inputs(batch, m.num_tables)
         want = model(dense, idx_l, off_l).numpy().ravel()
-    from dlrm_tvm.state_io import load_state
+    from dlrm_tvm.interop.state_io import load_state
 
     cfg2, st2, desc = load_state(path, cfg)
     assert desc["kind"] == "reference" and cfg2.model == m
     got = _compiled_predict(cfg2, st2, batch)
     np.testing.assert_allclose(got, want, atol=1e-5)
     # our export -> onnxruntime equals the compiled model
-    from dlrm_tvm.onnx_export import export_onnx
+    from dlrm_tvm.interop.onnx_export import export_onnx
 
     onnx_path = export_onnx(cfg2, st2, tmp_path / "m.onnx")
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -215,7 +215,7 @@ def test_export_commands(generated_run, tmp_path):
              str(tmp_path / "r.pt"))
     assert p.returncode == 0, p.stderr[-2000:]
     from dlrm_tvm.config import load_config
-    from dlrm_tvm.interop import load_reference_checkpoint
+    from dlrm_tvm.interop.reference import load_reference_checkpoint
 
     m, st = load_reference_checkpoint(tmp_path / "r.pt", load_config("tiny"))
     ours = np.load(generated_run / "params.npz")

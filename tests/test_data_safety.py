@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from dlrm_tvm.config import Config, DataConfig, ModelConfig, TrainConfig, mlperf_rows
-from dlrm_tvm.criteo import BinaryDataset, DataError, preprocess, write_synthetic_raw
-from dlrm_tvm.sources import make_source, needs_preprocess, preprocess_for_run
+from dlrm_tvm.data.criteo import BinaryDataset, DataError, preprocess, write_synthetic_raw
+from dlrm_tvm.data.sources import make_source, needs_preprocess, preprocess_for_run
 
 TABLES = mlperf_rows(1000)
 MODEL = ModelConfig(mlp_bot=(13, 8), table_rows=TABLES, embedding_dim=8)

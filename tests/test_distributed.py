@@ -398,7 +398,7 @@ def test_progress_thread_completes_exchanges_while_the_rank_computes(tmp_path):
 
 
 def test_scaling_model_shapes():
-    from dlrm_tvm.scaling import predict
+    from dlrm_tvm.bench.scaling import predict
 
     cfg = load_config("small")
     one = {"ranks": 1, "threads_per_rank": 2, "ms_per_step": 500.0,
@@ -416,7 +416,7 @@ def test_scaling_model_shapes():
     assert all(s["step_ms"] >= f["step_ms"] for s, f in zip(slow, strong, strict=True))
     # 8 tables: past 8 sockets table-wise placement cannot split the embedding work, so the
     # model cuts tables row-wise; the busiest rank's share keeps falling
-    from dlrm_tvm.scaling import _busiest_share
+    from dlrm_tvm.bench.scaling import _busiest_share
 
     shares = [_busiest_share(cfg, n) for n in (1, 2, 4, 8, 16)]
     assert shares == sorted(shares, reverse=True) and shares[0] == 1.0

@@ -125,7 +125,7 @@ def test_bf16_gemm_awkward_shape_falls_to_fp32_compute(m, k, n):
 
 
 def test_bf16_peak_probe_compiles_to_vdpbf16ps():
-    from dlrm_tvm.peaks import bf16_peak_gflops, bf16_peak_kernel
+    from dlrm_tvm.bench.peaks import bf16_peak_gflops, bf16_peak_kernel
 
     lib = bf16_peak_kernel(resolve_target("cooperlake").tvm_target(), 2)
     assert lib.mod.inspect_source("asm").count("vdpbf16ps") >= 24

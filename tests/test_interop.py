@@ -16,14 +16,14 @@ from dlrm_tvm.runtime.params import init_mlp, init_tables
 
 from dlrm_tvm.config import ModelConfig, apply_overrides, load_config
 from dlrm_tvm.data import Batch, SyntheticData
-from dlrm_tvm.interop import (
+from dlrm_tvm.interop.onnx_export import pair_indices, predict_numpy
+from dlrm_tvm.interop.reference import (
     from_reference_state_dict,
     load_reference_checkpoint,
     mlp_layout,
     save_reference_checkpoint,
     to_reference_state_dict,
 )
-from dlrm_tvm.onnx_export import pair_indices, predict_numpy
 
 TOL = 1e-5
 VARIANTS = {
@@ -60,7 +60,7 @@ def _empty_bags(batch: Batch, bags: list[int]) -> Batch:
 
 
 def _torch_predict(torch, cfg, model, batch: Batch) -> np.ndarray:
-    from dlrm_tvm.torch_ref import torch_inputs
+    from dlrm_tvm.bench.torch_ref import torch_inputs
 
     dense, idx_l, off_l, _ = torch_inputs(batch, cfg.model.num_tables)
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_mlp_layout_matches_the_reference_modules(case):
     """The reference DLRM's Linear layers (torch_ref, built from the config's widths) are our
     Wt transposed, top0 without its padding rows; to_reference_state_dict names them so."""
     torch = pytest.importorskip("torch")
-    from dlrm_tvm import torch_ref
+    from dlrm_tvm.bench import torch_ref
 
     m, want, width = LAYOUTS[case]
     g = np.random.default_rng(3)
@@ -160,7 +160,7 @@ def test_pair_indices_match_the_module():
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_reference_checkpoint_matches_torch(tmp_path, variant):
     torch = pytest.importorskip("torch")
-    from dlrm_tvm.torch_ref import build
+    from dlrm_tvm.bench.torch_ref import build
 
     torch.set_num_threads(2)
     cfg = _cfg(variant)
@@ -206,7 +206,7 @@ def test_saved_checkpoint_loads_like_the_reference(tmp_path):
     """What the reference's --load-model does with our file: strict load_state_dict, the
     metadata keys, and its SGD optimizer's load_state_dict."""
     torch = pytest.importorskip("torch")
-    from dlrm_tvm.torch_ref import build
+    from dlrm_tvm.bench.torch_ref import build
 
     cfg = _cfg("dot")
     state = _state(cfg.model, seed=3)
@@ -231,7 +231,7 @@ def test_saved_checkpoint_loads_like_the_reference(tmp_path):
 
 def test_bare_state_dict_and_wrapper_prefixes(tmp_path):
     torch = pytest.importorskip("torch")
-    from dlrm_tvm.torch_ref import build
+    from dlrm_tvm.bench.torch_ref import build
 
     cfg = _cfg("cat")
     state = _state(cfg.model, seed=11)
@@ -344,8 +344,8 @@ def test_onnx_matches_numpy_and_torch(tmp_path, variant):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     torch = pytest.importorskip("torch")
-    from dlrm_tvm.onnx_export import export_onnx
-    from dlrm_tvm.torch_ref import build
+    from dlrm_tvm.bench.torch_ref import build
+    from dlrm_tvm.interop.onnx_export import export_onnx
 
     torch.set_num_threads(2)
     cfg = _cfg(variant)
@@ -383,7 +383,7 @@ def test_onnx_matches_numpy_and_torch(tmp_path, variant):
 
 def test_onnx_rejects_bad_state_and_old_opset(tmp_path):
     pytest.importorskip("onnx")
-    from dlrm_tvm.onnx_export import export_onnx
+    from dlrm_tvm.interop.onnx_export import export_onnx
 
     m = _cfg("dot").model
     state = _state(m, seed=1)

@@ -12,7 +12,7 @@ from dlrm_tvm.config import PRESETS, Config
 from dlrm_tvm.data import SyntheticData
 
 torch = pytest.importorskip("torch")
-from dlrm_tvm.torch_ref import TorchTrainer  # noqa: E402
+from dlrm_tvm.bench.torch_ref import TorchTrainer  # noqa: E402
 
 
 def _variant(interaction: str, fixed: bool, lookups: int, itself: bool = False) -> Config:

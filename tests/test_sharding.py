@@ -90,3 +90,26 @@ def test_row_wise_puts_range_i_on_rank_i_and_plan_command_reports_it():
     auto = plan_report(load_config("mlperf"), 4)
     owners = [len(t["parts"]) for t in auto["per_table"]]
     assert owners == [1] * 26  # 1M-row tables fit a rank: table-wise
+
+
+def test_plan_command_prints_and_writes_json(tmp_path, capsys):
+    import json
+
+    from dlrm_tvm import cli
+
+    out = tmp_path / "plan.json"
+    assert cli.main(["plan", "--config", "mlperf", "--ranks", "4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    owner = rep["per_table"][7]["parts"]
+    assert len(owner) == 1 and f"    7         1,543  rank {owner[0]['rank']}" in text
+    assert sorted(t for r in rep["per_rank"] for t in r["tables"]) == list(range(26))
+    # a budget below a table's size cuts it row-wise; one below the total is refused
+    assert cli.main(["plan", "--config", "small", "--ranks", "16", "--rank-memory-gib",
+                     "0.2", "--json", str(out)]) == 0  # 244 MiB tables, 205 MiB per rank
+    rep = json.loads(out.read_text())
+    assert all(len(t["parts"]) == 2 for t in rep["per_table"])
+    assert max(r["mib"] for r in rep["per_rank"]) <= 0.2 * 1024
+    assert cli.main(["plan", "--config", "small", "--ranks", "4", "--rank-memory-gib",
+                     "0.3"]) == 2
+    assert "cannot shard the tables over 4 ranks" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlrm_tvm.scaling import efficiency, plot_scaling  # noqa: E402
+from dlrm_tvm.bench.scaling import efficiency, plot_scaling  # noqa: E402
 
 
 def measured_table(r: dict) -> str:
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     results = [json.loads(Path(f).read_text()) for f in a.files]
     if a.remodel:
+        from dlrm_tvm.bench.scaling import model_tables
         from dlrm_tvm.config import Config
-        from dlrm_tvm.scaling import model_tables
 
         for r in results:
             r["model"] = model_tables(Config.from_dict(r["config"]), r)

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from dlrm_tvm.timing import time_call
+from dlrm_tvm.bench.timing import time_call
 
 # the cases: (rows, D, lookups per bag)
 DEFAULT_CASES = ((1_000_000, 64, 100), (1_000_000, 128, 1), (10_000_000, 64, 1))
@@ -220,7 +220,7 @@ def _torch_times(op, w32, idx, off, grad, optimizer, reps, threads) -> dict:
             t = time_call(lambda: torch.nn.functional.embedding_bag(ti, wt, to, mode="sum"),
                           reps, BUDGET_S)
         return {"fwd_ms": t * 1e3}
-    from dlrm_tvm.torch_ref import _rwsadagrad_step
+    from dlrm_tvm.bench.torch_ref import _rwsadagrad_step
 
     emb = torch.nn.EmbeddingBag(w32.shape[0], w32.shape[1], mode="sum", sparse=True,
                                 _weight=torch.from_numpy(w32))

@@ -1,7 +1,7 @@
 """``dlrm-tvm bench --loader``: Criteo loading rates against the training step's appetite.
 
-Generates a raw Terabyte-style file (``rows`` lines; ``dlrm_tvm.criteo.write_synthetic_raw``),
-preprocesses it, and measures (``criteo.loader_throughput``) the raw parse rate and the
+Generates a raw Terabyte-style file (``rows`` lines; ``criteo.write_synthetic_raw``),
+preprocesses it, and measures (``loader_throughput``, below) the raw parse rate and the
 memory-mapped binary batch rate; then trains the config a few steps on the binary rows
 (``dlrm-tvm train --data mlperf-bin``) and takes its median step: rows/s = batch / step.
 Loading is not the bottleneck when the binary batch rate is well above that (the raw parse
@@ -16,15 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from dlrm_tvm.config import Config, to_toml
+from dlrm_tvm.data.criteo import BinaryDataset, parse_raw, preprocess, write_synthetic_raw
+from dlrm_tvm.data.criteo.layout import PathLike
 
 
 def bench_loader(cfg: Config, rows: int = 200_000, steps: int = 6, seconds: float = 2.0,
                  target: str = "host", log=print) -> dict:
-    from dlrm_tvm.criteo import loader_throughput, preprocess, write_synthetic_raw
-
     B = cfg.train.batch_size
     with tempfile.TemporaryDirectory(prefix="dlrm-loader-") as tmp:
         raw = Path(tmp) / "day_0"
@@ -79,3 +80,37 @@ def format_loader(r: dict) -> str:
                  + f"batches are made {r['binary_over_step']:.1f}x faster than the step uses "
                  "them (on one core, in the training process, between steps)")
     return "\n".join(lines)
+
+
+def loader_throughput(path_raw: PathLike, path_bin: PathLike | Sequence[PathLike],
+                      batch_size: int, table_rows: Sequence[int], seconds: float = 2.0,
+                      max_ind_range: int | None = None) -> dict:
+    """Rows/s of raw parsing (``parse_raw`` over ``path_raw``) and of binary batching
+    (``BinaryDataset(path_bin).batches``), each repeated for at least ``seconds``."""
+    raw_rows, raw_bytes, t0 = 0, 0, time.perf_counter()
+    while True:
+        reader = parse_raw(path_raw, max_ind_range=max_ind_range)
+        for _ in reader:
+            pass
+        raw_rows += reader.stats.rows
+        raw_bytes += os.path.getsize(path_raw)
+        raw_s = time.perf_counter() - t0
+        if raw_s >= seconds:
+            break
+    ds = BinaryDataset(path_bin)
+    if ds.rows < batch_size:
+        raise ValueError(f"{path_bin}: {ds.rows} rows, fewer than one batch of {batch_size}")
+    bin_rows, batches, t0 = 0, 0, time.perf_counter()
+    while True:
+        for b in ds.batches(batch_size, table_rows):
+            bin_rows += b.size
+            batches += 1
+        bin_s = time.perf_counter() - t0
+        if bin_s >= seconds:
+            break
+    return {
+        "raw_rows": raw_rows, "raw_seconds": raw_s, "raw_rows_per_s": raw_rows / raw_s,
+        "raw_mib_per_s": raw_bytes / raw_s / 2**20,
+        "binary_rows": bin_rows, "binary_seconds": bin_s, "binary_rows_per_s": bin_rows / bin_s,
+        "binary_batches_per_s": batches / bin_s, "batch_size": batch_size,
+    }

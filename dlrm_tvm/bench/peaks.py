@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlrm_tvm.bench.timing import time_call
 from dlrm_tvm.pipeline import compile_primfunc
-from dlrm_tvm.timing import time_call
 
 REPS = 5  # timed runs per figure, after a warm-up; the best is kept
 

@@ -22,8 +22,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from dlrm_tvm.bench.timing import median_ms, time_each
 from dlrm_tvm.config import Config
-from dlrm_tvm.timing import median_ms, time_each
 
 
 def step_work(cfg: Config) -> dict[str, float]:
@@ -67,8 +67,8 @@ def _time_kernels(vm, fn_calls) -> dict[str, float]:
 def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
               torch_baseline: bool = True, precisions: tuple[str, ...] = ("fp32",),
               torch_compile: bool = True, tuning: dict | None = None) -> dict:
+    from dlrm_tvm.bench.peaks import measure_peaks
     from dlrm_tvm.data import SyntheticData
-    from dlrm_tvm.peaks import measure_peaks
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
     from dlrm_tvm.runtime.params import init_mlp, init_tables
     from dlrm_tvm.runtime.trainer import Trainer
@@ -111,7 +111,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     if torch_baseline:
         import torch
 
-        from dlrm_tvm.torch_ref import TorchTrainer, torch_inputs
+        from dlrm_tvm.bench.torch_ref import TorchTrainer, torch_inputs
 
         torch.set_num_threads(threads)
         time.sleep(0.5)  # let TVM's workers stop spinning

@@ -54,7 +54,7 @@ class SyntheticSource:
 
 
 class BinarySource:
-    """Criteo rows from MLPerf binary files (dlrm_tvm.criteo.BinaryDataset), memory-mapped.
+    """Criteo rows from MLPerf binary files (dlrm_tvm.data.criteo.BinaryDataset), memory-mapped.
     Each rank reads only its slice of every global batch (``local``); at the end of the
     training rows the next epoch starts from the first row. The held-out rows are read whole,
     every row once (the last batch short)."""
@@ -132,7 +132,7 @@ def needs_preprocess(cfg: Config) -> bool:
 
 def _raw_inputs(cfg: Config) -> list[str]:
     """The raw files of ``cfg.data.path``, each an existing readable file (else DataError)."""
-    from dlrm_tvm.criteo import DataError, check_input_file
+    from dlrm_tvm.data.criteo import DataError, check_input_file
 
     d = cfg.data
     inputs = [p for p in d.path.split(",") if p]
@@ -161,7 +161,7 @@ def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
     it was made from the same files (resolved path, size, mtime, a digest of the first and
     last MiB) with the same parameters; otherwise (other or changed inputs, other parameters,
     a meta.json without that record) it is preprocessed again, saying why."""
-    from dlrm_tvm.criteo import (
+    from dlrm_tvm.data.criteo import (
         DataError,
         meta_member,
         preprocess,
@@ -208,7 +208,7 @@ def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
 
 def _data_files(paths: str, flag: str, kind: str) -> list[str]:
     """The comma-separated MLPerf binary files of ``flag``, each an existing readable file."""
-    from dlrm_tvm.criteo import DataError, check_input_file
+    from dlrm_tvm.data.criteo import DataError, check_input_file
 
     files = [p for p in paths.split(",") if p]
     if not files and flag == "--data-path":
@@ -229,7 +229,7 @@ def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | Non
     d = cfg.data
     if d.kind == "synthetic":
         return SyntheticSource(cfg)
-    from dlrm_tvm.criteo import BinaryDataset
+    from dlrm_tvm.data.criteo import BinaryDataset
 
     check_criteo_model(cfg)
     if d.kind == "mlperf-bin":

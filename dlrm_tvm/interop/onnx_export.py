@@ -41,7 +41,7 @@ import numpy as np
 
 from dlrm_tvm.config import Config, ModelConfig
 from dlrm_tvm.data import Batch, validate_batch
-from dlrm_tvm.interop import check_state, model_of, top0_weight
+from dlrm_tvm.interop.reference import check_state, model_of, top0_weight
 
 MIN_OPSET = 16  # ScatterElements / ScatterND reduction="add"
 _EXTERNAL_DATA_BYTES = 1_800_000_000

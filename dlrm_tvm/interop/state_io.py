@@ -20,7 +20,7 @@ def load_state(path: str | Path, cfg_hint: Config) -> tuple[Config, dict, dict]:
     if not (p.is_file() or p.is_dir()):
         raise ValueError(f"checkpoint {p} is neither a file nor a directory")
     if p.is_file():
-        from dlrm_tvm.interop import load_reference_checkpoint
+        from dlrm_tvm.interop.reference import load_reference_checkpoint
 
         m, state = load_reference_checkpoint(p, cfg_hint)
         _check_finite(p, state)
