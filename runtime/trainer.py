@@ -28,9 +28,9 @@ is multiplied by the rank count; initialisation depends on (seed, table) only
 (runtime/params.py).
 
 The exchanges go through ``comm`` (runtime/comm.py: ``LocalComm`` for one rank, no MPI;
-runtime/mpi.py's ``MPIComm`` for N). The hooks a dense module calls are passed in as a
-``StepHooks`` registered before that module is loaded; a module compiled without hooks (one
-rank) returns d_pooled and its gradients, and the trainer runs stages 5 and 7 itself.
+runtime/mpi.py's ``MPIComm`` for N). With ranks, the hooks the dense module calls are passed
+in as a ``StepHooks`` registered before that module is loaded; one rank's module (an
+artifact) has none: its d_pooled is the update's input and there is nothing to reduce.
 """
 
 from __future__ import annotations
@@ -202,6 +202,9 @@ class Trainer:
             self._pooled_t = tvm.runtime.tensor(np.zeros((self.Bl, m.num_tables, D),
                                                          np.float32), self.dev)
             self._pooled_np = np.from_dlpack(self._pooled_t)
+        if not self.identity and hooks is None:
+            raise ValueError("a trainer with ranks needs a dense module compiled with hooks "
+                             "and their StepHooks (dlrm_tvm/launch.py builds both)")
         if hooks is not None:
             hooks.trainer = self
         self.step_count = start.step if start is not None else 0
@@ -343,8 +346,6 @@ class Trainer:
         dense, labels, idx_t, off_t = self._input_dist(batch, local, clock)
         pooled = self._lookup(idx_t, off_t, clock)
         self._grad_ops = []
-        if not self.identity and self.hooks is None:
-            self._wait_pooled(pooled)
         with clock("dense_forward_backward"):
             res = self.dense_vm["dense_forward_backward"](dense, pooled, labels, *self.mlp)
         n = len(self.mlp)
@@ -353,10 +354,6 @@ class Trainer:
             loss = float(res[0].numpy()[0])
             gbuf = res[2 + n]  # d_pooled: this rank's shards are every table
         else:
-            if self.hooks is None:  # a module without hooks: the exchanges after it
-                self._d_pooled_ready(res[2 + n])
-                for i in range(0, n, 2):
-                    self._grad_ready(i // 2, grads[i], grads[i + 1])
             lossv = res[0].numpy().astype(np.float64)
             self._grad_ops.append(self.comm.allreduce("allreduce", [lossv]))
             with clock("grad_dist"):  # posted during the bottom MLP's backward (hook)
