@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlrm_tvm.config import Config
-from dlrm_tvm.targets import TargetInfo, missing_cpu_flags
+from dlrm_tvm.targets import (
+    ISA_FEATURES,
+    TargetInfo,
+    describe_flags,
+    isa_features,
+    missing_cpu_flags,
+)
 
 FORMAT_VERSION = 1
 MODULE_FILE = "module.so"
@@ -88,14 +94,35 @@ def read_artifact(path: str | Path) -> Artifact:
     return Artifact(path=p, meta=meta)
 
 
-def check_host_can_run(art: Artifact) -> None:
-    required = art.meta["target"]["required_cpu_flags"]
-    missing = missing_cpu_flags(required)
+def required_cpu_flags(meta: dict) -> list[str]:
+    """Every /proc/cpuinfo flag an artifact's code may need: its recorded
+    ``required_cpu_flags``, the cpuinfo names of its recorded LLVM ``features``, and those of
+    every ISA feature LLVM gives its target (older artifacts recorded only a few features)."""
+    t = meta["target"]
+    feats = list(t.get("features", []))
+    spec = t.get("tvm_target") or ({"kind": "llvm", "mcpu": t["mcpu"]} if t.get("mcpu") else None)
+    if spec:
+        try:
+            feats += list(isa_features(spec))
+        except Exception:  # an mcpu this LLVM does not know: the recorded lists must do
+            pass
+    flags = list(t.get("required_cpu_flags", []))
+    for f in feats:
+        flag = ISA_FEATURES.get(f)
+        if flag and flag not in flags:
+            flags.append(flag)
+    return flags
+
+
+def check_host_can_run(art: Artifact, host_flags: set[str] | None = None) -> None:
+    """Refuse (ArtifactError naming them) an artifact needing a CPU feature that this host's
+    /proc/cpuinfo (or ``host_flags``) does not report."""
+    missing = missing_cpu_flags(required_cpu_flags(art.meta), host_flags)
     if missing:
         raise ArtifactError(
             f"{art.path} was compiled for {art.meta['target']['name']} "
             f"(mcpu {art.meta['target']['mcpu']}) and needs CPU features this host lacks: "
-            f"{', '.join(missing)}. Recompile with `dlrm-tvm compile --target host`."
+            f"{describe_flags(missing)}. Recompile with `dlrm-tvm compile --target host`."
         )
 
 

@@ -1,13 +1,24 @@
-"""Named Xeon (and Zen) targets, the host, and the CPU features a compiled artifact needs.
+"""Named Xeon (and Zen) targets, TVM target strings and dicts, the host, and the CPU features a
+compiled artifact needs.
 
-A target is a TVM LLVM target built from an ``mcpu``. What our schedules may use is read from
-the target itself (``target_has_features``), never from the build host, so cross-compiling for
-``cooperlake`` on an AVX2 machine selects the same rules as compiling on a Cooper Lake.
+A target is a TVM LLVM target built from an ``mcpu`` (plus, for ``host`` or a target string,
+``-mattr`` feature switches). What our schedules may use is read from the target itself
+(``target_has_features``), never from the build host, so cross-compiling for ``cooperlake`` on an
+AVX2 machine selects the same rules as compiling on a Cooper Lake.
+
+The features an artifact records are every x86 ISA extension LLVM enables for the target
+(``llvm_get_cpu_features``) that the kernel reports in ``/proc/cpuinfo``: ``ISA_FEATURES`` is the
+one table from LLVM's feature names to the kernel's flag names. Loading an artifact compares all
+of them with the host's flags.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 # name -> LLVM mcpu
 NAMED_TARGETS: dict[str, str] = {
@@ -16,31 +27,96 @@ NAMED_TARGETS: dict[str, str] = {
     "icelake-server": "icelake-server",
     "cooperlake": "cooperlake",
     "sapphirerapids": "sapphirerapids",
+    "emeraldrapids": "emeraldrapids",
+    "graniterapids": "graniterapids",
     "znver3": "znver3",
     "znver4": "znver4",
     "znver5": "znver5",
     "x86-64-v3": "x86-64-v3",
 }
 
-# LLVM feature name -> /proc/cpuinfo flag. The features our kernels can emit instructions for.
-FEATURE_FLAGS: dict[str, str] = {
-    "avx2": "avx2",
+# LLVM feature name -> /proc/cpuinfo flag (Linux arch/x86/include/asm/cpufeatures.h), for every
+# x86 ISA extension LLVM may emit instructions of. Features LLVM knows but the kernel does not
+# report under a stable name (avx10.*, avxvnniint8, avxneconvert, amx-complex, sha512, ...) are
+# left out: they are neither recorded nor checked. Order: the order features are recorded in.
+ISA_FEATURES: dict[str, str] = {
+    "sse": "sse",
+    "sse2": "sse2",
+    "sse3": "pni",
+    "ssse3": "ssse3",
+    "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2",
+    "sse4a": "sse4a",
+    "popcnt": "popcnt",
+    "lzcnt": "abm",
+    "movbe": "movbe",
+    "bmi": "bmi1",
+    "bmi2": "bmi2",
+    "adx": "adx",
+    "aes": "aes",
+    "pclmul": "pclmulqdq",
+    "sha": "sha_ni",
+    "f16c": "f16c",
     "fma": "fma",
+    "fma4": "fma4",
+    "xop": "xop",
+    "tbm": "tbm",
+    "avx": "avx",
+    "avx2": "avx2",
+    "avxvnni": "avx_vnni",
+    "gfni": "gfni",
+    "vaes": "vaes",
+    "vpclmulqdq": "vpclmulqdq",
     "avx512f": "avx512f",
+    "avx512cd": "avx512cd",
+    "avx512dq": "avx512dq",
     "avx512bw": "avx512bw",
     "avx512vl": "avx512vl",
-    "avx512dq": "avx512dq",
+    "avx512ifma": "avx512ifma",
+    "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2",
     "avx512vnni": "avx512_vnni",
+    "avx512bitalg": "avx512_bitalg",
+    "avx512vpopcntdq": "avx512_vpopcntdq",
     "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16",
+    "avx512vp2intersect": "avx512_vp2intersect",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
     "amx-bf16": "amx_bf16",
+    "amx-fp16": "amx_fp16",
 }
+CPUINFO_TO_LLVM: dict[str, str] = {v: k for k, v in ISA_FEATURES.items()}
+# LLVM ISA features outside the table (the host cannot be checked for them): a CPU implying one
+# is never picked as the closest CPU to a host LLVM does not know.
+_UNMAPPED_ISA_PREFIXES = ("avx", "amx", "sha512", "sm3", "sm4", "egpr", "ndd", "ppx",
+                          "push2pop2", "ccmp", "nf", "zu", "cmpccxadd", "movrs", "kl", "widekl")
+
+# The features our kernels choose rules by: what a tuning record's signature names (kept to this
+# set so records stay valid when ISA_FEATURES grows).
+KERNEL_FEATURES: tuple[str, ...] = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "avx512bf16",
+    "amx-bf16",
+)
+FEATURE_FLAGS: dict[str, str] = {f: ISA_FEATURES[f] for f in KERNEL_FEATURES}  # compatibility
+
+_TARGET_SYNTAX = ("host, a named CPU ({names}), a TVM target string such as "
+                  "'llvm -mcpu=sapphirerapids' or a JSON dict such as "
+                  "'{{\"kind\": \"llvm\", \"mcpu\": \"icelake-server\"}}'")
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
 
 
 @dataclass(frozen=True)
 class TargetInfo:
     name: str
     mcpu: str
-    features: tuple[str, ...]  # LLVM names of FEATURE_FLAGS present in the target
+    features: tuple[str, ...]  # LLVM names of the ISA_FEATURES the target enables
+    mtriple: str = ""
+    mattr: tuple[str, ...] = ()  # "+feat" / "-feat" switches on top of mcpu
+    options: tuple[tuple[str, Any], ...] = field(default=())  # other llvm target options
 
     @property
     def lanes_fp32(self) -> int:
@@ -57,68 +133,252 @@ class TargetInfo:
 
     @property
     def required_cpu_flags(self) -> tuple[str, ...]:
-        return tuple(FEATURE_FLAGS[f] for f in self.features)
+        """The /proc/cpuinfo flags a CPU must report to execute code built for this target."""
+        return tuple(ISA_FEATURES[f] for f in self.features)
+
+    def tvm_dict(self) -> dict:
+        d: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu}
+        if self.mtriple:
+            d["mtriple"] = self.mtriple
+        if self.mattr:
+            d["mattr"] = list(self.mattr)
+        for k, v in self.options:
+            d[k] = list(v) if isinstance(v, tuple) else v
+        return d
 
     def tvm_target(self):  # -> tvm.target.Target
         import tvm
 
-        return tvm.target.Target({"kind": "llvm", "mcpu": self.mcpu})
+        return tvm.target.Target(self.tvm_dict())
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "mcpu": self.mcpu,
+            "mtriple": self.mtriple,
+            "mattr": list(self.mattr),
+            "tvm_target": self.tvm_dict(),
             "features": list(self.features),
             "required_cpu_flags": list(self.required_cpu_flags),
         }
+
+
+def parse_cpuinfo_flags(text: str) -> set[str]:
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def host_cpu_flags() -> set[str]:
     """The host's CPU flags as the kernel reports them (what it will let us execute)."""
     try:
         with open("/proc/cpuinfo") as f:
+            return parse_cpuinfo_flags(f.read())
+    except OSError:
+        return set()
+
+
+def _host_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
 
 
-def resolve_target(name: str = "host") -> TargetInfo:
-    """Resolve ``host`` or a named CPU to its LLVM mcpu and feature set."""
+def _llvm_features(spec: dict) -> set[str]:
     import tvm
     from tvm.target import codegen
 
-    if name == "host":
-        mcpu = str(codegen.llvm_get_system_cpu())
-    elif name in NAMED_TARGETS:
-        mcpu = NAMED_TARGETS[name]
-    else:
-        raise ValueError(
-            f"unknown target {name!r}; choose host or one of: {', '.join(NAMED_TARGETS)}"
-        )
-    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-    feats = tuple(f for f in FEATURE_FLAGS if bool(codegen.target_has_features(f, target)))
-    if name == "host":
-        # A hypervisor may hide features the CPU model implies: trust what the OS reports.
-        flags = host_cpu_flags()
-        missing = [f for f in feats if FEATURE_FLAGS[f] not in flags]
-        if flags and missing:
-            for fallback in ("x86-64-v3", "x86-64-v2", "x86-64"):
-                t = tvm.target.Target({"kind": "llvm", "mcpu": fallback})
-                fb = tuple(f for f in FEATURE_FLAGS if bool(codegen.target_has_features(f, t)))
-                if all(FEATURE_FLAGS[f] in flags for f in fb):
-                    mcpu, feats = fallback, fb
-                    break
-    return TargetInfo(name=name, mcpu=mcpu, features=feats)
+    return set(codegen.llvm_get_cpu_features(tvm.target.Target(spec)))
 
 
-def missing_cpu_flags(required: list[str] | tuple[str, ...]) -> list[str]:
-    flags = host_cpu_flags()
+def isa_features(spec: dict) -> tuple[str, ...]:
+    """The ISA_FEATURES (LLVM names, table order) LLVM enables for a target dict."""
+    have = _llvm_features(spec)
+    return tuple(f for f in ISA_FEATURES if f in have)
+
+
+def _default_triple() -> str:
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_triple())
+
+
+def _x86_cpus() -> list[str]:
+    import tvm
+    from tvm.target import codegen
+
+    return [str(c) for c in codegen.llvm_get_cpu_archlist(
+        tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))]
+
+
+def _parse_target_string(s: str) -> dict:
+    """``llvm -mcpu=X -mtriple=Y -mattr=+a,-b -num-cores=4`` -> target dict."""
+    words = s.split()
+    spec: dict[str, Any] = {"kind": words[0]}
+    for w in words[1:]:
+        m = re.fullmatch(r"--?([A-Za-z][\w.-]*)(?:=(.*))?", w)
+        if not m:
+            raise ValueError(f"cannot parse target {s!r}: {w!r} is not an option of the form "
+                             f"-key=value")
+        key, val = m.group(1), m.group(2)
+        if key == "mattr":
+            spec[key] = [a for a in (val or "").split(",") if a]
+        elif val is None:
+            spec[key] = True
+        elif re.fullmatch(r"-?\d+", val):
+            spec[key] = int(val)
+        else:
+            spec[key] = val
+    return spec
+
+
+def _resolve_spec(spec: dict, name: str) -> TargetInfo:
+    """A target dict (``{"kind": "llvm", "mcpu": ...}``) -> TargetInfo; clear errors for a
+    non-llvm kind, a missing or unknown mcpu, or a non-x86 triple."""
+    import tvm
+    from tvm.target import codegen
+
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind != "llvm":
+        raise ValueError(f"target {name!r}: kind {kind!r} is not supported; dlrm-tvm compiles "
+                         f"for x86 CPUs with LLVM (kind 'llvm')")
+    mcpu = spec.pop("mcpu", None)
+    if not mcpu:
+        raise ValueError(f"target {name!r} names no mcpu (e.g. 'llvm -mcpu=sapphirerapids'); "
+                         f"use 'host' for this CPU")
+    mcpu = str(mcpu)
+    mtriple = str(spec.pop("mtriple", "") or "")
+    triple = mtriple or _default_triple()
+    if not re.match(r"(x86_64|amd64)\b", triple):
+        raise ValueError(f"target {name!r}: triple {triple!r} is not x86-64; dlrm-tvm compiles "
+                         f"for x86-64 CPUs")
+    if not bool(codegen.llvm_is_valid_cpu(mcpu, triple)):
+        cpus = [c for c in _x86_cpus() if "_" not in c]  # LLVM also lists icelake_server...
+        close = difflib.get_close_matches(mcpu, cpus, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"target {name!r}: mcpu {mcpu!r} is not a CPU this TVM's LLVM "
+                         f"{codegen.llvm_version_major()} knows{hint}")
+    mattr = spec.pop("mattr", ())
+    if isinstance(mattr, str):
+        mattr = [a for a in mattr.split(",") if a]
+    mattr = tuple(str(a) for a in mattr)
+    options = tuple(sorted((str(k), _hashable(v)) for k, v in spec.items()))
+    ti = TargetInfo(name=name, mcpu=mcpu, features=(), mtriple=mtriple, mattr=mattr,
+                    options=options)
+    try:
+        tvm.target.Target(ti.tvm_dict())
+    except Exception as e:  # an option TVM does not know: its message lists the known ones
+        raise ValueError(f"target {name!r}: {e}") from e
+    return TargetInfo(name=name, mcpu=mcpu, features=isa_features(ti.tvm_dict()),
+                      mtriple=mtriple, mattr=mattr, options=options)
+
+
+def host_target(flags: set[str] | None = None, system_cpu: str | None = None) -> TargetInfo:
+    """This CPU: LLVM's host CPU name, adjusted to exactly the ISA features the OS reports.
+
+    The mcpu is what LLVM detects (or, when LLVM does not know the CPU, the LLVM CPU whose
+    features the host covers best); every ISA_FEATURES feature the mcpu implies but
+    /proc/cpuinfo does not report (a hypervisor may hide one) is switched off (``-feat``), and
+    every one the host reports beyond the mcpu is switched on (``+feat``). ``flags`` and
+    ``system_cpu`` stand in for /proc/cpuinfo and LLVM's detection (tests)."""
+    from tvm.target import codegen
+
+    triple = _default_triple()
+    cpu = str(codegen.llvm_get_system_cpu()) if system_cpu is None else system_cpu
+    flags = host_cpu_flags() if flags is None else set(flags)
+    if not flags:  # not Linux: cannot see the OS's flags; trust LLVM's detection
+        if cpu and cpu != "generic" and bool(codegen.llvm_is_valid_cpu(cpu, triple)):
+            return _resolve_spec({"kind": "llvm", "mcpu": cpu}, "host")
+        return _resolve_spec({"kind": "llvm", "mcpu": "x86-64"}, "host")
+    host_feats = {CPUINFO_TO_LLVM[f] for f in flags if f in CPUINFO_TO_LLVM}
+    if not cpu or cpu == "generic" or not bool(codegen.llvm_is_valid_cpu(cpu, triple)):
+        cpu = closest_cpu(host_feats)
+    implied = set(isa_features({"kind": "llvm", "mcpu": cpu}))
+    mattr = [f"-{f}" for f in ISA_FEATURES if f in implied and f not in host_feats]
+    mattr += [f"+{f}" for f in ISA_FEATURES if f in host_feats and f not in implied]
+    spec: dict[str, Any] = {"kind": "llvm", "mcpu": cpu}
+    if mattr:
+        spec["mattr"] = mattr
+    ti = _resolve_spec(spec, "host")
+    # LLVM's implications (+avx512vbmi2 turns on avx512bw, -avx512f turns off avx512bw) could
+    # re-enable a feature the host lacks: switch any such survivor off too.
+    extra = [f"-{f}" for f in ti.features if f not in host_feats]
+    if extra:
+        spec["mattr"] = mattr + extra
+        ti = _resolve_spec(spec, "host")
+    return ti
+
+
+def closest_cpu(host_feats: set[str], vendor: str | None = None) -> str:
+    """The LLVM x86 CPU whose ISA features are all in ``host_feats`` and cover most of them
+    (named targets, then the host's vendor, first on a tie)."""
+    vendor = _host_vendor() if vendor is None else vendor
+    amd = vendor == "AuthenticAMD"
+    named = set(NAMED_TARGETS.values())
+    best, best_key = "x86-64", (-1,)
+    for cpu in _x86_cpus():
+        if "_" in cpu:  # LLVM lists aliases such as icelake_server
+            continue
+        every = _llvm_features({"kind": "llvm", "mcpu": cpu})
+        if any(f.startswith(_UNMAPPED_ISA_PREFIXES) and f not in ISA_FEATURES for f in every):
+            continue
+        feats = {f for f in every if f in ISA_FEATURES}
+        if not feats <= host_feats:
+            continue
+        key = (len(feats), cpu in named, cpu.startswith("znver") == amd, cpu)
+        if key > best_key:
+            best, best_key = cpu, key
+    return best
+
+
+def resolve_target(name: str | dict = "host") -> TargetInfo:
+    """Resolve ``host``, a named CPU, a TVM target string (``llvm -mcpu=sapphirerapids``,
+    ``llvm -mtriple=x86_64-linux-gnu -mcpu=icelake-server``) or a target dict (or its JSON,
+    ``{"kind": "llvm", "mcpu": "..."}``) to its LLVM mcpu and ISA feature set."""
+    if isinstance(name, dict):
+        return _resolve_spec(name, json.dumps(name, sort_keys=True))
+    name = str(name).strip()
+    if name == "host":
+        return host_target()
+    if name in NAMED_TARGETS:
+        return _resolve_spec({"kind": "llvm", "mcpu": NAMED_TARGETS[name]}, name)
+    if name.startswith("{"):
+        try:
+            spec = json.loads(name)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"target {name!r} is not valid JSON: {e}") from e
+        if not isinstance(spec, dict):
+            raise ValueError(f"target {name!r}: a JSON target must be an object")
+        return _resolve_spec(spec, name)
+    if " " in name or name.startswith("llvm"):
+        return _resolve_spec(_parse_target_string(name), name)
+    raise ValueError(f"unknown target {name!r}; give "
+                     + _TARGET_SYNTAX.format(names=", ".join(NAMED_TARGETS)))
+
+
+def missing_cpu_flags(required: list[str] | tuple[str, ...],
+                      flags: set[str] | None = None) -> list[str]:
+    """The ``required`` /proc/cpuinfo flags the host (or ``flags``) lacks."""
+    flags = host_cpu_flags() if flags is None else set(flags)
     if not flags:  # not Linux: cannot check, do not refuse
         return []
     return [f for f in required if f not in flags]
+
+
+def describe_flags(flags: list[str] | tuple[str, ...]) -> str:
+    """``avx512_vbmi2 (LLVM avx512vbmi2), gfni``: cpuinfo names, with LLVM's where they differ."""
+    out = []
+    for f in flags:
+        llvm = CPUINFO_TO_LLVM.get(f)
+        out.append(f"{f} (LLVM {llvm})" if llvm and llvm != f else f)
+    return ", ".join(out)
 
 
 def runnable_target(name: str, what: str = "run") -> TargetInfo:
@@ -128,7 +388,7 @@ def runnable_target(name: str, what: str = "run") -> TargetInfo:
     missing = missing_cpu_flags(ti.required_cpu_flags)
     if missing:
         raise ValueError(f"cannot {what} target {name} here: this CPU lacks "
-                         f"{', '.join(missing)} (compile-only: use `dlrm-tvm compile`)")
+                         f"{describe_flags(missing)} (compile-only: use `dlrm-tvm compile`)")
     return ti
 
 
@@ -137,5 +397,5 @@ def target_signature(tvm_target) -> str:
     from tvm.target import codegen
 
     mcpu = str(tvm_target.attrs.get("mcpu", "")) if tvm_target.attrs else ""
-    feats = [f for f in FEATURE_FLAGS if codegen.target_has_features(f, tvm_target)]
+    feats = [f for f in KERNEL_FEATURES if codegen.target_has_features(f, tvm_target)]
     return f"{mcpu} +" + ",+".join(feats)

@@ -10,13 +10,19 @@ import pytest
 from dlrm_tvm import cli
 from dlrm_tvm.targets import NAMED_TARGETS, resolve_target
 
+RAPIDS = {"sapphirerapids", "emeraldrapids", "graniterapids"}
 EXPECT = {  # feature: targets that must have it / must not
-    "avx512f": ({"skylake-avx512", "cascadelake", "icelake-server", "cooperlake",
-                 "sapphirerapids", "znver4", "znver5"}, {"znver3", "x86-64-v3"}),
-    "avx512bf16": ({"cooperlake", "sapphirerapids", "znver4", "znver5"},
+    "avx512f": ({"skylake-avx512", "cascadelake", "icelake-server", "cooperlake", "znver4",
+                 "znver5"} | RAPIDS, {"znver3", "x86-64-v3"}),
+    "avx512bf16": ({"cooperlake", "znver4", "znver5"} | RAPIDS,
                    {"skylake-avx512", "cascadelake", "icelake-server", "znver3", "x86-64-v3"}),
-    "avx512vnni": ({"cascadelake", "icelake-server", "cooperlake", "sapphirerapids"},
+    "avx512vnni": ({"cascadelake", "icelake-server", "cooperlake"} | RAPIDS,
                    {"skylake-avx512", "znver3"}),
+    "amx-tile": (RAPIDS, {"cooperlake", "icelake-server", "znver4", "znver5"}),
+    "amx-bf16": (RAPIDS, {"cooperlake", "znver5"}),
+    "avx512vbmi2": ({"icelake-server", "znver4", "znver5"} | RAPIDS,
+                    {"cascadelake", "cooperlake", "skylake-avx512"}),
+    "amx-fp16": ({"graniterapids"}, {"sapphirerapids", "emeraldrapids"}),
 }
 
 
