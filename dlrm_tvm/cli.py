@@ -127,6 +127,10 @@ def cmd_train(args) -> int:
           f"{summary['ms_per_step_median']:.2f} ms/step (median)  "
           f"{sps:.0f} samples/s{evs}  -> {args.out}/summary.json" if sps else
           f"{summary['steps']} steps  -> {args.out}/summary.json")
+    if tgt and not tgt["reached"]:
+        from dlrm_tvm.errors import EXIT_TARGET_MISSED
+
+        return EXIT_TARGET_MISSED
     return 0
 
 

@@ -45,6 +45,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             flag.add_to(g)
 
 
+def version_line() -> str:
+    """dlrm-tvm's version with the TVM and Python it runs on (TVM read from its metadata, so
+    --version does not import TVM)."""
+    import platform
+    from importlib import metadata
+
+    from dlrm_tvm import __version__
+
+    try:
+        tvm_v = metadata.version("apache-tvm")
+    except metadata.PackageNotFoundError:
+        tvm_v = "not installed"
+    return f"dlrm-tvm {__version__} (apache-tvm {tvm_v}, Python {platform.python_version()})"
+
+
 def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                  ) -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``func`` to ``commands[its name]`` ("compile",
@@ -53,6 +68,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
         prog="dlrm-tvm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Compile DLRM with Apache TVM for an x86 CPU, and train it.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=version_line(),
+                   help="print the versions of dlrm-tvm, TVM and Python, and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("compile", help="compile the training step into a loadable artifact",
@@ -61,8 +78,13 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                        "TVM version, schedule rule per kernel). Works for any target on any host.")
     _add_config_args(c)
     c.add_argument("--target", default="host",
-                   help="host (this CPU's features) or a named CPU: skylake-avx512, cascadelake, "
-                   "icelake-server, cooperlake, sapphirerapids, znver3/4/5 (default: host)")
+                   help="host (this CPU: LLVM's CPU name with exactly the features /proc/cpuinfo "
+                   "reports), a named CPU (skylake-avx512, cascadelake, icelake-server, "
+                   "cooperlake, sapphirerapids, emeraldrapids, graniterapids, znver3/4/5, "
+                   "x86-64-v3), a TVM target string ('llvm -mcpu=icelake-server', "
+                   "'llvm -mtriple=x86_64-linux-gnu -mcpu=sapphirerapids -mattr=-amx-tile') or "
+                   "a JSON target dict ('{\"kind\": \"llvm\", \"mcpu\": \"znver4\"}'); "
+                   "the artifact records every CPU feature the target implies (default: host)")
     c.add_argument("--out", required=True, help="artifact directory")
     c.add_argument("--rule", action="append", help="prefer this schedule rule (repeatable)")
     c.add_argument("--tuning", metavar="FILE",
@@ -95,8 +117,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     e.add_argument("--eval-batches", type=positive_int, default=2,
                    help="synthetic data: batches in the held-out stream (default 2)")
     e.add_argument("--eval", action="store_true",
-                   help="evaluate at the end (the default with real data, --eval-every or "
-                   "--target-auc)")
+                   help="evaluate the held-out split at the end (the default: synthetic data "
+                   "has a held-out stream of its own; --no-eval skips it)")
     e.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     e.add_argument("--target-auc", type=auc_fraction,
                    help="stop when the held-out AUC reaches this (checked at --eval-every); "

@@ -10,6 +10,8 @@ code  meaning
       which and why; nothing was changed that the message does not name)
 3     training diverged: a non-finite loss or non-finite parameters; no checkpoint of the
       diverged state is written, the last good one stays (summary.json: status "diverged")
+4     ``train --target-auc`` was given and the held-out AUC never reached it (the run itself
+      finished and wrote everything)
 130   interrupted by SIGINT (Ctrl-C); metrics flushed, summary.json status "interrupted"
 143   terminated by SIGTERM (e.g. a scheduler's time limit); handled as SIGINT
 ====  ===================================================================================
@@ -21,6 +23,7 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_TARGET_MISSED = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

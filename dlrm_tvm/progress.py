@@ -1,4 +1,5 @@
-"""A dependency-free progress line: a bar on a terminal, a log line every 10% otherwise."""
+"""A dependency-free progress line: a bar on a terminal, a plain line every 10% otherwise (as
+under MPI or when logging to a file); both show the rate and the time left."""
 
 from __future__ import annotations
 
@@ -6,27 +7,50 @@ import sys
 import time
 
 
+def _dur(s: float) -> str:
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}m{s % 60:02.0f}s"
+    return f"{s / 3600:.0f}h{s % 3600 / 60:02.0f}m"
+
+
 class Progress:
-    def __init__(self, total: int, label: str = "train", stream=None):
-        self.total, self.label = max(1, total), label
+    def __init__(self, total: int, label: str = "train", stream=None, unit: str = "step",
+                 also=None):
+        """``also``: called with each plain 10% line too (e.g. a run's log file)."""
+        self.total, self.label, self.unit, self.also = max(1, total), label, unit, also
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
         self._next_log = 0
 
+    def rate_eta(self, done: int) -> tuple[float, float]:
+        """(units per second so far, seconds left at that rate)."""
+        el = time.perf_counter() - self.t0
+        rate = done / el if el > 0 else 0.0
+        return rate, (self.total - done) / rate if rate > 0 else float("inf")
+
     def update(self, done: int, **info) -> None:
         extra = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in info.items())
         frac = done / self.total
+        rate, eta = self.rate_eta(done)
+        speed = f"{rate:.3g} {self.unit}/s  ETA {_dur(eta) if eta != float('inf') else '?'}"
         if self.tty:
             bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-            self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}  {extra}")
+            self.stream.write(f"\r{self.label} [{bar}] {done}/{self.total}  {extra}  {speed} ")
             if done >= self.total:
                 self.stream.write("\n")
             self.stream.flush()
-        elif done >= self._next_log or done >= self.total:
+        if done >= self._next_log or done >= self.total:
             el = time.perf_counter() - self.t0
-            self.stream.write(f"{self.label} {done}/{self.total} ({100 * frac:.0f}%)  {extra}  "
-                              f"[{el:.1f}s]\n")
-            self.stream.flush()
+            line = (f"{self.label} {done}/{self.total} ({100 * frac:.0f}%)  {extra}  {speed}  "
+                    f"[{_dur(el)}]")
+            if not self.tty:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            if self.also is not None:
+                self.also(line)
             self._next_log = done + max(1, self.total // 10)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dlrm_tvm.config import ConfigError
 
-RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "params.npz", "run.log")
+RUN_FILES = ("config.json", "summary.json", "metrics.jsonl", "params.npz", "train.log")
 LOCK = ".lock"
 
 
@@ -127,3 +127,33 @@ def truncate_metrics(path: Path, step: int) -> int:
     tmp.write_text("".join(x + "\n" for x in keep))
     os.replace(tmp, path)
     return dropped
+
+
+class RunLog:
+    """``with RunLog(out):`` every log line of the run (and the progress lines) also goes to
+    ``RUNDIR/train.log``, with the time, flushed per line."""
+
+    def __init__(self, out: Path):
+        import logging
+
+        self.handler = logging.FileHandler(Path(out) / "train.log", mode="a")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                                    "%Y-%m-%d %H:%M:%S"))
+        self.log = logging.getLogger("dlrm_tvm")
+
+    def line(self, text: str) -> None:
+        """A line that is not a log record (a progress line)."""
+        import logging
+
+        self.handler.emit(logging.LogRecord("dlrm_tvm", logging.INFO, "", 0, text.rstrip(),
+                                            None, None))
+
+    def __enter__(self) -> RunLog:
+        self.log.addHandler(self.handler)
+        if self.log.getEffectiveLevel() > 20:
+            self.log.setLevel(20)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.log.removeHandler(self.handler)
+        self.handler.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,7 +20,7 @@ from dlrm_tvm.errors import DivergedError, RunInterrupted
 from dlrm_tvm.evaluate import run_eval
 from dlrm_tvm.launch import DistOptions
 from dlrm_tvm.progress import Progress
-from dlrm_tvm.rundir import RunDir, truncate_metrics
+from dlrm_tvm.rundir import RunDir, RunLog, truncate_metrics
 
 log = logging.getLogger("dlrm_tvm")
 
@@ -64,8 +65,8 @@ class RunOptions:
 
     eval_every: int = 0  # evaluate on the held-out split every K steps (0: only at the end)
     eval_batches: int = 2  # synthetic data: held-out batches (a separate stream)
-    # None: evaluate at the end when there is held-out data to judge by (real data, or
-    # --eval-every given); a plain synthetic run keeps its metrics.jsonl to training lines
+    # None or True: evaluate the held-out split at the end (synthetic data has a held-out
+    # stream of its own); False: --no-eval
     final_eval: bool | None = None
     target_auc: float | None = None  # stop when the held-out AUC reaches it
     checkpoint_every: int = 0  # write a checkpoint every K steps (and at the end if > 0)
@@ -142,10 +143,12 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         comm, layout = start_mpi(dopts)
         rank = comm.rank
         rd = RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite)
+        runlog = None
         try:
             data_dir = None
             if rank == 0:
                 rd.acquire()
+                runlog = RunLog(out).__enter__()
                 if needs_preprocess(cfg):
                     data_dir = preprocess_for_run(cfg, out, say)
             data_dir = comm.bcast(data_dir, root=0)
@@ -157,15 +160,18 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
                                              log=(print if not quiet else log.info),
                                              start=start, tuning=tuning)
             meta = {"target": dist_info["target"], "schedules": {}, "tvm_version": _tvm_ver()}
-            return _train_loop(cfg, out, trainer, meta, quiet, dist_info, opts, manifest)
+            return _train_loop(cfg, out, trainer, meta, quiet, dist_info, opts, manifest,
+                               runlog)
         except (CollectiveError, DivergedError):
             raise  # every rank has it: each exits with it (rank 0 prints it)
         except BaseException as e:  # any failure on any rank ends every rank
             comm.abort(e)
             raise
         finally:
+            if runlog is not None:
+                runlog.__exit__()
             rd.release()
-    with RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite):
+    with RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite), RunLog(out) as runlog:
         cfg.check_fits()
         if opts.source is None:
             data_dir = preprocess_for_run(cfg, out, say) if needs_preprocess(cfg) else None
@@ -177,7 +183,7 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         trainer = Trainer(cfg, vm, start=start)
         log.info("%s parameters in %.1fs (%.2f GiB)", "loaded" if start else "initialised",
                  time.perf_counter() - t0, cfg.model.param_bytes() / 2**30)
-        return _train_loop(cfg, out, trainer, meta, quiet, None, opts, manifest)
+        return _train_loop(cfg, out, trainer, meta, quiet, None, opts, manifest, runlog)
 
 
 def _tvm_ver() -> str:
@@ -195,7 +201,8 @@ def _latest_name(out: Path) -> str | None:
 
 
 def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
-                dist_info: dict | None, opts: RunOptions, manifest: dict | None) -> dict:
+                dist_info: dict | None, opts: RunOptions, manifest: dict | None,
+                runlog: RunLog | None = None) -> dict:
     comm = trainer.comm
     rank = comm.rank
     lead = rank == 0
@@ -211,7 +218,10 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     steps = cfg.train.steps
     if first > steps:
         raise ConfigError(f"the checkpoint is at step {first}, past --steps {steps}")
-    prog = Progress(steps - first, "train") if not quiet and lead else None
+    prog = None
+    if lead and not (quiet and runlog is None):  # --quiet: the progress goes to train.log only
+        prog = Progress(steps - first, "train", also=runlog.line if runlog else None,
+                        stream=None if not quiet else open(os.devnull, "w"))
     times, losses, evals = [], [], []
     timings: dict[str, list[float]] = {}
     metrics = None
@@ -238,7 +248,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
         evals.append(r)
         if metrics:
             metrics.write(json.dumps({"kind": "eval", "step": step, "eval": r,
-                                      "time_s": time.perf_counter() - t_start}) + "\n")
+                                      "time_s": time.perf_counter() - t_start,
+                                      "wall": round(time.time(), 3)}) + "\n")
         if not quiet and lead:
             log.info("eval at step %d: loss %.5f accuracy %.4f auc %.5f (%d rows)", step,
                      r["loss"], r["accuracy"], r["auc"], r["rows"])
@@ -273,7 +284,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
             if metrics and (s % cfg.train.log_every == 0 or s == steps - 1
                             or not np.isfinite(r["loss"])):
                 metrics.write(json.dumps({"step": s, "loss": r["loss"], "lr": r["lr"],
-                                          "ms": dt * 1e3}) + "\n")
+                                          "ms": dt * 1e3, "time_s": time.perf_counter() - t_start,
+                                          "wall": round(time.time(), 3)}) + "\n")
             if not np.isfinite(r["loss"]):
                 raise DivergedError(
                     f"the loss became {r['loss']} at step {s} (learning rate {r['lr']:g}): "
@@ -296,10 +308,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                     log.info("target AUC %.4f reached at step %d (%.1f s)", opts.target_auc,
                              reached["step"], reached["time_s"])
                 break
-        want_final = opts.final_eval
-        if want_final is None:
-            want_final = cfg.data.kind != "synthetic" or bool(opts.eval_every) or \
-                opts.target_auc is not None
+        want_final = opts.final_eval is not False
         end = len(times) + first
         if evals and evals[-1]["step"] == end:
             final_eval = evals[-1]  # just evaluated (the target stop): not twice
