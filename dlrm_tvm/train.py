@@ -50,8 +50,8 @@ def get_compiled(cfg: Config, artifact: str | Path | None, target_name: str, out
         log.info("loaded artifact %s (target %s)", artifact, art.meta["target"]["name"])
         return vm, art.meta
     target = resolve_target(target_name)
-    log.info("compiling %s for %s (mcpu %s, features %s)", cfg.name, target.name, target.mcpu,
-             ",".join(target.features) or "-")
+    log.info("compiling %s for %s (mcpu %s, %d ISA features)", cfg.name, target.name,
+             target.mcpu, len(target.features))
     t0 = time.perf_counter()
     art = compile_artifact(cfg, target, out_dir / "artifact", prefer=prefer, tuning=tuning)
     log.info("compiled in %.1fs -> %s", time.perf_counter() - t0, art.path)
