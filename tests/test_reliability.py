@@ -355,8 +355,7 @@ def test_a_second_run_into_a_used_directory_is_refused(art, tmp_path, capsys):
     assert _cli(capsys, "train", "--artifact", art, "--steps", "2", "--out", out, "--quiet",
                 "--overwrite")[0] == 0
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000002"]
-    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1]
+    assert _train_steps(out) == [0, 1]
 
 
 def test_a_locked_run_directory_is_refused(art, tmp_path, capsys):
@@ -386,8 +385,16 @@ def test_resume_does_not_repeat_metric_lines(art, tmp_path, capsys):
     # back to step 3 (as after a crash at step 5): lines 3..6 are redone, not duplicated
     assert _cli(capsys, "train", "--artifact", art, "--steps", "9", "--out", out, "--quiet",
                 "--resume", out / "checkpoints" / "step_000003")[0] == 0
-    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(9))
+    assert _train_steps(out) == list(range(9))
+    evals = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in x]
+    assert evals == [9]  # the first run's end-of-run evaluation (step 7) was cut back too
+
+
+def _train_steps(out: Path) -> list[int]:
+    """The steps of the training lines of RUNDIR/metrics.jsonl (evaluation lines left out)."""
+    return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()
+            if '"eval"' not in x]
 
 
 def _wait_lines(path: Path, n: int, proc, timeout: float = 120) -> list[str]:
