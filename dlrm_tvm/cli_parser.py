@@ -39,7 +39,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     """--config and one argument per row of config_io.CONFIG_FLAGS (the reference's flags)."""
     g = p.add_argument_group("config (a preset or TOML file, then the reference's flags)")
     g.add_argument("--config", default=None,
-                   help=f"preset ({', '.join(PRESETS)}) or TOML file (default: tiny)")
+                   help=f"preset ({', '.join(PRESETS)}), TOML file, or a run's config.json (or "
+                   "its run directory) (default: tiny)")
     for flag in CONFIG_FLAGS:
         if flag.cli:
             flag.add_to(g)

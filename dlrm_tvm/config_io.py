@@ -48,7 +48,8 @@ from dlrm_tvm.config import (
 
 
 def load_config(spec: str | os.PathLike | None) -> Config:
-    """A preset name, or a TOML file (optionally naming a ``preset`` to start from)."""
+    """A preset name, a TOML file (optionally naming a ``preset`` to start from), or a JSON
+    config as a run writes it (``RUNDIR/config.json``), or a run directory holding one."""
     if spec is None:
         return PRESETS["tiny"]
     s = str(spec)
@@ -57,11 +58,28 @@ def load_config(spec: str | os.PathLike | None) -> Config:
     path = Path(s)
     if not path.exists():
         raise ConfigError(f"{s!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-    try:
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path} is a directory without config.json: give a preset, a "
+                              f"TOML file, or a run directory's config.json")
+        path = path / "config.json"
+    if path.suffix == ".json":
+        import json
+
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable JSON config ({e})") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a JSON config must be an object")
+    else:
+        try:
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable TOML config ({e})") from e
     base = d.pop("preset", None)
     if base is not None:
         if not isinstance(base, str):

@@ -67,3 +67,20 @@ def test_progress_lines_show_rate_and_eta():
     text = buf.getvalue()
     assert text.count("\n") == 11 and "step/s" in text and "ETA" in text
     assert seen and seen[-1].startswith("train 100/100 (100%)")
+
+
+def test_a_run_directorys_config_json_is_a_config(art, tmp_path):
+    from dlrm_tvm.config import load_config
+
+    out = tmp_path / "r"
+    assert cli.main(["train", "--config", "tiny", "--arch-interaction-op", "cat", "--labels",
+                     "random", "--steps", "1", "--no-eval", "--no-final-checkpoint", "--out",
+                     str(out), "--quiet"]) == 0
+    cfg = load_config(out / "config.json")
+    assert cfg.model.interaction == "cat" and cfg.data.labels == "random"
+    assert load_config(out) == cfg  # the run directory itself
+    assert cli.main(["plan", "--config", str(out / "config.json"), "--ranks", "2"]) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json: a JSON config must be an object"):
+        load_config(bad)
