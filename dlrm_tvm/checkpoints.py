@@ -89,8 +89,9 @@ def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config,
     fault = os.environ.get("DLRM_TVM_CKPT_FAULT")  # test hook: "RANK:STEP" dies mid-write
     shards, files, bad = [], {}, []
     for i, (t, a, b, rows, acc) in enumerate(trainer.shard_state()):
-        if ck.non_finite(rows):
-            bad.append(f"table {t} rows {a}:{b} ({ck.non_finite(rows)} values)")
+        n_bad = ck.non_finite(rows)  # one pass over the shard
+        if n_bad:
+            bad.append(f"table {t} rows {a}:{b} ({n_bad} values)")
         files[ck.shard_file(t, a, b)] = ck.write_array(tmp, ck.shard_file(t, a, b), rows)
         if acc is not None:
             if ck.non_finite(acc):
@@ -108,8 +109,8 @@ def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config,
     final = None
     if rank == 0:
         dense = trainer.dense.fp32()
-        bad += [f"MLP {k} ({ck.non_finite(v)} values)" for k, v in dense.items()
-                if ck.non_finite(v)]
+        bad += [f"MLP {k} ({n} values)" for k, n in
+                ((k, ck.non_finite(v)) for k, v in dense.items()) if n]
         adagrad = cfg.train.optimizer == "rwsadagrad"
         if not bad:
             files["mlp.npz"] = ck.write_npz(tmp, "mlp.npz", dense)

@@ -18,11 +18,13 @@ def _dur(s: float) -> str:
 
 class Progress:
     def __init__(self, total: int, label: str = "train", stream=None, unit: str = "step",
-                 also=None):
-        """``also``: called with each plain 10% line too (e.g. a run's log file)."""
+                 also=None, show: bool = True):
+        """``also``: called with each plain 10% line too (e.g. a run's log file); ``show``:
+        write to ``stream`` (default stderr) at all."""
         self.total, self.label, self.unit, self.also = max(1, total), label, unit, also
         self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.show = show
+        self.tty = show and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
         self._next_log = 0
 
@@ -48,7 +50,7 @@ class Progress:
             el = time.perf_counter() - self.t0
             line = (f"{self.label} {done}/{self.total} ({100 * frac:.0f}%)  {extra}  {speed}  "
                     f"[{_dur(el)}]")
-            if not self.tty:
+            if self.show and not self.tty:
                 self.stream.write(line + "\n")
                 self.stream.flush()
             if self.also is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -221,7 +220,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     prog = None
     if lead and not (quiet and runlog is None):  # --quiet: the progress goes to train.log only
         prog = Progress(steps - first, "train", also=runlog.line if runlog else None,
-                        stream=None if not quiet else open(os.devnull, "w"))
+                        show=not quiet)
     times, losses, evals = [], [], []
     timings: dict[str, list[float]] = {}
     metrics = None

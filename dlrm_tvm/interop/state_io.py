@@ -44,9 +44,9 @@ def _check_finite(path: Path, state: dict) -> None:
     """A model with NaN or infinite parameters is refused (exit status 3), naming them: its
     predictions would be NaN, or, behind a ReLU, silently wrong."""
     from dlrm_tvm.errors import DivergedError
+    from dlrm_tvm.runtime.checkpoint import non_finite
 
-    bad = {k: int(v.size - np.count_nonzero(np.isfinite(v))) for k, v in state.items()
-           if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()}
+    bad = {k: n for k, n in ((k, non_finite(v)) for k, v in state.items()) if n}
     if bad:
         raise DivergedError(f"{path}: non-finite parameters ("
                             + ", ".join(f"{k}: {n} values" for k, n in bad.items())
