@@ -68,8 +68,12 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from dlrm_tvm.reference_cli import translate
     from dlrm_tvm.train import train
 
+    ref = translate(args)  # facebookresearch/dlrm's flags, onto ours (or refused)
+    for note in ref.notes:
+        logging.getLogger("dlrm_tvm").info("%s", note)
     if args.artifact and args.config is None:
         from dlrm_tvm.artifact import read_artifact
 
@@ -80,10 +84,10 @@ def cmd_train(args) -> int:
         if args.optimizer and args.optimizer != base.train.optimizer:
             raise ValueError(f"the artifact was compiled for --optimizer {base.train.optimizer}; "
                              f"recompile for --optimizer {args.optimizer}")
-        cfg = apply_overrides(base, steps=args.steps, seed=args.seed,
-                              learning_rate=args.learning_rate, labels=args.labels,
-                              index_distribution=args.index_distribution,
-                              zipf_alpha=args.zipf_alpha)
+        # every config flag given applies (data, labels, learning rate...); one that changes
+        # the compiled model or batch is refused when the artifact is loaded
+        flags = {f.dest: getattr(args, f.dest, None) for f in CONFIG_FLAGS if f.cli}
+        cfg = apply_overrides(base, **{**flags, "steps": args.steps, "seed": args.seed})
     else:
         cfg = _resolve_config(args, steps=args.steps, seed=args.seed)
     if args.threads:
@@ -105,7 +109,11 @@ def cmd_train(args) -> int:
                       init_from=args.init_from,
                       save_params=args.save_params,
                       final_checkpoint=not args.no_final_checkpoint,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite,
+                      print_every=ref.print_every, print_time=ref.print_time,
+                      epochs=ref.epochs, batches_per_epoch=ref.batches_per_epoch,
+                      data_size=ref.data_size,
+                      save_model=ref.save_model)
     if args.tuning and args.artifact:
         raise ValueError("--tuning applies when compiling: it has no effect on a given "
                          "--artifact (compile it with `dlrm-tvm compile --tuning`)")

@@ -158,6 +158,9 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                    help="do not advance MPI from a background thread while compiled code runs")
     g.add_argument("--progress-poll-us", type=positive_float, default=50.0,
                    help="how often the progress thread tests pending exchanges (default 50 us)")
+    from dlrm_tvm.reference_cli import add_reference_args
+
+    add_reference_args(t)
     t.set_defaults(func=commands["train"])
 
     b = sub.add_parser("bench", help="ms/step vs PyTorch in the same process, per-op breakdown",

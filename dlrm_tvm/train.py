@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -77,6 +78,13 @@ class RunOptions:
     source: object | None = None  # a data source (dlrm_tvm.data.sources); default synthetic
     final_checkpoint: bool = True  # a checkpoint of the last step, so eval/export work on RUNDIR
     overwrite: bool = False  # replace a run already in the directory (else refused)
+    # the reference's flags (dlrm_tvm/reference_cli.py)
+    print_every: int = 0  # --print-freq: a line with the mean loss every N steps
+    print_time: bool = False  # --print-time: with ms/step
+    epochs: int | None = None  # --nepochs: steps = epochs x batches_per_epoch
+    batches_per_epoch: int | None = None  # --num-batches (None: the training rows // batch)
+    data_size: int | None = None  # --data-size: generated samples per epoch (reference)
+    save_model: str | None = None  # --save-model: the reference's torch.save file at the end
 
 
 def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
@@ -185,6 +193,26 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         return _train_loop(cfg, out, trainer, meta, quiet, None, opts, manifest, runlog)
 
 
+def _epoch_steps(cfg: Config, source, opts: RunOptions) -> int:
+    """--nepochs E: E x the batches of an epoch (--num-batches, else the training rows of the
+    data over the global batch, as the reference's loader without its short last batch)."""
+    nb = opts.batches_per_epoch
+    B = cfg.train.batch_size
+    rows = getattr(getattr(source, "train", None), "rows", None)
+    if nb is None and rows is None:
+        # generated data: the reference's epoch is --data-size samples (its default: 1)
+        nb = -(-(opts.data_size or 1) // B)
+        if opts.data_size is None:
+            log.warning("--nepochs on generated data without --num-batches or --data-size: "
+                        "an epoch is the reference's default --data-size 1, i.e. %d batch", nb)
+    elif nb is None:
+        nb = rows // B
+        if nb == 0:
+            raise ConfigError(f"the training data has {rows} rows, fewer than one batch of "
+                              f"{cfg.train.batch_size}: lower --mini-batch-size")
+    return opts.epochs * nb
+
+
 def _tvm_ver() -> str:
     import tvm
 
@@ -206,8 +234,6 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     rank = comm.rank
     lead = rank == 0
     ops: list = []  # the exchanges of the training steps (not of evaluations)
-    if lead:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     # every rank draws the same global batches; a rank keeps only its slice of each
     source = opts.source
     first = 0
@@ -215,6 +241,14 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
         source.restore(manifest["data"])
         first = int(manifest["step"])
     steps = cfg.train.steps
+    if opts.epochs is not None:
+        steps = _epoch_steps(cfg, source, opts)
+        cfg = cfg.replace(train=dataclasses.replace(cfg.train, steps=steps))
+        if lead:
+            log.info("%d epoch(s) of %d batches: %d steps", opts.epochs, steps // opts.epochs,
+                     steps)
+    if lead:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     if first > steps:
         raise ConfigError(f"the checkpoint is at step {first}, past --steps {steps}")
     prog = None
@@ -295,6 +329,14 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                 prog.update(s + 1 - first, loss=float(np.mean(losses[-10:])),
                             ms_per_step=dt * 1e3)
             done = s + 1
+            if lead and opts.print_every and done % opts.print_every == 0:
+                k = min(opts.print_every, len(losses))
+                line = f"step {done}/{steps}  loss {float(np.mean(losses[-k:])):.5f}"
+                if opts.print_time:
+                    line += f"  {1e3 * float(np.mean(times[-k:])):.2f} ms/step"
+                print(line, flush=True)
+                if runlog:
+                    runlog.line(line)
             if opts.eval_every and done % opts.eval_every == 0 and done < steps:
                 e = evaluate(done)
                 if opts.target_auc is not None and e["auc"] >= opts.target_auc:
@@ -362,7 +404,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
         ops.extend(comm.take_ops())
         per_step = max(1, len(ops) // max(1, len(times)))
         red = reduce_timings(comm, tim, ops[skip * per_step:], max(1, len(times) - skip))
-        if opts.save_params:
+        if opts.save_params or opts.save_model:
             state = trainer.gather_state()
         comm.close()
         summary.update(ranks=dist_info["ranks"], layout=dist_info["layout"],
@@ -377,11 +419,18 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
         skip = min(len(times) - 1, 2) if times else 0
         summary["phases_ms"] = {k: 1e3 * float(np.median(v[skip:])) for k, v in timings.items()
                                 if v[skip:]}
-        if opts.save_params:
+        if opts.save_params or opts.save_model:
             state = trainer.state()
     if lead:
-        if state is not None:
+        if state is not None and opts.save_params:
             np.savez(out / "params.npz", **state)
+        if state is not None and opts.save_model:
+            from dlrm_tvm.interop.reference import save_reference_checkpoint
+
+            save_reference_checkpoint(opts.save_model, cfg, state,
+                                      extra={"iter": summary["steps"]})
+            summary["saved_model"] = str(opts.save_model)
+            log.info("model -> %s (facebookresearch/dlrm torch.save layout)", opts.save_model)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
                                                      default=float))
     return summary
