@@ -239,6 +239,9 @@ class DataConfig:
     kind: str = "synthetic"  # or criteo-kaggle, criteo-terabyte, mlperf-bin (DATA_KINDS)
     path: str = ""  # criteo-*: a raw file or a `dlrm-tvm preprocess` directory; mlperf-bin: .bin
     eval_path: str = ""  # mlperf-bin: held-out .bin file(s) (criteo-*: the test split)
+    # criteo-* raw files: the directory their preprocessed form is written to and reused from
+    # ("": RUNDIR/data); the reference's --processed-data-file
+    processed_path: str = ""
     max_ind_range: int = 0  # criteo raw files: categories int(hex, 16) % this (0: raw hash)
     skip_bad_lines: bool = False
     num_indices_per_lookup: int = 1

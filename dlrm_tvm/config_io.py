@@ -213,6 +213,11 @@ def _dash_ints(s: str, flag: str) -> tuple[int, ...]:
         ) from e
 
 
+def _processed_dir(v: Any, flag: str) -> str:
+    s = str(v)
+    return s[:-4] if s.endswith(".npz") else s
+
+
 def _cap_tables(sections: dict[str, dict[str, Any]], value: Any) -> None:
     """--max-ind-range R: every table capped at R rows, and raw categories folded modulo R
     (the reference's flag does both)."""
@@ -313,6 +318,10 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
       transform=_str),
     F("--eval-data-path", "data.eval_path",
       "mlperf-bin: held-out file(s) (criteo-*: the preprocessed test split)", transform=_str),
+    F("--processed-data-file", "data.processed_path",
+      "raw criteo-* files: keep their preprocessed form in this directory and reuse it while "
+      "the inputs are unchanged (default RUNDIR/data; the reference's NAME.npz means the "
+      "directory NAME)", transform=_processed_dir),
     F("--skip-bad-lines", "data.skip_bad_lines",
       "raw Criteo: skip malformed lines (counted in the summary) instead of stopping at the "
       "first with its file and line", switch=True, transform=_bool),

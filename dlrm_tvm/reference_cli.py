@@ -269,7 +269,10 @@ def translate(args: argparse.Namespace) -> ReferenceRun:
                          "to learn); --labels teacher gives a learnable task")
     if g.get("--mlperf-bin-shuffle"):
         _set(args, "data_randomize", "total", "--mlperf-bin-shuffle", "--data-randomize")
-    if "--nepochs" in g or "--num-batches" in g or "--data-size" in g:
+    one_epoch = gen == "dataset" and getattr(args, "steps", None) is None
+    if "--nepochs" in g or "--num-batches" in g or "--data-size" in g or one_epoch:
+        # the reference trains --nepochs (default 1) epochs: a pasted Criteo command line
+        # without --steps runs one epoch, as it would there
         if getattr(args, "steps", None) is not None:
             raise ConfigError("give --steps or the reference's --nepochs/--num-batches/"
                               "--data-size, not both")

@@ -329,8 +329,9 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                 prog.update(s + 1 - first, loss=float(np.mean(losses[-10:])),
                             ms_per_step=dt * 1e3)
             done = s + 1
-            if lead and opts.print_every and done % opts.print_every == 0:
-                k = min(opts.print_every, len(losses))
+            if lead and opts.print_every and (done % opts.print_every == 0 or done == steps):
+                # as the reference: every N steps and at the end
+                k = min(done % opts.print_every or opts.print_every, len(losses))
                 line = f"step {done}/{steps}  loss {float(np.mean(losses[-k:])):.5f}"
                 if opts.print_time:
                     line += f"  {1e3 * float(np.mean(times[-k:])):.2f} ms/step"

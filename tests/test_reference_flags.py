@@ -146,3 +146,39 @@ def test_save_model_writes_the_reference_file(art, tmp_path):
     out2 = tmp_path / "r2"
     assert cli.main(["train", "--artifact", str(art), "--load-model", str(pt),
                      "--num-batches=1", "--quiet", "--no-eval", "--out", str(out2)]) == 0
+
+
+# The reference README's Kaggle benchmark (bench/dlrm_s_criteo_kaggle.sh), verbatim but for --out.
+KAGGLE = ["--arch-sparse-feature-size=16", "--arch-mlp-bot=13-512-256-64-16",
+          "--arch-mlp-top=512-256-1", "--data-generation=dataset", "--data-set=kaggle",
+          "--raw-data-file=./input/train.txt",
+          "--processed-data-file=./input/kaggleAdDisplayChallenge_processed.npz",
+          "--loss-function=bce", "--round-targets=True", "--learning-rate=0.1",
+          "--mini-batch-size=128", "--print-freq=1024", "--print-time",
+          "--test-mini-batch-size=16384", "--test-num-workers=16"]
+
+
+def test_the_reference_kaggle_command_line_runs(criteo_sample, tmp_path, monkeypatch, capsys):
+    # the shared real rows (200), 14 times over: 2800 rows, so that a batch of 128 fits the
+    # 7-day split's training days (6/7 of the rows) as on the real train.txt
+    rows = [ln for f in ("train.tsv", "test.tsv")
+            for ln in (criteo_sample / f).read_text().splitlines()]
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / "train.txt").write_text("\n".join(rows * 14) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *KAGGLE, "--out", "run"]) == 0
+    printed = capsys.readouterr().out
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    train_rows = 2800 - 2800 // 7  # days 0-5 of 7 (2800 = 7 x 400)
+    assert s["steps"] == train_rows // 128  # one epoch, the reference's default --nepochs 1
+    assert s["data"]["kind"] == "criteo-kaggle" and s["data"]["train_rows"] == train_rows
+    m = s["config"]["model"]
+    assert (m["embedding_dim"], m["mlp_bot"], m["mlp_top"]) == (16, [13, 512, 256, 64, 16],
+                                                                 [512, 256, 1])
+    assert s["eval"]["rows"] == 200 and s["eval"]["auc"] > 0.6  # the test half of day 6
+    assert f"step {s['steps']}/{s['steps']}" in printed and "ms/step" in printed
+    # the reference's processed-data file is a directory here, reused by the next run
+    pre = tmp_path / "input" / "kaggleAdDisplayChallenge_processed"
+    assert (pre / "meta.json").is_file()
+    assert cli.main(["train", *KAGGLE, "--out", "run2"]) == 0
+    assert "reusing the preprocessed data" in capsys.readouterr().out

@@ -170,7 +170,7 @@ def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
     )
 
     d = cfg.data
-    dest = Path(out_dir) / "data"
+    dest = Path(d.processed_path) if d.processed_path else Path(out_dir) / "data"
     inputs = _raw_inputs(cfg)
     fmt = "kaggle" if d.kind == "criteo-kaggle" else "terabyte"
     mir = d.max_ind_range or None
