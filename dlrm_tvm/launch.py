@@ -2,11 +2,12 @@
 runtime's Trainer over the right Comm.
 
 One rank: the artifact's single module (or a fresh compile) and ``LocalComm``. N ranks under
-``mpiexec``: cores and threads for this rank, the config agreed by every rank, the sharding
-plan (made on rank 0, broadcast, printed and saved), the two modules this rank compiles (its
-shards' sparse functions at the global batch G, the dense functions at G/N with the loss
-scaled by 1/G and the exchange hooks), then the Trainer over ``MPIComm``. The driver compiles;
-runtime/ only runs what it is given.
+a launcher (``mpiexec``, ``mpirun``, ``srun``; the count from MPI: runtime/comm.py's
+``launched_ranks``): cores and threads for this rank, the config agreed by every rank, the
+sharding plan (made on rank 0, broadcast, printed and saved), the two modules this rank
+compiles (its shards' sparse functions at the global batch G, the dense functions at G/N with
+the loss scaled by 1/G and the exchange hooks), then the Trainer over ``MPIComm``. The
+driver compiles; runtime/ only runs what it is given.
 """
 
 from __future__ import annotations

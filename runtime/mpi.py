@@ -40,7 +40,7 @@ class MPIComm(Comm):
         from mpi4py import MPI
 
         self.MPI = MPI
-        self.world = MPI.COMM_WORLD
+        self.world = init_world()
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
         ok = MPI.Query_thread() == MPI.THREAD_MULTIPLE
         self.progress = Progress(thread=thread and ok, poll_s=poll_s, timeout_s=timeout_s)
@@ -104,29 +104,102 @@ class MPIComm(Comm):
         self.progress.close()
 
 
-def world():
-    """MPI.COMM_WORLD (initialising MPI)."""
+# --------------------------------------------------------------------------- start-up
+def _load_mpi():
+    """The mpi4py.MPI module, loaded without initialising MPI when it is loaded here (so that
+    the library can be asked what it is first); ``init_world`` initialises it."""
+    import mpi4py
+
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc(initialize=False, finalize=True)  # finalised at exit, as mpi4py would
     from mpi4py import MPI
 
+    return MPI
+
+
+def library_version() -> str:
+    """The MPI library's version string (MPI_Get_library_version: allowed before MPI_Init)."""
+    return _load_mpi().Get_library_version()
+
+
+def init_world():
+    """MPI.COMM_WORLD, MPI initialised with MPI_THREAD_MULTIPLE (the progress thread needs it)
+    if it was not yet. runtime/comm.py's ``launched_ranks`` calls it under a launcher, after
+    checking that the library can start there."""
+    MPI = _load_mpi()
+    if not MPI.Is_initialized():
+        MPI.Init_thread(MPI.THREAD_MULTIPLE)
     return MPI.COMM_WORLD
 
 
+def world():
+    """MPI.COMM_WORLD (initialising MPI)."""
+    return init_world()
+
+
 # --------------------------------------------------------------------------- threads
+def parse_cpulist(text: str) -> list[int]:
+    """``0-3,8,10-11`` (sysfs, taskset) -> [0, 1, 2, 3, 8, 10, 11]."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if part:
+            a, _, b = part.partition("-")
+            out.extend(range(int(a), int(b or a) + 1))
+    return out
+
+
+def cpu_topology(sysfs: str = "/sys/devices/system") -> dict[int, tuple[int, int, int]]:
+    """cpu -> (NUMA node, socket, core id), from sysfs; {} where it cannot be read."""
+    import glob
+
+    node_of: dict[int, int] = {}
+    for f in glob.glob(os.path.join(sysfs, "node", "node[0-9]*", "cpulist")):
+        n = int(os.path.basename(os.path.dirname(f))[4:])
+        with open(f) as fh:
+            node_of.update(dict.fromkeys(parse_cpulist(fh.read()), n))
+    topo = {}
+    for d in glob.glob(os.path.join(sysfs, "cpu", "cpu[0-9]*", "topology")):
+        cpu = int(os.path.basename(os.path.dirname(d))[3:])
+        try:
+            with open(os.path.join(d, "physical_package_id")) as a, \
+                    open(os.path.join(d, "core_id")) as b:
+                topo[cpu] = (node_of.get(cpu, 0), int(a.read()), int(b.read()))
+        except (OSError, ValueError):
+            return {}
+    return topo
+
+
+def split_cores(affinities: list[list[int]], local_rank: int,
+                topo: dict[int, tuple[int, int, int]] | None = None) -> list[int]:
+    """This node-local rank's cores, given every local rank's affinity as the launcher set it.
+    Ranks bound to the same cpus (no binding: all ranks on the node; ``--bind-to socket``: a
+    socket's ranks) split them into equal shares, contiguous in topology order (NUMA node,
+    socket, core), so a share stays inside one NUMA node when the split allows and keeps a
+    core's hardware threads together; a rank the launcher bound to cpus of its own keeps them.
+    More ranks than cpus in a group: ranks share cpus round robin."""
+    topo = topo or {}
+    mine = sorted(affinities[local_rank])
+    group = [r for r, a in enumerate(affinities) if sorted(a) == mine]
+    k, i = len(group), group.index(local_rank)
+    cpus = sorted(mine, key=lambda c: (*topo.get(c, (0, 0, c)), c))
+    if len(cpus) < k:
+        return [cpus[i % len(cpus)]]
+    share = len(cpus) // k
+    return sorted(cpus[i * share:(i + 1) * share])
+
+
 def layout_threads(world, threads: int | None = None) -> dict:
-    """Give this rank its share of the node's cores, before TVM's pool starts: pins the
-    process to those cores and sets TVM_NUM_THREADS (TVM_BIND_THREADS=0: TVM's own pinning
-    puts worker i on core i in every process, all ranks on the same cores; TVM_NOTES)."""
+    """Give this rank its share of its cores, before TVM's pool starts (``split_cores``: the
+    launcher's binding is kept, the cpus ranks share are split by topology): pins the process
+    to those cores and sets TVM_NUM_THREADS (TVM_BIND_THREADS=0: TVM's own pinning puts worker
+    i on core i in every process, all ranks on the same cores; TVM_NOTES)."""
     from mpi4py import MPI
 
     local = world.Split_type(MPI.COMM_TYPE_SHARED)
-    lr, ln = local.Get_rank(), local.Get_size()
+    lr = local.Get_rank()
+    affinities = local.allgather(sorted(os.sched_getaffinity(0)))
     local.Free()
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) >= ln:
-        share = len(cores) // ln
-        mine = cores[lr * share:(lr + 1) * share]
-    else:  # more ranks than cores: ranks share cores round robin
-        mine = [cores[lr % len(cores)]]
+    mine = split_cores(affinities, lr, cpu_topology())
     os.sched_setaffinity(0, mine)
     n = threads or len(mine)
     os.environ["TVM_NUM_THREADS"] = str(n)
