@@ -43,9 +43,11 @@ def resume_state(cfg: Config, path: str):
             ck.verify_file(man, name)
     D = cfg.model.embedding_dim
     has_acc = bool(man.get("row_acc"))
+    acc_cols = D if cfg.train.optimizer == "adagrad" else None  # its state: [rows, D]
     start = StartState(
         rows=lambda t, a, b: ck.load_rows(man, t, a, b, D),
-        row_acc=(lambda t, a, b: ck.load_rows(man, t, a, b, D, acc=True)) if has_acc else None,
+        row_acc=(lambda t, a, b: ck.load_rows(man, t, a, b, D, acc=True, acc_cols=acc_cols))
+        if has_acc else None,
         mlp=ck.load_npz(man, "mlp.npz"),
         mlp_acc=ck.load_npz(man, "mlp_acc.npz") if man.get("mlp_acc") else None,
         step=int(man["step"]))
@@ -111,7 +113,7 @@ def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config,
         dense = trainer.dense.fp32()
         bad += [f"MLP {k} ({n} values)" for k, n in
                 ((k, ck.non_finite(v)) for k, v in dense.items()) if n]
-        adagrad = cfg.train.optimizer == "rwsadagrad"
+        adagrad = cfg.train.optimizer != "sgd"  # rwsadagrad's or adagrad's state
         if not bad:
             files["mlp.npz"] = ck.write_npz(tmp, "mlp.npz", dense)
             if adagrad:

@@ -166,7 +166,11 @@ def cmd_eval(args) -> int:
 
     r = eval_checkpoint(args.checkpoint, _resolve_config(args), args.out, target=args.target,
                         save_predictions=args.save_predictions, eval_batches=args.eval_batches,
-                        split=args.split)
+                        split=args.split, no_labels=args.no_labels, progress=not args.quiet)
+    if args.no_labels:
+        print(f"{r['rows']} rows predicted (no labels: no loss or AUC)  -> "
+              f"{args.out}/predictions.txt, predictions.npy, summary.json")
+        return 0
     print(f"{r['rows']} rows  loss {r['loss']:.5f}  accuracy {r['accuracy']:.4f}  "
           f"auc {r['auc']:.5f}  -> {args.out}/summary.json")
     return 0
@@ -178,7 +182,8 @@ def cmd_preprocess(args) -> int:
     t0 = time.perf_counter()
     meta = preprocess(args.inputs, args.out, fmt=args.format,
                       max_ind_range=args.max_ind_range, remap=args.remap,
-                      skip_bad_lines=args.skip_bad_lines, days=args.days)
+                      skip_bad_lines=args.skip_bad_lines, days=args.days,
+                      workers=args.workers, progress=not args.quiet)
     secs = time.perf_counter() - t0
     splits = {k: sum(b - a for _, a, b in v) for k, v in meta["splits"].items()}
     print(f"{meta['rows']} rows in {secs:.1f} s ({meta['rows'] / max(secs, 1e-9):.0f} rows/s); "

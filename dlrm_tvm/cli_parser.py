@@ -219,6 +219,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     ev.add_argument("--split", choices=("test", "val", "train", "all"),
                     help="rows of a preprocessed directory to evaluate (default test); raw "
                     "and binary files are evaluated whole, in file order")
+    ev.add_argument("--no-labels", action="store_true",
+                    help="the raw file(s) have no label column (39 fields a line, as Kaggle's "
+                    "test.txt): write RUNDIR/predictions.npy and predictions.txt (one "
+                    "probability a line, in file order) and a summary without loss or AUC")
+    ev.add_argument("--quiet", action="store_true", help="no progress lines")
     ev.set_defaults(func=commands["eval"])
 
     pp = sub.add_parser("preprocess", help="raw Criteo files -> MLPerf binary shards, once",
@@ -240,6 +245,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                     help="skip malformed lines (counted) instead of stopping at the first")
     pp.add_argument("--days", type=positive_int, default=7, help="kaggle: days to split into")
     pp.add_argument("--json", help="also write meta.json's content here")
+    pp.add_argument("--workers", type=positive_int, default=None,
+                    help="processes parsing byte ranges of the inputs in parallel (default: "
+                    "the CPUs this process may use, one per 512 MiB of free memory); the "
+                    "output is the same byte for byte with any number")
+    pp.add_argument("--quiet", action="store_true", help="no progress lines")
     pp.set_defaults(func=commands["preprocess"])
 
     xo = sub.add_parser("export-onnx", help="a checkpoint as an ONNX model (embedding bags "

@@ -35,6 +35,7 @@ from dlrm_tvm.config import (
     OPTIMIZERS,
     PRECISIONS,
     PRESETS,
+    SHUFFLES,
     Config,
     ConfigError,
     DataConfig,
@@ -80,6 +81,10 @@ def load_config(spec: str | os.PathLike | None) -> Config:
             raise ConfigError(f"{path}: not valid TOML: {e}") from e
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not a readable TOML config ({e})") from e
+    # a file that gives the tables' rows keeps them on Criteo data (not the data's sizes)
+    model, data = d.get("model"), d.get("data")
+    own_rows = (isinstance(model, dict) and "table_rows" in model
+                and not (isinstance(data, dict) and "table_sizes" in data))
     base = d.pop("preset", None)
     if base is not None:
         if not isinstance(base, str):
@@ -95,6 +100,8 @@ def load_config(spec: str | os.PathLike | None) -> Config:
         merged.setdefault("name", base)
         d = merged
     d.setdefault("name", path.stem)
+    if own_rows and isinstance(d.get("data", {}), dict):
+        d["data"] = {**d.get("data", {}), "table_sizes": "config"}
     try:
         return Config.from_dict(d)
     except ConfigError as e:
@@ -160,6 +167,19 @@ def _float_where(ok: Callable[[float], bool], domain: str, s: str) -> float:
     return v
 
 
+def positive_ints(s: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers >= 1 (``3,2,1``; torchrec's
+    --multi_hot_sizes)."""
+    try:
+        v = tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 3,2,1, got {s!r}") from None
+    if any(x < 1 for x in v):
+        raise argparse.ArgumentTypeError(f"every value must be an integer >= 1, got {s!r}")
+    return v
+
+
 def finite_float(s: str) -> float:
     """An argparse type: a finite number (no nan, inf)."""
     return _float_where(lambda v: True, "a finite number", s)
@@ -213,6 +233,16 @@ def _dash_ints(s: str, flag: str) -> tuple[int, ...]:
         ) from e
 
 
+def _comma_ints(v: Any, flag: str) -> tuple[int, ...]:
+    """A tuple of ints from "3,2,1" (the command line) or a sequence (apply_overrides)."""
+    if isinstance(v, str):
+        try:
+            return positive_ints(v)
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"{flag}: {e}") from e
+    return tuple(int(x) for x in v)
+
+
 def _processed_dir(v: Any, flag: str) -> str:
     s = str(v)
     return s[:-4] if s.endswith(".npz") else s
@@ -225,6 +255,13 @@ def _cap_tables(sections: dict[str, dict[str, Any]], value: Any) -> None:
     _positive("--max-ind-range", r)
     sections["model"]["table_rows"] = tuple(min(x, r) for x in sections["model"]["table_rows"])
     sections["data"]["max_ind_range"] = r
+
+
+def _given_table_rows(sections: dict[str, dict[str, Any]], value: Any) -> None:
+    """--arch-embedding-size: the tables' rows as given, kept on Criteo data too (instead of
+    the sizes of the data's meta.json: data.table_sizes = "config")."""
+    sections["model"]["table_rows"] = _dash_ints(value, "--arch-embedding-size")
+    sections["data"]["table_sizes"] = "config"
 
 
 @dataclass(frozen=True)
@@ -273,7 +310,8 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     F("--arch-sparse-feature-size", "model.embedding_dim", "embedding dim D", positive_int,
       transform=_int),
     F("--arch-embedding-size", "model.table_rows",
-      "rows per table, dash-separated: 1000-1000-...", transform=_dash_ints),
+      "rows per table, dash-separated: 1000-1000-... (on Criteo data: instead of the sizes "
+      "the data's preprocessing found)", apply=_given_table_rows),
     F("--arch-mlp-bot", "model.mlp_bot", "bottom MLP incl. dense input width: 13-512-256-64",
       transform=_dash_ints),
     F("--arch-mlp-top", "model.mlp_top", "top MLP without its input width: 512-256-1",
@@ -281,6 +319,12 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     F("--arch-interaction-op", "model.interaction", choices=INTERACTIONS),
     F("--arch-interaction-itself", "model.interaction_itself",
       "include self dot products in the dot interaction", switch=True, transform=_bool),
+    F("--dcn-num-layers", "model.dcn_num_layers",
+      "dcn interaction: the low-rank cross layers (torchrec's --dcn_num_layers; default 3)",
+      positive_int, transform=_int),
+    F("--dcn-low-rank-dim", "model.dcn_low_rank_dim",
+      "dcn interaction: each cross layer's rank (torchrec's --dcn_low_rank_dim; default 512)",
+      positive_int, transform=_int),
     F("--max-ind-range", "data.max_ind_range", "cap every table at this many rows",
       positive_int, apply=_cap_tables),
     F("--mini-batch-size", "train.batch_size", "batch size", positive_int, transform=_int),
@@ -297,14 +341,19 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     F("--num-indices-per-lookup-fixed", "data.num_indices_per_lookup_fixed",
       "1: every bag has exactly that many lookups; 0: sizes vary", int, (0, 1),
       transform=_bool),
+    F("--multi-hot-sizes", "data.multi_hot_sizes",
+      "multi-hot bags (torchrec's --multi_hot_sizes): every bag of table t has exactly the "
+      "t-th size, comma-separated, one per table or one for all (3,2,1,...; replaces "
+      "--num-indices-per-lookup)", positive_ints, transform=_comma_ints),
     F("--precision", "train.precision",
       "bf16: bf16 GEMMs with Split-SGD-BF16 weights and tables (default fp32)",
       choices=PRECISIONS),
     F("--labels", "data.labels",
       "synthetic labels: random coin flips (reference) or a learnable teacher", choices=LABELS),
     F("--optimizer", "train.optimizer",
-      "sgd, or the reference's rwsadagrad: row-wise sparse Adagrad for the tables, dense "
-      "Adagrad for the MLPs (default sgd)", choices=OPTIMIZERS),
+      "sgd, the reference's rwsadagrad (row-wise sparse Adagrad for the tables, dense "
+      "Adagrad for the MLPs) or adagrad (exact Adagrad on every parameter, eps 1e-8, as "
+      "MLPerf DLRM-DCNv2; default sgd)", choices=OPTIMIZERS),
     F("--index-distribution", "data.index_distribution",
       "synthetic indices: uniform (reference) or Zipf power law over rows",
       choices=INDEX_DISTRIBUTIONS),
@@ -322,6 +371,13 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
       "raw criteo-* files: keep their preprocessed form in this directory and reuse it while "
       "the inputs are unchanged (default RUNDIR/data; the reference's NAME.npz means the "
       "directory NAME)", transform=_processed_dir),
+    F("--data-randomize", "data.shuffle",
+      "Criteo training rows: total (shuffled across days, a new order each epoch: the "
+      "reference's default and ours), day (within each day), none (file order)",
+      choices=SHUFFLES),
+    F("--mlperf-bin-shuffle", "data.shuffle_batches",
+      "also shuffle the order of each epoch's whole batches (the reference's flag)",
+      switch=True, transform=_bool),
     F("--skip-bad-lines", "data.skip_bad_lines",
       "raw Criteo: skip malformed lines (counted in the summary) instead of stopping at the "
       "first with its file and line", switch=True, transform=_bool),

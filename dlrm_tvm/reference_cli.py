@@ -97,8 +97,9 @@ REFERENCE_FLAGS: tuple[RefFlag, ...] = (
     R("--raw-data-file", "mapped", "the raw Criteo file (kaggle: train.txt; terabyte: the "
       "prefix of day_0, day_1, ... as in the reference) (= --data-path)"),
     R("--memory-map", "accepted", "preprocessed data is always memory-mapped", switch=True),
-    R("--mlperf-bin-loader", "accepted", "the preprocessed data is always the MLPerf binary "
-      "layout, read in batches", switch=True),
+    R("--mlperf-bin-loader", "mapped", "the preprocessed data is always the MLPerf binary "
+      "layout; as the reference's binary loader, rows are read in file order (--data-randomize "
+      "none) unless --data-randomize or --mlperf-bin-shuffle says otherwise", switch=True),
     R("--dataset-multiprocessing", "accepted", "use `dlrm-tvm preprocess --workers N` to "
       "preprocess in parallel", switch=True),
     R("--mlperf-auc-threshold", "mapped", "stop when the held-out AUC reaches it "
@@ -148,8 +149,6 @@ REFERENCE_FLAGS: tuple[RefFlag, ...] = (
       ok_values=("0", "0.0")),
     R("--mlperf-grad-accum-iter", "refused", "gradient accumulation is not built",
       ok_values=("1",)),
-    R("--mlperf-bin-shuffle", "mapped", "shuffle the training rows each epoch (= "
-      "--data-randomize total)", switch=True),
     R("--quantize-mlp-with-bit", "refused", "quantised inference is not built",
       ok_values=("32",)),
     R("--quantize-emb-with-bit", "refused", "quantised inference is not built",
@@ -267,8 +266,8 @@ def translate(args: argparse.Namespace) -> ReferenceRun:
             args.labels = "random"  # the reference's random generator: coin-flip labels
             notes.append("--data-generation random: the reference's coin-flip labels (nothing "
                          "to learn); --labels teacher gives a learnable task")
-    if g.get("--mlperf-bin-shuffle"):
-        _set(args, "data_randomize", "total", "--mlperf-bin-shuffle", "--data-randomize")
+    if g.get("--mlperf-bin-loader") and getattr(args, "data_randomize", None) is None:
+        args.data_randomize = "none"  # the reference's binary loader reads rows in order
     one_epoch = gen == "dataset" and getattr(args, "steps", None) is None
     if "--nepochs" in g or "--num-batches" in g or "--data-size" in g or one_epoch:
         # the reference trains --nepochs (default 1) epochs: a pasted Criteo command line
@@ -280,7 +279,7 @@ def translate(args: argparse.Namespace) -> ReferenceRun:
         run.batches_per_epoch = g.get("--num-batches") or None
         run.data_size = g.get("--data-size")
     for flag in ("--test-mini-batch-size", "--test-num-workers", "--num-workers",
-                 "--memory-map", "--mlperf-bin-loader", "--round-targets", "--print-wall-time",
+                 "--memory-map", "--round-targets", "--print-wall-time",
                  "--print-precision", "--dataset-multiprocessing", "--sync-dense-params"):
         if flag in g:
             notes.append(f"{flag}: accepted; {_BY_FLAG[flag].help}")

@@ -131,12 +131,14 @@ def _sigterm_as_interrupt():
 
 def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptions, tuning,
            ranks: int) -> dict:
-    start, manifest = resume_state(cfg, opts.resume) if opts.resume else (None, None)
-    if opts.init_from:
-        if opts.resume:
-            raise ConfigError("give --resume or --init-from, not both")
-        start = init_state(cfg, opts.init_from)
-    from dlrm_tvm.data.sources import make_source, needs_preprocess, preprocess_for_run
+    if opts.init_from and opts.resume:
+        raise ConfigError("give --resume or --init-from, not both")
+    from dlrm_tvm.data.sources import (
+        make_source,
+        needs_preprocess,
+        preprocess_for_run,
+        sized_for_data,
+    )
 
     say = log.info if quiet else print
     if ranks > 1:
@@ -152,14 +154,22 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         rd = RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite)
         runlog = None
         try:
+            from dlrm_tvm.runtime.mpi import check_same_config
+
+            # the configs as given, before rank 0 sizes the tables from the data and sends
+            # its config to every rank (after which they could no longer differ)
+            check_same_config(comm, cfg)
             data_dir = None
             if rank == 0:
                 rd.acquire()
                 runlog = RunLog(out).__enter__()
                 if needs_preprocess(cfg):
-                    data_dir = preprocess_for_run(cfg, out, say)
-            data_dir = comm.bcast(data_dir, root=0)
+                    data_dir = preprocess_for_run(cfg, out, say, progress=not quiet)
+                if opts.source is None:  # the tables' rows from the data, before compiling
+                    cfg = sized_for_data(cfg, data_dir, say)
+            data_dir, cfg = comm.bcast((data_dir, cfg), root=0)
             comm.barrier()
+            start, manifest = _start_state(cfg, opts)
             if opts.source is None:
                 opts.source = make_source(cfg, rank, ranks, data_dir)
             trainer, dist_info = setup_ranks(cfg, comm, layout, out if rank == 0 else None,
@@ -179,9 +189,14 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
                 runlog.__exit__()
             rd.release()
     with RunDir(out, resume=bool(opts.resume), overwrite=opts.overwrite), RunLog(out) as runlog:
+        if opts.source is None:  # the tables' rows from the data, before compiling
+            data_dir = preprocess_for_run(cfg, out, say, progress=not quiet) \
+                if needs_preprocess(cfg) else None
+            if artifact is None:  # (an artifact's tables are its own)
+                cfg = sized_for_data(cfg, data_dir, say)
         cfg.check_fits()
+        start, manifest = _start_state(cfg, opts)
         if opts.source is None:
-            data_dir = preprocess_for_run(cfg, out, say) if needs_preprocess(cfg) else None
             opts.source = make_source(cfg, 0, 1, data_dir)
         vm, meta = get_compiled(cfg, artifact, target, out, prefer, tuning)
         from dlrm_tvm.runtime.trainer import Trainer
@@ -211,6 +226,15 @@ def _epoch_steps(cfg: Config, source, opts: RunOptions) -> int:
             raise ConfigError(f"the training data has {rows} rows, fewer than one batch of "
                               f"{cfg.train.batch_size}: lower --mini-batch-size")
     return opts.epochs * nb
+
+
+def _start_state(cfg: Config, opts: RunOptions):
+    """(start state, manifest) of --resume or --init-from (None, None without), checked
+    against the model the data decided (``sized_for_data``)."""
+    start, manifest = resume_state(cfg, opts.resume) if opts.resume else (None, None)
+    if opts.init_from:
+        start = init_state(cfg, opts.init_from)
+    return start, manifest
 
 
 def _tvm_ver() -> str:
@@ -275,7 +299,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     def evaluate(step: int) -> dict:
         t0 = time.perf_counter()
         ops.extend(comm.take_ops())
-        r = run_eval(trainer, source.eval_batches(opts.eval_batches), cfg)
+        r = run_eval(trainer, source.eval_batches(opts.eval_batches), cfg,
+                     show=lead and not quiet, also=runlog.line if runlog else None)
         comm.take_ops()  # keep evaluation out of the exchange timings
         r.update(step=step, seconds=time.perf_counter() - t0)
         evals.append(r)

@@ -89,7 +89,11 @@ def test_eval_command_on_the_test_file_in_file_order(kaggle_run, criteo_sample, 
     cfg, state, _ = load_state(kaggle_run, load_config("tiny"))
     chunk, stats = read_raw(criteo_sample / "test.tsv")
     assert stats.padded == 39
-    want = predict_numpy(cfg, state, make_batch(chunk.to_rows(), cfg.model.table_rows))
+    # the training run remapped its ids (mapping.npz): eval gives the test rows the same ids
+    from dlrm_tvm.data.criteo import CategoryMap
+
+    ids = CategoryMap.load(kaggle_run / "data" / "mapping.npz").map(chunk.cats, add=False)
+    want = predict_numpy(cfg, state, make_batch(chunk.to_rows(ids), cfg.model.table_rows))
     np.testing.assert_allclose(pred, want, atol=1e-5)
     labels = chunk.labels.astype(np.float32)
     from dlrm_tvm.metrics import roc_auc

@@ -34,10 +34,13 @@ def art(tmp_path_factory):
 def test_mapped_flags_set_ours():
     a = _parse("--numpy-rand-seed", "727", "--test-freq", "100", "--mlperf-auc-threshold",
                "0.8", "--load-model", "m.pt", "--print-freq", "10", "--print-time",
-               "--nepochs", "2", "--num-batches", "5", "--mlperf-bin-shuffle")
+               "--nepochs", "2", "--num-batches", "5", "--mlperf-bin-loader")
     run = translate(a)
     assert (a.seed, a.eval_every, a.target_auc, a.init_from) == (727, 100, 0.8, "m.pt")
-    assert a.data_randomize == "total"
+    assert a.data_randomize == "none"  # the reference's binary loader: file order
+    a = _parse("--mlperf-bin-loader", "--data-randomize", "day")
+    translate(a)
+    assert a.data_randomize == "day"
     assert (run.print_every, run.print_time, run.epochs, run.batches_per_epoch) == (10, True,
                                                                                      2, 5)
     # --test-freq -1 (the reference's default): no periodic evaluation

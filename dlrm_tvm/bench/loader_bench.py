@@ -55,7 +55,8 @@ def bench_loader(cfg: Config, rows: int = 200_000, steps: int = 6, seconds: floa
     return {"config": cfg.name, "batch_size": B, "rows": meta["rows"],
             "preprocess_rows_per_s": meta["rows"] / pre_s,
             "raw_rows_per_s": r["raw_rows_per_s"], "raw_mib_per_s": r["raw_mib_per_s"],
-            "binary_rows_per_s": r["binary_rows_per_s"], "step_ms": step_ms,
+            "binary_rows_per_s": r["binary_rows_per_s"],
+            "shuffled_rows_per_s": r["shuffled_rows_per_s"], "step_ms": step_ms,
             "step_rows_per_s": consume,
             "binary_over_step": r["binary_rows_per_s"] / consume,
             "raw_over_step": r["raw_rows_per_s"] / consume,
@@ -72,6 +73,8 @@ def format_loader(r: dict) -> str:
              f"{r['preprocess_rows_per_s'] / r['step_rows_per_s']:8.1f}",
              f"{'binary memmap -> batches':<36} {r['binary_rows_per_s']:12,.0f} "
              f"{r['binary_over_step']:8.1f}",
+             f"{'  the same, rows shuffled (total)':<36} {r['shuffled_rows_per_s']:12,.0f} "
+             f"{r['shuffled_rows_per_s'] / r['step_rows_per_s']:8.1f}",
              f"{'training step consumes':<36} {r['step_rows_per_s']:12,.0f} {1.0:8.1f}"
              f"   ({r['step_ms']:.1f} ms/step)"]
     ok = r["binary_over_step"] > 1
@@ -108,7 +111,20 @@ def loader_throughput(path_raw: PathLike, path_bin: PathLike | Sequence[PathLike
         bin_s = time.perf_counter() - t0
         if bin_s >= seconds:
             break
+    # the same batches with the rows shuffled (--data-randomize total, a new order an epoch)
+    from dlrm_tvm.data.criteo.shuffle import RowOrder
+
+    shuf_rows, epoch, t0 = 0, 0, time.perf_counter()
+    while True:
+        order = RowOrder(ds.rows, "total", seed=0, epoch=epoch, batch_size=batch_size)
+        for b in ds.batches(batch_size, table_rows, order=order):
+            shuf_rows += b.size
+        epoch += 1
+        shuf_s = time.perf_counter() - t0
+        if shuf_s >= seconds:
+            break
     return {
+        "shuffled_rows_per_s": shuf_rows / shuf_s,
         "raw_rows": raw_rows, "raw_seconds": raw_s, "raw_rows_per_s": raw_rows / raw_s,
         "raw_mib_per_s": raw_bytes / raw_s / 2**20,
         "binary_rows": bin_rows, "binary_seconds": bin_s, "binary_rows_per_s": bin_rows / bin_s,

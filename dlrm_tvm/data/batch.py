@@ -93,8 +93,12 @@ class SyntheticData:
     """The reference's random generator, seeded and streaming (an endless batch iterator).
 
     dense ~ U(0, 1); bag sizes fixed, or uniform in [1, min(rows, L)] (the reference's rounding
-    of U * min(rows, L), at least 1); indices round(U * (rows - 1)); labels round(U) (random) or
-    a fixed random linear teacher of the inputs (labels="teacher": a learnable task).
+    of U * min(rows, L), at least 1), or multi-hot (``data.multi_hot_sizes``: every bag of
+    table t has exactly its size, not capped at the table's rows); indices
+    round(U * (rows - 1)); labels round(U) (random) or a fixed random linear teacher of the
+    inputs (labels="teacher": a learnable task; with multi-hot bags each bag's teacher sum is
+    divided by the root of its size, which keeps the labels balanced near half positive for
+    any sizes, uniform or Zipf).
     Unlike the reference, duplicate indices inside a bag are kept (the reference drops them
     with np.unique): the kernels handle duplicates, and it keeps generation vectorised.
 
@@ -137,7 +141,10 @@ class SyntheticData:
         L = self.d.num_indices_per_lookup
         dense = rng.random((B, self.m.num_dense), dtype=np.float32)
         cap = np.minimum(self.rows, L)
-        if self.d.num_indices_per_lookup_fixed:
+        multi_hot = self.d.bag_sizes(T)
+        if multi_hot is not None:  # torchrec's multi-hot: one fixed size per table
+            sizes = np.repeat(np.asarray(multi_hot, np.int64), B)
+        elif self.d.num_indices_per_lookup_fixed:
             sizes = np.repeat(cap, B)
         else:
             u = rng.random(T * B)
@@ -159,6 +166,8 @@ class SyntheticData:
                 sel = table == t
                 score[sel] = tabs[t][indices[sel]]
             bag_score = np.add.reduceat(score, offsets[:-1]) if score.size else np.zeros(T * B)
+            if multi_hot is not None:  # each table's bag sum at unit scale: balanced labels
+                bag_score = bag_score / np.sqrt(sizes)
             bag_score = np.where(sizes > 0, bag_score, 0).reshape(T, B).sum(0)
             labels = ((logit + bag_score / np.sqrt(T)) > 0).astype(np.float32)
         return Batch(dense=dense, indices=indices, offsets=offsets, labels=labels)

@@ -2,13 +2,26 @@
 
 A source gives ``next_batch()`` (the global batch, or with ``local = True`` this rank's slice
 of it), ``eval_batches(n)`` (the held-out split as (global batch, real rows) pairs: every row
-once, the last batch possibly short), ``state()`` / ``restore(state)`` (JSON-able: the
-synthetic RNG, or the next row of a file) and ``describe()`` for the run summary.
+once, the last batch possibly short; ``len()`` of it is the number of batches), ``state()`` /
+``restore(state)`` (JSON-able: the synthetic RNG, or the position in a file's epoch) and
+``describe()`` for the run summary.
+
+Criteo training rows are read in the order ``cfg.data.shuffle`` says (the reference's
+``--data-randomize``: none, day, total; ``shuffle_batches``: its ``--mlperf-bin-shuffle``),
+a new order every epoch (criteo/shuffle.py); held-out rows always in file order.
+
+Table sizes: with ``cfg.data.table_sizes == "data"`` (the default) a run on Criteo data takes
+its tables' rows from the data's meta.json (``sized_for_data``); whenever the data's ids do not
+fit the model's tables they are folded (``id % rows``) and rank 0 logs a warning once, also
+recorded in the summary (``describe()["folded"]``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +30,20 @@ from dlrm_tvm.config import Config
 from dlrm_tvm.data import SyntheticData
 
 EVAL_STREAM = 0xE7A1
+log = logging.getLogger("dlrm_tvm")
+
+
+class Batches:
+    """An iterable of (batch, real rows) with a known length (for progress lines)."""
+
+    def __init__(self, make: Callable[[], Iterator], count: int):
+        self._make, self.count = make, int(count)
+
+    def __iter__(self) -> Iterator:
+        return self._make()
+
+    def __len__(self) -> int:
+        return self.count
 
 
 class SyntheticSource:
@@ -32,12 +59,15 @@ class SyntheticSource:
     def next_batch(self):
         return self.gen.next_batch()
 
-    def eval_batches(self, n: int):
-        g = SyntheticData(self.cfg.model, self.cfg.data, self.cfg.train.batch_size,
-                          self.cfg.train.seed)
-        g.rng = np.random.default_rng([self.cfg.train.seed, EVAL_STREAM])
-        for _ in range(n):
-            yield g.next_batch(), self.cfg.train.batch_size
+    def eval_batches(self, n: int) -> Batches:
+        def gen():
+            g = SyntheticData(self.cfg.model, self.cfg.data, self.cfg.train.batch_size,
+                              self.cfg.train.seed)
+            g.rng = np.random.default_rng([self.cfg.train.seed, EVAL_STREAM])
+            for _ in range(n):
+                yield g.next_batch(), self.cfg.train.batch_size
+
+        return Batches(gen, n)
 
     def state(self) -> dict:
         return {"kind": "synthetic", "rng": self.gen.rng.bit_generator.state}
@@ -55,12 +85,16 @@ class SyntheticSource:
 
 class BinarySource:
     """Criteo rows from MLPerf binary files (dlrm_tvm.data.criteo.BinaryDataset), memory-mapped.
-    Each rank reads only its slice of every global batch (``local``); at the end of the
-    training rows the next epoch starts from the first row. The held-out rows are read whole,
-    every row once (the last batch short)."""
+    Each rank reads only its slice of every global batch (``local``); an epoch reads the
+    training rows in ``cfg.data.shuffle`` order (module docstring), and at its end the next
+    epoch starts over in a new order. The held-out rows are read whole, every row once, in
+    file order (the last batch short).
+
+    ``meta``: the meta.json that describes the ids (None: unknown, as a bare MLPerf file: the
+    largest ids are then watched batch by batch to tell when they are folded)."""
 
     def __init__(self, cfg: Config, train, held_out, rank: int = 0, ranks: int = 1,
-                 describe: dict | None = None):
+                 describe: dict | None = None, meta: dict | None = None):
         self.cfg, self.train, self.held_out = cfg, train, held_out
         self.rank, self.ranks = rank, ranks
         self.local = ranks > 1
@@ -68,48 +102,221 @@ class BinarySource:
         self.table_rows = cfg.model.table_rows
         self.train_ok = train.rows >= self.B
         self.epoch = 0
+        self.meta = meta
         self._desc = describe or {}
+        self._ids = ids_of(meta)
+        self._seen = None if meta is not None else np.zeros(len(self.table_rows), np.uint64)
+        self._warned = False
+        self.folded = folded_tables(meta, self.table_rows) if meta is not None else []
+        if self.folded:
+            self._warn(self.folded)
         self._open(0)
+
+    def _order(self, epoch: int):
+        from dlrm_tvm.data.criteo.shuffle import RowOrder
+
+        d = self.cfg.data
+        return RowOrder(self.train.rows, d.shuffle, self.train.day_rows, self.cfg.train.seed,
+                        epoch, self.B, d.shuffle_batches)
 
     def _open(self, row: int) -> None:
         if not self.train_ok:
             return  # evaluation only
         self.stream = self.train.batches(self.B, self.table_rows, start_row=row,
-                                         rank=self.rank, ranks=self.ranks, drop_last=True)
+                                         rank=self.rank, ranks=self.ranks, drop_last=True,
+                                         order=self._order(self.epoch),
+                                         track_ids=self._seen is not None)
+
+    def _warn(self, folds: list[dict]) -> None:
+        if self.rank == 0 and not self._warned:
+            log.warning("%s", fold_message(folds))
+        self._warned = True
+
+    def _watch(self, max_ids: np.ndarray | None) -> None:
+        """Ids past a table's rows seen in batches of a source without meta.json."""
+        if self._seen is None or max_ids is None:
+            return
+        np.maximum(self._seen, max_ids.astype(np.uint64), out=self._seen)
+        rows = np.asarray(self.table_rows, np.uint64)
+        if (self._seen >= rows).any():
+            self.folded = [{"table": int(t), "rows": int(rows[t]),
+                            "data_rows": int(self._seen[t]) + 1, "id_mode": "seen"}
+                           for t in np.flatnonzero(self._seen >= rows)]
+            if not self._warned:
+                self._warn(self.folded)
 
     def next_batch(self):
         if not self.train_ok:
             raise ValueError(f"the training data has {self.train.rows} rows, fewer than one "
                              f"batch of {self.B}: lower --mini-batch-size")
         try:
-            return next(self.stream)
+            batch = next(self.stream)
         except StopIteration:
             self.epoch += 1
             self._open(0)
-            return next(self.stream)
+            batch = next(self.stream)
+        self._watch(self.stream.max_ids)
+        return batch
 
-    def eval_batches(self, n: int | None = None):
-        if self.held_out is None:
-            return
-        stream = self.held_out.batches(self.B, self.table_rows, drop_last=False)
-        for batch in stream:
-            yield batch, batch.dense.shape[0]
+    def eval_batches(self, n: int | None = None) -> Batches:
+        held = self.held_out
+        count = 0 if held is None else -(-held.rows // self.B)
+
+        def gen():
+            if held is None:
+                return
+            stream = held.batches(self.B, self.table_rows, drop_last=False,
+                                  track_ids=self._seen is not None)
+            for batch in stream:
+                self._watch(stream.max_ids)
+                yield batch, batch.dense.shape[0]
+
+        return Batches(gen, count)
 
     def state(self) -> dict:
+        d = self.cfg.data
         return {"kind": "binary", "next_row": int(self.stream.next_row) if self.train_ok else 0,
-                "epoch": self.epoch}
+                "epoch": self.epoch, "shuffle": d.shuffle, "shuffle_batches": d.shuffle_batches,
+                "ids": self._ids}
 
     def restore(self, state: dict) -> None:
         if state.get("kind") != "binary":
             raise ValueError(f"the checkpoint's data position is for {state.get('kind')!r} "
                              f"data, not a binary/Criteo file")
+        d = self.cfg.data
+        was = (state.get("shuffle", "none"), bool(state.get("shuffle_batches", False)))
+        if was != (d.shuffle, d.shuffle_batches) and self.rank == 0:
+            log.warning("the checkpoint's run read its rows with shuffle %s (batches shuffled: "
+                        "%s); this one reads them with %s (%s): the resumed run continues at "
+                        "the same position of the epoch in another order", *was, d.shuffle,
+                        d.shuffle_batches)
         self.epoch = int(state["epoch"])
         self._open(int(state["next_row"]))
 
     def describe(self) -> dict:
+        d = self.cfg.data
         return {**self._desc, "train_rows": self.train.rows,
                 "held_out_rows": self.held_out.rows if self.held_out is not None else 0,
-                "epoch": self.epoch}
+                "epoch": self.epoch, "shuffle": d.shuffle, "shuffle_batches": d.shuffle_batches,
+                "table_sizes": d.table_sizes, "ids": self._ids, "folded": self.folded}
+
+
+# ------------------------------------------------------------------ ids and table sizes
+
+
+def ids_of(meta: dict | None) -> dict | None:
+    """How the ids of a preprocess output were made: ``id_mode`` (remap, hash_mod, hash32),
+    ``max_ind_range`` and the ``mapping`` file (absolute; remap only): what evaluating other
+    raw files with a model trained on these ids must repeat. None without a meta.json."""
+    if not isinstance(meta, dict) or "id_mode" not in meta:
+        return None
+    mapping = None
+    if meta.get("id_mode") == "remap":
+        params = meta.get("params") or {}
+        given = params.get("mapping") if isinstance(params, dict) else None
+        if isinstance(given, dict) and given.get("path"):
+            mapping = given["path"]  # an applied mapping: its resolved path
+        elif meta.get("_dir") and meta.get("mapping"):
+            mapping = str((Path(meta["_dir"]) / meta["mapping"]).resolve())
+    return {"id_mode": meta.get("id_mode"), "max_ind_range": meta.get("max_ind_range"),
+            "mapping": mapping}
+
+
+def data_table_sizes(meta: dict | None) -> list[int] | None:
+    """The rows each table needs so that every id of the data fits (meta.json's
+    ``table_sizes``), or None when unknown or unbounded (the raw 32-bit hash)."""
+    if not isinstance(meta, dict) or meta.get("id_mode") == "hash32":
+        return None
+    sizes = meta.get("table_sizes")
+    return [int(x) for x in sizes] if isinstance(sizes, list) else None
+
+
+def folded_tables(meta: dict | None, table_rows) -> list[dict]:
+    """The tables whose data ids do not fit the model's rows (so are folded ``% rows``):
+    ``{"table", "rows": the model's, "data_rows": the rows the ids need, "id_mode"}``."""
+    if not isinstance(meta, dict):
+        return []
+    sizes = meta.get("table_sizes")
+    if not isinstance(sizes, list) or len(sizes) != len(table_rows):
+        return []
+    mode = meta.get("id_mode")
+    return [{"table": t, "rows": int(r), "data_rows": int(n), "id_mode": mode}
+            for t, (n, r) in enumerate(zip(sizes, table_rows, strict=True)) if n > r]
+
+
+def fold_message(folds: list[dict]) -> str:
+    """The warning for folded ids: how many tables, and each table's ids into its rows."""
+    def one(f: dict) -> str:
+        t, rows, n, mode = f["table"], f["rows"], f["data_rows"], f.get("id_mode")
+        if mode == "seen":
+            return f"table {t}: ids up to {n - 1:,} seen, folded into {rows:,} rows"
+        if mode == "hash32":
+            return f"table {t}: raw 32-bit hashes folded into {rows:,} rows"
+        if mode == "remap":  # id 0 is the empty field's
+            return f"table {t}: {n - 1:,} distinct ids folded into {rows:,} rows"
+        return f"table {t}: ids 0..{n - 1:,} folded into {rows:,} rows"
+
+    shown = "; ".join(one(f) for f in folds[:8])
+    more = f"; and {len(folds) - 8} more (summary.json: data.folded)" if len(folds) > 8 else ""
+    return (f"ids folded: {len(folds)} of the model's {'tables' if len(folds) > 1 else 'table'} "
+            f"{'have' if len(folds) > 1 else 'has'} fewer rows than the data has ids, so ids "
+            f"are taken modulo the rows (several categories share a row): {shown}{more}. Take "
+            f"the table sizes from the data (drop --arch-embedding-size; table_sizes = "
+            f"\"data\") or give larger tables to avoid it")
+
+
+def data_meta(cfg: Config, data_dir: Path | None = None) -> dict | None:
+    """The meta.json that describes ``cfg.data``'s ids (with ``_dir``, its directory): a
+    preprocess directory's (``data_dir``, where raw files were preprocessed, else
+    ``cfg.data.path``), or for mlperf-bin files the one beside the first file that lists it;
+    None if there is none."""
+    from dlrm_tvm.data.criteo import DataError, load_meta
+
+    d = cfg.data
+    if d.kind == "synthetic":
+        return None
+    if d.kind == "mlperf-bin":
+        first = next((p for p in d.path.split(",") if p), None)
+        if first is None or not (Path(first).parent / "meta.json").is_file():
+            return None
+        try:
+            meta = load_meta(Path(first).parent)
+        except DataError:
+            return None
+        if Path(first).name not in meta["files"]:
+            return None
+        return {**meta, "_dir": str(Path(first).parent)}
+    src = Path(data_dir) if data_dir is not None else Path(d.path)
+    if not (src / "meta.json").is_file():
+        return None
+    return {**load_meta(src), "_dir": str(src)}
+
+
+def sized_for_data(cfg: Config, data_dir: Path | None = None, say=None) -> Config:
+    """``cfg`` with its tables' rows taken from the data (meta.json's ``table_sizes``: the
+    remapped ids' counts, or ``max_ind_range``), capped at ``cfg.data.max_ind_range`` when set
+    (as the reference caps its counts), when ``cfg.data.table_sizes == "data"`` and the data
+    has a meta.json with bounded ids; otherwise ``cfg`` as it is (its ids folded into the
+    config's rows, with a warning when they do not fit: ``BinarySource``)."""
+    d = cfg.data
+    if d.kind == "synthetic" or d.table_sizes != "data":
+        return cfg
+    check_criteo_model(cfg)
+    meta = data_meta(cfg, data_dir)
+    sizes = data_table_sizes(meta)
+    if sizes is None or len(sizes) != cfg.model.num_tables:
+        return cfg
+    if d.max_ind_range:
+        sizes = [min(x, d.max_ind_range) for x in sizes]
+    if tuple(sizes) == cfg.model.table_rows:
+        return cfg
+    if say is not None:
+        say(f"table sizes from the data ({meta.get('id_mode')} ids, {meta['_dir']}/meta.json"
+            f"{f', capped at --max-ind-range {d.max_ind_range}' if d.max_ind_range else ''}): "
+            f"{sum(sizes):,} rows in all, largest {max(sizes):,} (the config had "
+            f"{cfg.model.total_rows:,}); --arch-embedding-size or table_sizes = \"config\" "
+            f"keeps the config's")
+    return cfg.replace(model=dataclasses.replace(cfg.model, table_rows=tuple(sizes)))
 
 
 def check_criteo_model(cfg: Config) -> None:
@@ -155,12 +362,24 @@ def _raw_inputs(cfg: Config) -> list[str]:
 PREPROCESS_DAYS = 7  # the reference's Kaggle days (preprocess_for_run never changes it)
 
 
-def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
+def preprocess_for_run(cfg: Config, out_dir: Path, log=print, remap: bool = True,
+                       mapping: str | Path | None = None, max_ind_range: int | None = None,
+                       progress: bool = False, workers: int | None = None,
+                       dest: Path | None = None) -> Path:
     """Raw Criteo file(s) in cfg.data.path (a file, or several separated by commas) into
-    OUT/data; returns that directory. A complete OUT/data (its meta.json) is reused only when
-    it was made from the same files (resolved path, size, mtime, a digest of the first and
-    last MiB) with the same parameters; otherwise (other or changed inputs, other parameters,
-    a meta.json without that record) it is preprocessed again, saying why."""
+    ``dest`` (default ``cfg.data.processed_path``, else OUT/data); returns that directory. A
+    complete output there (its meta.json) is reused only when it was made from the same files
+    (resolved path, size, mtime, a digest of the first and last MiB) with the same parameters;
+    otherwise (other or changed inputs, other parameters, a meta.json without that record) it
+    is preprocessed again, saying why.
+
+    The ids: ``remap`` (training's default, as the reference's dictionaries): contiguous per
+    column in order of first appearance, after ``% max_ind_range`` when one is given, so the
+    table sizes of the data are finite (``sized_for_data``); ``mapping``: an earlier run's
+    ``mapping.npz`` applied as is (evaluating with the ids a model was trained on); neither:
+    ``int(hex, 16) % max_ind_range``, or the raw 32-bit hash. ``max_ind_range``: default
+    ``cfg.data.max_ind_range`` (0: none). ``progress``: rate and ETA lines on stderr;
+    ``workers``: processes (default: ``preprocess``'s)."""
     from dlrm_tvm.data.criteo import (
         DataError,
         meta_member,
@@ -170,11 +389,14 @@ def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
     )
 
     d = cfg.data
-    dest = Path(d.processed_path) if d.processed_path else Path(out_dir) / "data"
+    if dest is None:
+        dest = Path(d.processed_path) if d.processed_path else Path(out_dir) / "data"
+    dest = Path(dest)
     inputs = _raw_inputs(cfg)
     fmt = "kaggle" if d.kind == "criteo-kaggle" else "terabyte"
-    mir = d.max_ind_range or None
-    params = preprocess_params(fmt, mir, False, d.skip_bad_lines, PREPROCESS_DAYS)
+    mir = (d.max_ind_range if max_ind_range is None else max_ind_range) or None
+    learn = remap and mapping is None
+    params = preprocess_params(fmt, mir, learn, d.skip_bad_lines, PREPROCESS_DAYS, mapping)
     if dest.exists() and not dest.is_dir():
         raise DataError(dest, None, "is a file, where the run keeps its preprocessed data "
                                     "(a directory): move it or use another --out")
@@ -197,9 +419,12 @@ def preprocess_for_run(cfg: Config, out_dir: Path, log=print) -> Path:
                 meta_member(dest, name, "files").unlink(missing_ok=True)
             except (DataError, OSError):
                 pass
-    log(f"preprocessing {len(inputs)} raw file(s) ({fmt}) into {dest} ...")
-    meta = preprocess(inputs, dest, fmt=fmt, max_ind_range=mir, skip_bad_lines=d.skip_bad_lines,
-                      days=PREPROCESS_DAYS)
+    ids = ("remapped" if learn else f"mapped by {mapping}" if mapping else
+           f"% {mir}" if mir else "raw 32-bit hash")
+    log(f"preprocessing {len(inputs)} raw file(s) ({fmt}, ids {ids}) into {dest} ...")
+    meta = preprocess(inputs, dest, fmt=fmt, max_ind_range=mir, remap=learn,
+                      skip_bad_lines=d.skip_bad_lines, days=PREPROCESS_DAYS, mapping=mapping,
+                      workers=workers, progress=progress)
     log(f"  {meta.get('total_rows', meta.get('rows', '?'))} rows; skipped "
         f"{meta.get('total_skipped', meta.get('skipped', 0))}, padded "
         f"{meta.get('total_padded', meta.get('padded', 0))} lines")
@@ -239,7 +464,8 @@ def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | Non
         held = BinaryDataset(ev if len(ev) > 1 else ev[0]) if ev else (
             train if eval_split == "all" else None)
         return BinarySource(cfg, train, held, rank, ranks,
-                            {"kind": d.kind, "path": d.path, "eval_path": d.eval_path})
+                            {"kind": d.kind, "path": d.path, "eval_path": d.eval_path},
+                            meta=data_meta(cfg))
     src = Path(data_dir) if data_dir is not None else Path(d.path)
     train = BinaryDataset(src, split="train")
     held = BinaryDataset(src, split=eval_split)
@@ -247,4 +473,5 @@ def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | Non
     return BinarySource(cfg, train, held, rank, ranks,
                         {"kind": d.kind, "path": d.path, "preprocessed": str(src),
                          "skipped_lines": meta.get("total_skipped", meta.get("skipped")),
-                         "padded_lines": meta.get("total_padded", meta.get("padded"))})
+                         "padded_lines": meta.get("total_padded", meta.get("padded"))},
+                        meta={**meta, "_dir": str(src)})

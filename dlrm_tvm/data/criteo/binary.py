@@ -53,11 +53,18 @@ def make_batch(rows: np.ndarray, table_rows: Sequence[int]) -> Batch:
 
 
 class BatchStream:
-    """Iterator of ``Batch`` es; ``next_row`` is the global row the next batch starts at (pass
-    it as ``start_row`` to resume). It is the same on every rank."""
+    """Iterator of ``Batch`` es; ``next_row`` is the global position the next batch starts at
+    (pass it as ``start_row`` to resume). It is the same on every rank.
+
+    ``order`` (a ``shuffle.RowOrder``, or None: file order) maps the positions of a global
+    batch to the rows it reads; they are gathered from the memory maps in increasing row
+    order (each rank its slice of the sorted rows), never copying more than the batch.
+    ``track_ids``: keep ``max_ids``, the largest id seen per column (uint32), so that a source
+    without a meta.json can tell when ids are folded into the tables."""
 
     def __init__(self, ds: BinaryDataset, batch_size: int, table_rows: Sequence[int],
-                 start_row: int, rank: int, ranks: int, drop_last: bool):
+                 start_row: int, rank: int, ranks: int, drop_last: bool, order=None,
+                 track_ids: bool = False):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (isinstance(ranks, int) and ranks > 0 and 0 <= rank < ranks):
@@ -66,9 +73,13 @@ class BatchStream:
             raise ValueError(f"batch_size {batch_size} must divide by ranks {ranks}")
         if not 0 <= start_row <= ds.rows:
             raise ValueError(f"start_row {start_row} is outside 0..{ds.rows}")
+        if order is not None and order.rows != ds.rows:
+            raise ValueError(f"the row order covers {order.rows} rows, the data {ds.rows}")
         self.ds, self.B, self.rank, self.ranks = ds, batch_size, rank, ranks
         self.table_rows, self.drop_last = tuple(table_rows), drop_last
         self.next_row = start_row
+        self.order = None if order is None or order.identity else order
+        self.max_ids = np.zeros(NUM_CAT, np.uint32) if track_ids else None
 
     def __iter__(self) -> BatchStream:
         return self
@@ -82,9 +93,15 @@ class BatchStream:
         if left <= 0 or (self.drop_last and left < self.B):
             raise StopIteration
         b = min(self.B, left)  # a short last batch splits as evenly as it can
-        lo = self.next_row + self.rank * b // self.ranks
-        hi = self.next_row + (self.rank + 1) * b // self.ranks
-        batch = make_batch(self.ds.read(lo, hi), self.table_rows)
+        lo, hi = self.rank * b // self.ranks, (self.rank + 1) * b // self.ranks
+        if self.order is None:
+            rows = self.ds.read(self.next_row + lo, self.next_row + hi)
+        else:
+            rows = self.ds.take(np.sort(self.order(self.next_row, self.next_row + b))[lo:hi])
+        if self.max_ids is not None and rows.shape[0]:
+            np.maximum(self.max_ids, rows[:, MIN_FIELDS:].view(np.uint32).max(0),
+                       out=self.max_ids)
+        batch = make_batch(rows, self.table_rows)
         self.next_row += b
         return batch
 
@@ -148,6 +165,14 @@ class BinaryDataset:
             self._add(m[a:b], path, a, signed)
         self._starts = np.cumsum([0] + [m.shape[0] for m in self._maps])
         self.rows = int(self._starts[-1])
+        # the days, for shuffling within a day: a Kaggle output's train split holds its first
+        # days - 1 days in one file (meta.json's day_rows); elsewhere each file is a day
+        self.day_rows = [int(m.shape[0]) for m in self._maps] or [0]
+        if self.meta is not None and split == "train" and len(self._maps) == 1:
+            days = self.meta.get("day_rows")
+            if (isinstance(days, list) and len(days) > 1 and self.meta.get("dataset") ==
+                    "kaggle" and sum(days[:-1]) == self.rows):
+                self.day_rows = [int(d) for d in days[:-1]]
 
     def _add(self, m: np.ndarray, path: Path, off: int, signed: bool) -> None:
         self._maps.append(m)
@@ -190,8 +215,9 @@ class BinaryDataset:
     def __len__(self) -> int:
         return self.rows
 
-    def _check(self, i: int, a: int, rows: np.ndarray) -> None:
-        """Rows ``rows`` (map ``i`` from its row ``a``) are valid, or a ``DataError``."""
+    def _check(self, i: int, a: int, rows: np.ndarray, at: np.ndarray | None = None) -> None:
+        """Rows ``rows`` (map ``i`` from its row ``a``, or its rows ``at``) are valid, or a
+        ``DataError``."""
         if not rows.shape[0]:
             return
         signed = self._signed[i]
@@ -210,7 +236,7 @@ class BinaryDataset:
         else:
             j = int(np.argmax(bad_cat[r]))
             what = f"category C{j + 1} id {int(cats[r, j])} is negative"
-        row = self._offs[i] + a + r
+        row = self._offs[i] + (a + r if at is None else int(at[r]))
         raise DataError(self._paths[i], None,
                         f"row {row} (0-based, byte {row * ROW_BYTES}): {what}; {_CHECK_HINT}")
 
@@ -230,6 +256,26 @@ class BinaryDataset:
             return parts[0]
         return np.concatenate(parts) if parts else np.zeros((0, NUM_FIELDS), np.int32)
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at (sorted) indices ``rows`` as int32 [n, 40], gathered from the memory
+        maps (a copy of those rows only), checked (class docstring)."""
+        rows = np.asarray(rows, np.int64)
+        if rows.size and (rows[0] < 0 or rows[-1] >= self.rows):
+            raise IndexError(f"rows {rows[0]}..{rows[-1]} outside 0..{self.rows}")
+        if len(self._maps) == 1:
+            out = self._maps[0][rows]
+            self._check(0, 0, out, rows)
+            return out
+        out = np.empty((rows.shape[0], NUM_FIELDS), np.int32)
+        cuts = np.searchsorted(rows, self._starts)
+        for i, m in enumerate(self._maps):
+            a, b = cuts[i], cuts[i + 1]
+            if a < b:
+                local = rows[a:b] - self._starts[i]
+                out[a:b] = m[local]
+                self._check(i, 0, out[a:b], local)
+        return out
+
     def slice(self, start: int, stop: int) -> BinaryDataset:
         """A dataset of rows [start, stop) of this one (no copy)."""
         if not 0 <= start <= stop <= self.rows:
@@ -243,10 +289,15 @@ class BinaryDataset:
                 out._add(m[a:b], self._paths[i], self._offs[i] + int(a), self._signed[i])
         out._starts = np.cumsum([0] + [m.shape[0] for m in out._maps])
         out.rows = stop - start
+        out.day_rows = [out.rows]
         return out
 
     def batches(self, batch_size: int, table_rows: Sequence[int], start_row: int = 0,
-                rank: int = 0, ranks: int = 1, drop_last: bool = True) -> BatchStream:
-        """Global batches of ``batch_size`` rows from ``start_row``; rank r of ``ranks`` gets
-        rows [row + r*B/ranks, row + (r+1)*B/ranks) of each, a Batch of B/ranks samples."""
-        return BatchStream(self, batch_size, table_rows, start_row, rank, ranks, drop_last)
+                rank: int = 0, ranks: int = 1, drop_last: bool = True, order=None,
+                track_ids: bool = False) -> BatchStream:
+        """Global batches of ``batch_size`` rows from position ``start_row``; rank r of
+        ``ranks`` gets positions [row + r*B/ranks, row + (r+1)*B/ranks) of each, a Batch of
+        B/ranks samples. ``order``: a ``shuffle.RowOrder`` over this dataset's rows (None:
+        file order); ``track_ids``: see ``BatchStream``."""
+        return BatchStream(self, batch_size, table_rows, start_row, rank, ranks, drop_last,
+                           order, track_ids)

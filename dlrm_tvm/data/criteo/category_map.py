@@ -32,6 +32,17 @@ class CategoryMap:
             out[:, j] = self._map_column(j, cats[:, j], add)
         return out
 
+    def learn_column(self, j: int, values: np.ndarray) -> np.ndarray:
+        """int64 ids of column ``j``'s ``values``, the new ones numbered in the order given
+        (merging another map's ``keys_in_order`` keeps the order of first appearance)."""
+        return self._map_column(j, np.asarray(values), True)
+
+    def keys_in_order(self, j: int) -> np.ndarray:
+        """Column ``j``'s values (uint32) in the order of their ids 1, 2, ...: the order in
+        which they first appeared."""
+        keys, ids = self._merged(j)
+        return keys[np.argsort(ids, kind="stable")]
+
     def _map_column(self, j: int, x: np.ndarray, add: bool) -> np.ndarray:
         u, first, inv = np.unique(x, return_index=True, return_inverse=True)
         u = u.astype(np.uint32)

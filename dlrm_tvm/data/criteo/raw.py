@@ -14,6 +14,11 @@ LF line ends, 40 tab-separated fields ``label, I1..I13, C1..C26``:
 Lines with 14..39 fields are valid: trailing empty categorical fields were stripped (some Kaggle
 copies do this); the missing ones are empty. They are counted as "padded".
 
+Unlabelled files (Kaggle's ``test.txt``: 39 fields, ``I1..I13, C1..C26``) are read with
+``labels=False``: every line must then lack the label (a line of 40 fields is refused as a
+labelled one), and the rows' labels are 0. A labelled read of a line of 39 fields that fails
+says that it may be an unlabelled line.
+
 Bad-line policy. Each of these is a ``DataError`` naming ``file:line`` and the problem, unless
 ``skip_bad_lines``, in which case the line is dropped and counted (the first few reasons kept):
 more than 40 fields; fewer than 14 (the label and the 13 counts must be present); a label other
@@ -156,9 +161,17 @@ def _parse_counts(words: np.ndarray, a: np.ndarray, starts: np.ndarray,
     return np.where(neg, -val, val).astype(np.int64), bad
 
 
+_NO_LABEL_HINT = ("; the line has 39 fields: if the file has no label column (as Kaggle's "
+                  "test.txt), read it as unlabelled (`dlrm-tvm eval --no-labels`)")
+_LABELLED_HINT = " (read as unlabelled: 13 counts and 26 categories, 39 fields a line)"
+
+
 def _parse_block(data: bytes, path: str, first_line: int, max_ind_range: int | None,
-                 skip: bool, stats: RawStats) -> RawChunk:
-    """Parse whole lines (``data`` ends with a newline); raise or drop bad lines."""
+                 skip: bool, stats: RawStats, labels: bool = True) -> RawChunk:
+    """Parse whole lines (``data`` ends with a newline); raise or drop bad lines.
+    ``labels=False``: the lines have no label column (a label 0 is put in front of each)."""
+    if not labels:
+        data = b"0\t" + data.replace(b"\n", b"\n0\t")[:-2]
     buf = b"\t" * _PAD + data
     a = np.frombuffer(buf, np.uint8)[_PAD:]
     words = np.ndarray((len(buf) - 7,), "<u8", buf, 0, (1,))  # unaligned: any byte offset
@@ -184,7 +197,8 @@ def _parse_block(data: bytes, path: str, first_line: int, max_ind_range: int | N
         lens.reshape(-1)[flat] = flen[keep]
     ends = starts + lens
 
-    empty = (nfields == 1) & (lens[:, 0] == 0)
+    empty = ((nfields == 1) & (lens[:, 0] == 0) if labels else
+             (nfields == 2) & (lens[:, 1] == 0))
     too_many = nfields > NUM_FIELDS
     too_few = ~empty & (nfields < MIN_FIELDS)
     lab = a[starts[:, 0]]
@@ -202,6 +216,14 @@ def _parse_block(data: bytes, path: str, first_line: int, max_ind_range: int | N
         def reason(i: int) -> str:
             if empty[i]:
                 return "empty line"
+            if not labels and nfields[i] == NUM_FIELDS + 1:
+                return ("40 fields: a labelled line (label, 13 counts, 26 categories), but the "
+                        "file is read as unlabelled (--no-labels): it has a label column, so "
+                        "evaluate it without --no-labels")
+            if not labels and (too_many[i] or too_few[i]):
+                least = "" if too_many[i] else ", at least 13: the counts"
+                return (f"{nfields[i] - 1} fields, expected 39 (no label: 13 counts, 26 "
+                        f"categories{least})")
             if too_many[i] or too_few[i]:
                 least = "" if too_many[i] else ", at least 14: the label and the 13 counts"
                 return (f"{nfields[i]} fields, expected 40 (label, 13 counts, 26 categories"
@@ -216,12 +238,20 @@ def _parse_block(data: bytes, path: str, first_line: int, max_ind_range: int | N
             txt = _field_text(data, starts[i, MIN_FIELDS + j], lens[i, MIN_FIELDS + j])
             return f"category C{j + 1} {txt!r} is not 1-8 hex digits"
 
+        def why(i: int) -> str:
+            r = reason(i)
+            if labels and nfields[i] == NUM_FIELDS - 1 and not empty[i]:
+                return r + _NO_LABEL_HINT
+            if not labels and not empty[i] and not r.startswith("40 fields"):
+                return r + _LABELLED_HINT
+            return r
+
         rows_bad = np.flatnonzero(bad)
         if not skip:
             i = int(rows_bad[0])
-            raise DataError(path, first_line + i, reason(i))
+            raise DataError(path, first_line + i, why(i))
         for i in rows_bad[: max(0, MAX_REASONS - len(stats.skip_reasons))]:
-            stats.skip_reasons.append(f"{path}:{first_line + int(i)}: {reason(int(i))}")
+            stats.skip_reasons.append(f"{path}:{first_line + int(i)}: {why(int(i))}")
         stats.skipped += int(rows_bad.shape[0])
 
     good = ~bad
@@ -233,20 +263,23 @@ def _parse_block(data: bytes, path: str, first_line: int, max_ind_range: int | N
     stats.lines += n
     stats.rows += int(labels.shape[0])
     stats.positives += int(labels.sum())
-    stats.padded += int((good & (nfields < NUM_FIELDS)).sum())
+    stats.padded += int((good & (nfields < NUM_FIELDS)).sum())  # labels=False: one in front
     lines = first_line + np.flatnonzero(good).astype(np.int64)
     return RawChunk(labels, dense, cats, lines)
 
 
-def _line_blocks(f, chunk_rows: int) -> Iterator[bytes]:
-    """Blocks of exactly ``chunk_rows`` whole lines (fewer at the end), each ending with LF."""
+def _line_blocks(f, chunk_rows: int, limit: int | None = None) -> Iterator[bytes]:
+    """Blocks of exactly ``chunk_rows`` whole lines (fewer at the end), each ending with LF;
+    ``limit``: read at most that many bytes (a range that ends at a line start)."""
     block_bytes = max(1 << 16, chunk_rows * 256)
+    left = float("inf") if limit is None else limit
     pending = b""
     eof = False
     while not eof or pending:
         parts, count = [pending], pending.count(b"\n")
         while count < chunk_rows and not eof:
-            b = f.read(block_bytes)
+            b = f.read(int(min(block_bytes, left)))
+            left -= len(b)
             if not b:
                 eof = True
             else:
@@ -268,10 +301,15 @@ class RawReader:
     """Iterate a raw Criteo file as ``RawChunk`` s of ``chunk_rows`` lines (fewer after skips).
 
     ``stats`` (a ``RawStats``) is complete once the iteration ends; iterating again re-reads.
+    ``labels=False``: the file has no label column (module docstring). ``byte_range`` (start,
+    stop), both at line starts (``line_ranges``), with ``first_line`` its first line's number:
+    only that part of the file (what a worker of the parallel preprocess reads).
     """
 
     def __init__(self, path: PathLike, skip_bad_lines: bool = False,
-                 max_ind_range: int | None = None, chunk_rows: int = 32768):
+                 max_ind_range: int | None = None, chunk_rows: int = 32768,
+                 labels: bool = True, byte_range: tuple[int, int] | None = None,
+                 first_line: int = 1):
         if max_ind_range is not None and (not isinstance(max_ind_range, int | np.integer)
                                           or max_ind_range <= 0):
             raise ValueError(f"max_ind_range must be a positive integer, got {max_ind_range!r}")
@@ -279,36 +317,83 @@ class RawReader:
             raise ValueError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         self.path, self.skip = str(path), skip_bad_lines
         self.max_ind_range = None if max_ind_range is None else int(max_ind_range)
-        self.chunk_rows = chunk_rows
+        self.chunk_rows, self.labels = chunk_rows, labels
+        self.byte_range, self.first_line = byte_range, first_line
         self.stats = RawStats(self.path)
+        self.bytes_read = 0  # of the file (or range), as far as iterated
 
     def __iter__(self) -> Iterator[RawChunk]:
         self.stats = RawStats(self.path)
+        self.bytes_read = 0
         check_input_file(self.path)
         if os.path.getsize(self.path) == 0:
             raise DataError(self.path, 1, "empty file (no rows)")
-        line = 1
+        start, stop = self.byte_range or (0, None)
         with open(self.path, "rb") as f:
-            for data in _line_blocks(f, self.chunk_rows):
-                chunk = _parse_block(data, self.path, line, self.max_ind_range, self.skip,
-                                     self.stats)
-                line = self.stats.lines + 1
+            f.seek(start)
+            limit = None if stop is None else stop - start
+            for data in _line_blocks(f, self.chunk_rows, limit):
+                self.bytes_read += len(data)
+                chunk = _parse_block(data, self.path, self.first_line + self.stats.lines,
+                                     self.max_ind_range, self.skip, self.stats, self.labels)
                 yield chunk
 
 
+def line_ranges(path: PathLike, parts: int) -> list[tuple[int, int]]:
+    """About ``parts`` byte ranges (start, stop) of equal size covering the file, each
+    starting at a line start: a cut moves forward to just after the next newline (fewer
+    ranges when the lines are long or the file small)."""
+    size = os.path.getsize(path)
+    cuts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, max(1, parts)):
+            at = max(cuts[-1], size * k // parts, 1)
+            f.seek(at - 1)  # a cut already at a line start stays there
+            while True:
+                b = f.read(1 << 16)
+                if not b:
+                    at = size
+                    break
+                j = b.find(b"\n")
+                if j >= 0:
+                    at = f.tell() - len(b) + j + 1
+                    break
+            if at >= size:
+                break
+            if at > cuts[-1]:
+                cuts.append(at)
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def count_lines(path: PathLike, start: int, stop: int, block: int = 1 << 24) -> int:
+    """Newlines in bytes [start, stop) of the file."""
+    n = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            b = f.read(min(block, left))
+            if not b:
+                break
+            n += b.count(b"\n")
+            left -= len(b)
+    return n
+
+
 def parse_raw(path: PathLike, skip_bad_lines: bool = False, max_ind_range: int | None = None,
-              chunk_rows: int = 32768) -> RawReader:
+              chunk_rows: int = 32768, labels: bool = True) -> RawReader:
     """A streaming reader of one raw file: iterate it for ``RawChunk`` s, then read ``.stats``.
 
     Never holds more than about ``chunk_rows`` lines of the file in memory (parsing needs about
-    5 KB of temporaries a line: ~170 MB at the default).
+    5 KB of temporaries a line: ~170 MB at the default). ``labels=False``: no label column.
     """
-    return RawReader(path, skip_bad_lines, max_ind_range, chunk_rows)
+    return RawReader(path, skip_bad_lines, max_ind_range, chunk_rows, labels)
 
 
 def read_raw(path: PathLike, skip_bad_lines: bool = False, max_ind_range: int | None = None,
-             chunk_rows: int = 32768) -> tuple[RawChunk, RawStats]:
+             chunk_rows: int = 32768, labels: bool = True) -> tuple[RawChunk, RawStats]:
     """A whole (small) raw file as one ``RawChunk``, and its ``RawStats``."""
-    reader = parse_raw(path, skip_bad_lines, max_ind_range, chunk_rows)
+    reader = parse_raw(path, skip_bad_lines, max_ind_range, chunk_rows, labels)
     chunk = RawChunk.concat(list(reader))
     return chunk, reader.stats

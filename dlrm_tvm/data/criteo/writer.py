@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -188,12 +188,19 @@ def _copy_range(src: Path, dst: Path, start: int, stop: int, piece: int = 1 << 2
 def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle",
                max_ind_range: int | None = None, remap: bool = False,
                skip_bad_lines: bool = False, days: int = 7, mapping: PathLike | None = None,
-               chunk_rows: int = 32768) -> dict:
+               chunk_rows: int = 32768, workers: int | None = 1,
+               progress: bool | Callable[[int, int, int], None] = False) -> dict:
     """Parse raw files once into MLPerf binary files in ``out_dir`` (layout: module docstring).
 
     ``mapping``: a ``mapping.npz`` of an earlier ``remap=True`` run, applied as is (frozen:
     unseen values -> 0) instead of learning one; implies ``remap``. Streams: holds one chunk of
     rows (and, when remapping, the map) in memory. Returns the ``meta.json`` contents.
+
+    ``workers``: processes parsing byte ranges of the inputs in parallel (criteo/parallel.py;
+    None: ``parallel.default_workers()``); the output is the serial run's, byte for byte
+    (inputs under ``parallel.MIN_BYTES`` in all are parsed serially). ``progress``: True for
+    rate and ETA lines on stderr (bytes of input done, rows/s), or a callable taking (bytes
+    done, bytes in all, rows done).
     """
     if fmt not in ("kaggle", "terabyte"):
         raise ValueError(f"fmt must be 'kaggle' or 'terabyte', got {fmt!r}")
@@ -214,20 +221,42 @@ def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle
     (out / "meta.json").unlink(missing_ok=True)
     cmap = CategoryMap.load(mapping) if mapping is not None else CategoryMap() if remap else None
     learn = remap and mapping is None
+    from dlrm_tvm.data.criteo import parallel
+
+    total_bytes = sum(os.path.getsize(p) for p in inputs)
+    report = _progress_reporter(progress, total_bytes)
+    done = [0, 0]  # bytes, rows of the inputs finished before the current one
 
     def write_rows(reader: RawReader, f) -> None:
         for chunk in reader:
             cats = None if cmap is None else cmap.map(chunk.cats, add=learn)
             chunk.to_rows(cats).astype("<i4", copy=False).tofile(f)
+            if report is not None:
+                report(done[0] + reader.bytes_read, done[1] + reader.stats.rows)
+        done[0] += os.path.getsize(reader.path)
+        done[1] += reader.stats.rows
 
-    per_input, files = [], {}
+    workers = parallel.default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    para = workers > 1 and total_bytes >= parallel.MIN_BYTES
+    names = ["train.bin"] * len(inputs) if fmt == "kaggle" else \
+        [f"day_{k}.bin" for k in range(len(inputs))]
+    if para:
+        per_input = parallel.parse_parallel(
+            inputs, [out / n for n in names], out / ".parts", workers, max_ind_range,
+            skip_bad_lines, chunk_rows, cmap, learn, mapping,
+            None if report is None else report)
+    files = {}
     if fmt == "kaggle":
         train = out / "train.bin"
-        with open(train, "wb") as f:
-            for p in inputs:
-                r = parse_raw(p, skip_bad_lines, max_ind_range, chunk_rows)
-                write_rows(r, f)
-                per_input.append(r.stats.to_dict())
+        if not para:
+            per_input = []
+            with open(train, "wb") as f:
+                for p in inputs:
+                    r = parse_raw(p, skip_bad_lines, max_ind_range, chunk_rows)
+                    write_rows(r, f)
+                    per_input.append(r.stats.to_dict())
         n = sum(s["rows"] for s in per_input)
         day_rows = _reference_days(n, days)
         n_train = sum(day_rows[:-1])
@@ -240,13 +269,16 @@ def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle
                   for name in ("train", "test", "val")}
     else:
         day_rows = []
-        for k, p in enumerate(inputs):
-            with open(out / f"day_{k}.bin", "wb") as f:
-                r = parse_raw(p, skip_bad_lines, max_ind_range, chunk_rows)
-                write_rows(r, f)
-            per_input.append(r.stats.to_dict())
-            day_rows.append(r.stats.rows)
-            files[f"day_{k}.bin"] = r.stats.rows
+        if not para:
+            per_input = []
+            for k, p in enumerate(inputs):
+                with open(out / f"day_{k}.bin", "wb") as f:
+                    r = parse_raw(p, skip_bad_lines, max_ind_range, chunk_rows)
+                    write_rows(r, f)
+                per_input.append(r.stats.to_dict())
+        for k, st in enumerate(per_input):
+            day_rows.append(st["rows"])
+            files[f"day_{k}.bin"] = st["rows"]
         n = sum(day_rows)
         if len(inputs) == 1:
             splits = {"train": [["day_0.bin", 0, n]], "test": [], "val": []}
@@ -290,3 +322,15 @@ def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle
     with open(out / "meta.json", "w") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def _progress_reporter(progress, total_bytes: int):
+    """``preprocess``'s progress argument as a callable (bytes done, rows done), or None."""
+    if not progress:
+        return None
+    if callable(progress):
+        return lambda b, r: progress(b, total_bytes, r)
+    from dlrm_tvm.progress import Progress
+
+    p = Progress(total_bytes, "preprocess", unit="MiB", scale=2**20, rate_of="rows")
+    return lambda b, r: p.update(min(b, total_bytes), rows=r)
