@@ -113,7 +113,11 @@ def cmd_train(args) -> int:
                       print_every=ref.print_every, print_time=ref.print_time,
                       epochs=ref.epochs, batches_per_epoch=ref.batches_per_epoch,
                       data_size=ref.data_size,
-                      save_model=ref.save_model)
+                      save_model=ref.save_model,
+                      mlperf_log=(os.path.join(args.out, "mlperf.log")
+                                  if args.mlperf_logging == "auto" else args.mlperf_logging),
+                      mlperf_org=args.mlperf_org, mlperf_platform=args.mlperf_platform,
+                      mlperf_division=args.mlperf_division)
     if args.tuning and args.artifact:
         raise ValueError("--tuning applies when compiling: it has no effect on a given "
                          "--artifact (compile it with `dlrm-tvm compile --tuning`)")

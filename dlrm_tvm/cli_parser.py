@@ -158,6 +158,17 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                    help="do not advance MPI from a background thread while compiled code runs")
     g.add_argument("--progress-poll-us", type=positive_float, default=50.0,
                    help="how often the progress thread tests pending exchanges (default 50 us)")
+    ml = t.add_argument_group("MLPerf logging (docs/dcn.md)")
+    ml.add_argument("--mlperf-logging", nargs="?", const="auto", metavar="PATH",
+                    help="write an MLPerf Training log (MLLOG lines, the mlperf-logging "
+                    "package's mllog; DLRM-DCNv2's keys) to PATH (without a value: "
+                    "RUNDIR/mlperf.log); rank 0 only")
+    ml.add_argument("--mlperf-org", help="its submission_org (default dlrm-tvm)")
+    ml.add_argument("--mlperf-platform",
+                    help="its submission_platform (default <ranks>x<the CPU's model name>)")
+    ml.add_argument("--mlperf-division", choices=("open", "closed"), default="open",
+                    help="its submission_division (default open: closed needs MLPerf's exact "
+                    "DLRM-DCNv2 run, adagrad and the whole Criteo evaluation set)")
     from dlrm_tvm.reference_cli import add_reference_args
 
     add_reference_args(t)

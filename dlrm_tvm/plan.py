@@ -18,14 +18,15 @@ def plan_report(cfg: Config, ranks: int, sharding: str = "auto",
     budget = int(rank_memory_gib * 2**30) if rank_memory_gib else None
     plan = make_plan(cfg, ranks, sharding, budget)
     m, d = cfg.model, cfg.data
-    per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
-        (d.num_indices_per_lookup + 1) / 2
-    bpr = 4 * m.embedding_dim + (4 if cfg.train.optimizer == "rwsadagrad" else 0)
+    per_bag = d.mean_bag_sizes(m.table_rows)  # lookups per bag of each table (multi-hot)
+    # bytes per row: the row, plus rwsadagrad's accumulator or adagrad's row-shaped state
+    bpr = 4 * m.embedding_dim + (4 if cfg.train.optimizer == "rwsadagrad" else 0) + \
+        (4 * m.embedding_dim if cfg.train.optimizer == "adagrad" else 0)
     per_rank = []
     for r in range(ranks):
         sh = plan.shards_of(r)
         rows = sum(s.rows for s in sh)
-        look = sum(min(m.table_rows[s.table], per_bag) * cfg.train.batch_size
+        look = sum(per_bag[s.table] * cfg.train.batch_size
                    * s.rows / m.table_rows[s.table] for s in sh)
         per_rank.append({"rank": r, "shards": len(sh), "rows": rows, "mib": rows * bpr / 2**20,
                          "lookups_per_step": look,

@@ -144,7 +144,6 @@ REFERENCE_FLAGS: tuple[RefFlag, ...] = (
     R("--dist-backend", "refused", "launch N ranks with mpiexec (see docs/cluster.md); the "
       "backend is MPI"),
     R("--local_rank", "refused", "launch N ranks with mpiexec (see docs/cluster.md)"),
-    R("--mlperf-logging", "refused", "MLLOG logging is not built yet (issue 15)", switch=True),
     R("--mlperf-acc-threshold", "refused", "use --mlperf-auc-threshold / --target-auc",
       ok_values=("0", "0.0")),
     R("--mlperf-grad-accum-iter", "refused", "gradient accumulation is not built",

@@ -85,6 +85,12 @@ class RunOptions:
     batches_per_epoch: int | None = None  # --num-batches (None: the training rows // batch)
     data_size: int | None = None  # --data-size: generated samples per epoch (reference)
     save_model: str | None = None  # --save-model: the reference's torch.save file at the end
+    # --mlperf-logging: an MLLOG file of the run (dlrm_tvm/mlperf_log.py), its submission fields
+    mlperf_log: str | None = None
+    mlperf_org: str | None = None
+    mlperf_platform: str | None = None
+    mlperf_division: str = "open"
+    mlperf_init_ms: float | None = None  # set by train(): when the run's set-up began
 
 
 def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
@@ -104,6 +110,11 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
 
     opts = opts or RunOptions(save_params=save_params)
     opts.save_params = opts.save_params or save_params
+    if opts.mlperf_log:
+        from dlrm_tvm.mlperf_log import now_ms, require
+
+        require()  # the package, before anything is compiled or written
+        opts.mlperf_init_ms = now_ms()
     out = Path(out_dir)
     ranks = launched_ranks()
     with _sigterm_as_interrupt():
@@ -293,17 +304,26 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
         metrics = open(mpath, "a" if manifest else "w", buffering=1)
     t_start = time.perf_counter()
     reached = None
+    mll = None
+    if lead and opts.mlperf_log:
+        from dlrm_tvm.mlperf_log import open_run_log
+
+        mll = open_run_log(opts, cfg, source, steps, dist_info["ranks"] if dist_info else 1)
     local = getattr(source, "local", False)
     saved_at = [first if manifest is not None else -1]
 
     def evaluate(step: int) -> dict:
         t0 = time.perf_counter()
         ops.extend(comm.take_ops())
+        if mll:
+            mll.eval_begin(step)
         r = run_eval(trainer, source.eval_batches(opts.eval_batches), cfg,
                      show=lead and not quiet, also=runlog.line if runlog else None)
         comm.take_ops()  # keep evaluation out of the exchange timings
         r.update(step=step, seconds=time.perf_counter() - t0)
         evals.append(r)
+        if mll:
+            mll.eval_end(step, r["auc"])
         if metrics:
             metrics.write(json.dumps({"kind": "eval", "step": step, "eval": r,
                                       "time_s": time.perf_counter() - t_start,
@@ -333,6 +353,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     try:
         s = first
         for s in range(first, steps):
+            if mll:
+                mll.step_begin(s)
             batch = source.next_batch()
             t = time.perf_counter()
             r = trainer.step(batch, timings, local=local)
@@ -354,6 +376,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                 prog.update(s + 1 - first, loss=float(np.mean(losses[-10:])),
                             ms_per_step=dt * 1e3)
             done = s + 1
+            if mll:
+                mll.step_end(done)
             if lead and opts.print_every and (done % opts.print_every == 0 or done == steps):
                 # as the reference: every N steps and at the end
                 k = min(done % opts.print_every or opts.print_every, len(losses))
@@ -385,6 +409,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                 and final_eval["auc"] >= opts.target_auc):
             reached = {"step": final_eval["step"], "auc": final_eval["auc"],
                        "time_s": time.perf_counter() - t_start}
+        if mll:  # success: the run ended as asked (with --target-auc: it reached it)
+            mll.stop("success" if opts.target_auc is None or reached else "aborted", end)
         if (opts.final_checkpoint or opts.checkpoint_every) and saved_at[0] != end:
             checkpoint(end)  # the finished run's model: eval/export --checkpoint RUNDIR
     except DivergedError as e:
@@ -396,6 +422,8 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     finally:
         if metrics:
             metrics.close()
+        if mll:  # run_stop aborted unless stopped above (diverged, interrupted, failed)
+            mll.close(first + len(times))
     warm = times[min(len(times) - 1, 2):] if times else []
     med = float(np.median(warm)) if warm else float("nan")
     summary = {

@@ -6,9 +6,12 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from dlrm_tvm.config import OPTIMIZER_EPS
+
 F32 = "float32"
 I64 = "int64"
 ADAGRAD_EPS = 1e-10  # torch's Adagrad default, and the reference's
+EXACT_ADAGRAD_EPS = OPTIMIZER_EPS["adagrad"]  # --optimizer adagrad: MLPerf DLRM-DCNv2's 1e-8
 
 
 def tag_op(func: tirx.PrimFunc, op: str, **attrs) -> tirx.PrimFunc:

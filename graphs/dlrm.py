@@ -1,7 +1,8 @@
 """The DLRM training graph in Relax, as functions the runtime calls.
 
 Four named parts as in torchrec: sparse (embedding bags), dense (bottom MLP), interaction
-(dot or cat), over (top MLP), plus the loss. The module exports (``DLRMGraph.build(parts)``:
+(dot, cat, or dcn: DLRM-DCNv2's low-rank cross layers on the concatenation), over (top MLP),
+plus the loss. The module exports (``DLRMGraph.build(parts)``:
 "sparse" the embedding functions, "dense" the others; one rank builds both into one module, a
 rank of a distributed run builds each part apart):
 
@@ -22,14 +23,19 @@ needed, as each layer's gradients are final and once d_pooled is, and returns af
 token [1] per gradient-ready and d_pooled-ready call.
 
 Every op is a ``call_tir`` to a kernel of ``graphs/ops.py`` (or of its neighbours
-``ops_interaction.py`` and ``ops_optim.py``); the backward is written out by hand (forward,
-input gradient, weight gradient per layer, as the SC20 paper does), because Relax's
-``Gradient`` does not differentiate ``call_tir`` and the embedding backward must stay sparse.
+``ops_interaction.py``, ``ops_dcn.py`` and ``ops_optim.py``); the backward is written out by
+hand (forward, input gradient, weight gradient per layer, as the SC20 paper does), because
+Relax's ``Gradient`` does not differentiate ``call_tir`` and the embedding backward must stay
+sparse.
 
 MLP parameters, in order (``ModelConfig.mlp_param_specs``): for each bottom then each top
 layer, ``Wt`` [in, out] and ``b`` [out]. The first top layer's ``Wt`` has
 ``interaction_width_padded`` rows; rows past the true interaction width multiply zero columns
-and stay zero.
+and stay zero. Interaction "dcn": the cross layers' ``cross{l}_u`` [Np, r], ``cross{l}_v``
+[r, Np], ``cross{l}_b`` [Np] come between the bottom and the top layers (entries past the true
+width stay zero likewise); each layer is two GEMMs on the MLPs' kernels and rules
+(x_l @ u, then @ v + b in fp32) and an elementwise x0 * z + x_l (ops_dcn.py, which lists the
+backward; docs/dcn.md).
 
 Precision "bf16": MLP weights, biases and activations are bfloat16 in the GEMMs (fp32 sums,
 fp32 loss, fp32 gradients out of the GEMMs); the interaction runs in fp32 on the fp32 pooled
@@ -45,6 +51,10 @@ in place, after the parameters: one fp32 accumulator per MLP parameter (dense Ad
 per table row (row-wise sparse Adagrad):
   dense_update(*mlp_params, [*mlp_lo,] *mlp_acc, *mlp_grads, lr)
   embedding_update(tables, row_acc [rows], indices, offsets, d_pooled, lr)
+Optimizer "adagrad" (exact Adagrad, eps 1e-8: docs/adagrad.md): the same signatures, the dense
+states as above (the same kernel, its eps) and the tables' state of their shape, fp32 in both
+precisions (bf16: the tables' rows are Split-SGD rows, the state is not split):
+  embedding_update(tables, row_acc [rows, D], indices, offsets, d_pooled, lr)
 """
 
 from __future__ import annotations
@@ -52,9 +62,10 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from dlrm_tvm.graphs import ops
+from dlrm_tvm.graphs import ops_dcn as dcn
 from dlrm_tvm.graphs import ops_interaction as inter
 from dlrm_tvm.graphs import ops_optim as optim
-from dlrm_tvm.graphs.common import F32
+from dlrm_tvm.graphs.common import EXACT_ADAGRAD_EPS, F32
 from dlrm_tvm.graphs.embedding_update import embedding_bag_update
 from tvm import relax, tirx
 
@@ -63,7 +74,8 @@ from dlrm_tvm.config import OPTIMIZERS, ModelConfig
 # With ``hooks=True`` (a rank of a distributed run) dense_forward_backward calls back into the
 # runtime mid-function: HOOK_WAIT_POOLED(pooled) -> pooled after the bottom MLP (the runtime
 # waits for the pooled rows' exchange and fills the tensor: the exchange overlaps the bottom
-# MLP), HOOK_GRAD_READY(layer, dWt, db) -> token as each layer's gradients are final (the
+# MLP), HOOK_GRAD_READY(layer, *grads) -> token as each layer's gradients are final (an MLP
+# layer's (dWt, db), a DCN cross layer's (du, dv, db); layers numbered bottom, cross, top; the
 # runtime starts their allreduce while the next layer's backward runs), and
 # HOOK_DPOOLED_READY(d_pooled) -> token once the interaction's backward has it (the runtime
 # sends it to the table owners during the bottom MLP's backward). The tokens are extra outputs
@@ -108,7 +120,8 @@ class DLRMGraph:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.optimizer = optimizer
-        self.adagrad = optimizer == "rwsadagrad"
+        self.adagrad = optimizer != "sgd"  # rwsadagrad or adagrad: an optimizer state
+        self.exact = optimizer == "adagrad"  # elementwise: the tables' state is [rows, D]
         self.hooks = hooks
         self.m = model
         self.B = batch_size
@@ -150,12 +163,20 @@ class DLRMGraph:
 
     def _layers(self, params):
         """[(Wt var, b var, (k, n))] for bottom and top."""
-        pairs = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
-        nb = len(self.m.bot_layers)
-        shapes = [s for n, s in self.specs if n.endswith("_w")]
-        bot = [(w, b, shapes[i]) for i, (w, b) in enumerate(pairs[:nb])]
-        top = [(w, b, shapes[nb + i]) for i, (w, b) in enumerate(pairs[nb:])]
-        return bot, top
+        by_name = dict(zip((n for n, _ in self.specs), params, strict=True))
+        shapes = dict(self.specs)
+
+        def part(p: str, count: int):
+            return [(by_name[f"{p}{i}_w"], by_name[f"{p}{i}_b"], shapes[f"{p}{i}_w"])
+                    for i in range(count)]
+
+        return part("bot", len(self.m.bot_layers)), part("top", len(self.m.top_layers))
+
+    def _cross(self, params):
+        """[(u var, v var, b var)] of the DCN cross layers ([] unless "dcn")."""
+        by_name = dict(zip((n for n, _ in self.specs), params, strict=True))
+        return [(by_name[f"cross{i}_u"], by_name[f"cross{i}_v"], by_name[f"cross{i}_b"])
+                for i in range(self.m.num_cross_layers)]
 
     def _forward(self, k: _Kernels, dense, pooled, params, wait: bool = False):
         m, B = self.m, self.B
@@ -188,11 +209,14 @@ class DLRMGraph:
                 lambda: inter.interaction_dot_fwd(B, T + 1, D, m.interaction_itself, W),
                 [tc, relax.const(np.array(li, np.int32), "int32"),
                  relax.const(np.array(lj, np.int32), "int32")], _t((B, W)))
-        else:
+        else:  # cat, and dcn's x0
             r = self._emit_tir(k, "interaction_cat_fwd",
                                lambda: inter.interaction_cat_fwd(B, T, D, W), [h, pooled],
                                _t((B, W)))
-        h = self._to_act(k, r, (B, W))
+        if m.interaction == "dcn":
+            h, tc = self._cross_forward(k, r, params)
+        else:
+            h = self._to_act(k, r, (B, W))
         acts_top = [h]
         for kk, (w, b, (ki, n)) in enumerate(top):
             last = kk == len(top) - 1
@@ -201,6 +225,63 @@ class DLRMGraph:
             h = self._gemm_fwd(k, h, w, b, ki, ki, n, epi, odt)
             acts_top.append(h)
         return acts_bot, acts_top, tc
+
+    # ------------------------------------------------------------ DCN cross layers
+    def _cross_forward(self, k, x0, params):
+        """The L cross layers on x0 [B, Np] (fp32): (x_L in the GEMM dtype, for the top MLP;
+        what the backward reads: {"x0", "layers": [(x_l in the GEMM dtype, u_l, z_l)]})."""
+        m, B, act, sfx = self.m, self.B, self.act, self.sfx
+        W, r = m.interaction_width_padded, m.dcn_low_rank_dim
+        cross = self._cross(params)
+        x, xa = x0, self._to_act(k, x0, (B, W))
+        saved = []
+        for li, (u, v, b) in enumerate(cross):
+            ul = self._gemm_fwd(k, xa, u, None, W, W, r, "none", act)  # [B, r]
+            z = self._gemm_fwd(k, ul, v, b, r, r, W, "bias", F32)  # [B, Np] fp32
+            saved.append((xa, ul, z))
+            keep = li < len(cross) - 1 or not self.bf16  # bf16's x_L: only its bf16 copy
+            types = ([_t((B, W))] if keep else []) + ([_t((B, W), act)] if self.bf16 else [])
+            res = self._emit_tir(k, f"cross_fwd_{B}x{W}{sfx}{'' if keep else '_last'}",
+                                 lambda keep=keep: dcn.cross_fwd(B, W, act, keep),
+                                 [x0, z, x], types if len(types) > 1 else types[0])
+            if len(types) == 1:
+                x = xa = res
+            else:
+                x = k.bb.emit(relax.TupleGetItem(res, 0))
+                xa = k.bb.emit(relax.TupleGetItem(res, 1))
+        return xa, {"x0": x0, "layers": saved}
+
+    def _cross_backward(self, k, dx_last, saved, params, done):
+        """The cross layers' backward from dx_L [B, Np] (fp32): the tuple (dx [B, D] of the
+        bottom output, d_pooled [B, T, D]), as the dot and cat backward kernels return;
+        ``done(l, du, dv, db)`` as cross layer l's gradients are final."""
+        m, B, act, sfx = self.m, self.B, self.act, self.sfx
+        T, D = m.num_tables, m.embedding_dim
+        W, r = m.interaction_width_padded, m.dcn_low_rank_dim
+        x0 = saved["x0"]
+        cross = self._cross(params)
+        # dx_{l+1} = a + g: a = dx_{l+2} (dx_L at the last layer), g = g_{l+1} = du_{l+1} u^T
+        a, g, acc = dx_last, None, None
+        for li in reversed(range(len(cross))):
+            xa, ul, z = saved["layers"][li]
+            u, v, _ = cross[li]
+            has_g, has_acc = g is not None, acc is not None
+            types = [_t((B, W))] * has_g + [_t((B, W), act), _t((B, W))]
+            res = self._emit_tir(
+                k, f"cross_bwd_{B}x{W}{sfx}{'_g' if has_g else ''}{'_acc' if has_acc else ''}",
+                lambda has_g=has_g, has_acc=has_acc: dcn.cross_bwd(B, W, act, has_g, has_acc),
+                [a, *([g] if has_g else []), x0, z, *([acc] if has_acc else [])], types)
+            outs = [k.bb.emit(relax.TupleGetItem(res, j)) for j in range(len(types))]
+            if has_g:
+                a = outs.pop(0)  # dx_{l+1}
+            dz, acc = outs
+            dv, db, dul = self._layer_backward(k, ul, v, (r, W), dz, False)
+            du, _, g = self._layer_backward(k, xa, u, (W, r), dul, False, dx_dtype=F32,
+                                            bias=False)
+            done(li, du, dv, db)
+        res = self._emit_tir(k, "cross_input_bwd", lambda: dcn.cross_input_bwd(B, T, D, W),
+                             [acc, a, g], [_t((B, D)), _t((B, T, D))])
+        return res
 
     def _use_vnni(self, k_red: int, n: int) -> bool:
         """A GEMM with reduction length k_red and N columns runs on packed operands."""
@@ -215,25 +296,28 @@ class DLRMGraph:
 
     def _gemm_fwd(self, k, h, w, b, kin, ki, n, epi, odt):
         """One layer's forward: h [B, kin] (kin >= ki: padded input columns are zero) times
-        Wt [ki, n] plus the bias, then ``epi``."""
+        Wt [ki, n] plus the bias (``b`` None: no bias, epilogue "none"), then ``epi``."""
         B, act, sfx = self.B, self.act, self.sfx
+        bias = [] if b is None else [b]
         if self._use_vnni(kin, n):
             wp = self._pack(k, w, ki, n, k_pad=kin)
             return self._emit_tir(
                 k, f"gemm_vnni_fwd_{B}x{kin}x{n}_{epi}{'_f32' if odt == F32 else ''}",
                 lambda: ops.gemm_vnni(B, kin, n, "mk", epi, out_dtype=odt),
-                [h, wp, b], _t((B, n), odt))
+                [h, wp, *bias], _t((B, n), odt))
         return self._emit_tir(
             k, f"gemm_fwd_{B}x{ki}x{n}_{epi}{sfx}",
             lambda: ops.gemm(B, ki, n, "mk", epi, in_dtype=act, out_dtype=odt),
-            [h, w, b], _t((B, n), odt))
+            [h, w, *bias], _t((B, n), odt))
 
-    def _layer_backward(self, k, x, w, shape, dz, mask_input, dx_dtype=None, x_cols=None):
+    def _layer_backward(self, k, x, w, shape, dz, mask_input, dx_dtype=None, x_cols=None,
+                        bias: bool = True):
         """Gradients of one Linear: (dWt, db, dX or None), dWt and db in fp32.
 
         ``dz`` is in the GEMM dtype; ``mask_input``: the layer's input came out of a ReLU, so
         dX is masked by it; False: dX unmasked; None: no dX needed. dX comes out in
-        ``dx_dtype`` (default: the GEMM dtype)."""
+        ``dx_dtype`` (default: the GEMM dtype). ``bias`` False: a layer without a bias (db
+        None)."""
         B, act, sfx = self.B, self.act, self.sfx
         ki, n = shape
         xc = x_cols or ki  # the input's stored width (the padded dense input: 16 for 13)
@@ -250,7 +334,7 @@ class DLRMGraph:
                                 lambda: ops.gemm(ki, B, n, "km", "none", in_dtype=act),
                                 [x, dz], _t((ki, n)))
         db = self._emit_tir(k, f"colsum_{B}x{n}{sfx}", lambda: ops.colsum(B, n, act), [dz],
-                            _t((n,)))
+                            _t((n,))) if bias else None
         if mask_input is None:
             return dw, db, None
         masked = mask_input is not False
@@ -325,23 +409,32 @@ class DLRMGraph:
                     dz = bb.emit(relax.TupleGetItem(res, 2))
                     dz = self._to_act(k, dz, (B, 1))
                     bot, top = self._layers(params)
+                    # layer numbers (HOOK_GRAD_READY, the gradients' order): bottom, the DCN
+                    # cross layers, top
+                    nbc = len(bot) + m.num_cross_layers
                     grads: dict[int, tuple] = {}
                     tokens = []
 
-                    def ready(i, dw, db):  # layer i's gradients are final: start reducing
+                    def ready(i, *gs):  # layer i's gradients are final: start reducing
                         if self.hooks:
                             tokens.append(bb.emit(relax.op.call_pure_packed(
                                 HOOK_GRAD_READY, relax.prim_value(tirx.IntImm("int64", i)),
-                                dw, db, ty_args=_t((1,)))))
+                                *gs, ty_args=_t((1,)))))
                     for i in reversed(range(len(top))):
                         w, _, shape = top[i]
                         mask = acts_top[i] if i > 0 else False
                         # the interaction's gradient (top layer 0's dX) stays fp32
                         dw, db, dz = self._layer_backward(k, acts_top[i], w, shape, dz, mask,
                                                           dx_dtype=F32 if i == 0 else None)
-                        grads[len(bot) + i] = (dw, db)
-                        ready(len(bot) + i, dw, db)
-                    if m.interaction == "dot":
+                        grads[nbc + i] = (dw, db)
+                        ready(nbc + i, dw, db)
+
+                    def cross_done(li, *gs):
+                        grads[len(bot) + li] = gs
+                        ready(len(bot) + li, *gs)
+                    if m.interaction == "dcn":
+                        res = self._cross_backward(k, dz, tc, params, cross_done)
+                    elif m.interaction == "dot":
                         _, _, pidx = inter.pair_tables(m.num_features, m.interaction_itself)
                         res = self._emit_tir(
                             k, "interaction_dot_bwd",
@@ -370,7 +463,7 @@ class DLRMGraph:
                             x_cols=self.pad_in if i == 0 else None)
                         grads[i] = (dw, db)
                         ready(i, dw, db)
-                    flat = [g for i in range(len(bot) + len(top)) for g in grads[i]]
+                    flat = [g for i in range(nbc + len(top)) for g in grads[i]]
                     out = bb.emit_output(relax.Tuple([loss, p, *flat, d_pooled, *tokens]))
                 bb.emit_func_output(out)
 
@@ -400,7 +493,11 @@ class DLRMGraph:
                         sh = "x".join(map(str, shape))
                         state = [lows[i]] if self.bf16 else []
                         state += [accs[i]] if self.adagrad else []
-                        if self.adagrad:
+                        if self.exact:
+                            fn = k.get(f"adagrad_exact_update_{sh}{self.sfx}",
+                                       lambda shape=shape: optim.adagrad_update(
+                                           shape, self.bf16, EXACT_ADAGRAD_EPS))
+                        elif self.adagrad:
                             fn = k.get(f"adagrad_update_{sh}{self.sfx}",
                                        lambda shape=shape: optim.adagrad_update(shape, self.bf16))
                         elif self.bf16:
@@ -427,8 +524,9 @@ class DLRMGraph:
             d_pooled = relax.Var("d_pooled", _t((B, T, D)))
             lr = relax.Var("lr", _t((1,)))
             shape = (m.total_rows, D * (2 if self.bf16 else 1))
-            state = [relax.Var("row_acc", _t((m.total_rows,)))] if self.adagrad else []
-            types = [_t(shape, self.act)] + [_t((m.total_rows,))] * self.adagrad
+            acc = (m.total_rows, D) if self.exact else (m.total_rows,)
+            state = [relax.Var("row_acc", _t(acc))] if self.adagrad else []
+            types = [_t(shape, self.act)] + [_t(acc)] * self.adagrad
             opt = self.optimizer
             storage = "rows" if self.bf16 else "fp32"
             with bb.function("embedding_update", [tables, *state, indices, offsets, d_pooled, lr]):

@@ -21,16 +21,21 @@ Chunks and buckets are fixed numbers, not thread counts, and every row's sum run
 order whatever thread runs it: the updated tables are the same bytes for any thread count.
 No two threads ever write one row (a row lives in one bucket), so no atomics are needed.
 
-Optimizers: ``sgd`` (W -= lr * g) and ``rwsadagrad`` (the reference's row-wise sparse Adagrad:
-one fp32 accumulator per row, M[r] += mean(g^2); W -= lr * g / (sqrt(M[r]) + eps)).
+Optimizers: ``sgd`` (W -= lr * g), ``rwsadagrad`` (the reference's row-wise sparse Adagrad:
+one fp32 accumulator per row, M[r] += mean(g^2); W -= lr * g / (sqrt(M[r]) + eps)) and
+``adagrad`` (exact Adagrad: an fp32 state of the table's shape, M[r, k] += g_k^2;
+W[r, k] -= lr * g_k / (sqrt(M[r, k]) + eps), eps 1e-8; torch's sparse Adagrad on the coalesced
+gradient, FBGEMM's EXACT_ADAGRAD; the scaled gradient is formed in the row's partial, then the
+row steps as SGD at rate lr, so Split-SGD rows reuse that step: docs/adagrad.md).
 Storage: ``fp32`` tables, or ``split`` (Split-SGD-BF16: a bfloat16 high half, what the forward
 reads, and a uint16 low half; the step rebuilds the fp32 master, steps, splits again:
 graphs/common.py's ``fp32_of_halves``, ``high_half``, ``low_half``), or ``rows`` (the same
 halves kept together: one table [rows, 2D] whose row r is hi(r) then lo(r), so an updated row
 is one span of 4D bytes, one page; the forward reads the first 2D bytes).
 
-Parameter order: table(s) (W, or hi and lo), then M for rwsadagrad, then indices, offsets,
-row offsets, d_pooled [B, T, D], lr [1]. Indices are NOT bounds-checked: the runtime validates.
+Parameter order: table(s) (W, or hi and lo), then M for rwsadagrad ([rows]) or adagrad
+([rows, D]), then indices, offsets, row offsets, d_pooled [B, T, D], lr [1]. Indices are NOT
+bounds-checked: the runtime validates.
 
 Everything here is serial: the op's definition. A schedule (schedules/embedding_update.py)
 builds the same passes with its own ``Hooks``: loop kinds, a vector row step, prefetches.
@@ -45,7 +50,7 @@ from dlrm_tvm.graphs.common import ADAGRAD_EPS, F32, I64, fp32_of_halves, high_h
 from tvm import tirx
 from tvm.script import tirx as T
 
-from dlrm_tvm.config import OPTIMIZERS
+from dlrm_tvm.config import OPTIMIZER_EPS, OPTIMIZERS
 
 CHUNK = 4096  # lookups per chunk (fixed: part of the summation order)
 BUCKETS = 256  # row buckets (fixed: part of the work split, never of the result)
@@ -91,8 +96,8 @@ class Hooks:
     ``outer``: the kind of each pass's outer loop (bags, chunks, buckets: T.serial or
     T.parallel); ``inner``: of the D-wide loops (gradient copies and sums, the fp32 step);
     ``split_step``: a macro ``(H16, L, r, Gsrc, grow, rate, d)`` stepping a Split-SGD row;
-    ``before_step``: None, or a macro ``(W, H16, L, P, ent, erow, lo, i, ne)`` that pass 4 runs
-    before its i-th entry of a bucket (entries ent/erow[lo : lo + ne]), e.g. prefetches.
+    ``before_step``: None, or a macro ``(W, H16, L, M, P, ent, erow, lo, i, ne)`` that pass 4
+    runs before its i-th entry of a bucket (entries ent/erow[lo : lo + ne]), e.g. prefetches.
     None of them may change what is computed.
     """
 
@@ -110,13 +115,18 @@ def update_kernel(b: int, nt: int, d: int, optimizer: str, storage: str, body) -
     buffers, then the macro ``body(W, H16, L, M, I_, Off, RO, G, lr, nnz)``.
 
     fp32 tables: W (H16, L and, for sgd, M alias W); split and rows: H16 and L the uint16 hi and
-    lo halves (rows: two views of one [rows, 2D] table), W (and M for sgd) alias L. Shared by
-    every implementation of the op, so all take the same arguments."""
+    lo halves (rows: two views of one [rows, 2D] table), W (and M for sgd) alias L. M is
+    [rows] for rwsadagrad, [rows, D] for adagrad. Shared by every implementation of the op, so
+    all take the same arguments."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-    adagrad = optimizer == "rwsadagrad"
+    adagrad = optimizer != "sgd"  # an optimizer state M after the table(s)
+
+    def acc_shape(nrows):  # M's shape: a row's accumulator (rwsadagrad) or its state
+        return (nrows, d) if optimizer == "adagrad" else (nrows,)
+
     tb = nt * b
 
     if storage == "fp32" and not adagrad:
@@ -136,7 +146,7 @@ def update_kernel(b: int, nt: int, d: int, optimizer: str, storage: str, body) -
                  g: T.handle, lr: T.Buffer((1,), F32)):
             nnz, nrows = T.int64(), T.int64()
             W = T.match_buffer(w, (nrows, d), F32)
-            M = T.match_buffer(acc, (nrows,), F32)
+            M = T.match_buffer(acc, acc_shape(nrows), F32)
             I_ = T.match_buffer(idx, (nnz,), I64)
             Off = T.match_buffer(off, (tb + 1,), I64)
             RO = T.match_buffer(roff, (nt,), I64)
@@ -161,7 +171,7 @@ def update_kernel(b: int, nt: int, d: int, optimizer: str, storage: str, body) -
                  g: T.handle, lr: T.Buffer((1,), F32)):
             nnz, nrows = T.int64(), T.int64()
             Tb = T.match_buffer(tab, (nrows, 2 * d), "bfloat16")
-            M = T.match_buffer(acc, (nrows,), F32)
+            M = T.match_buffer(acc, acc_shape(nrows), F32)
             I_ = T.match_buffer(idx, (nnz,), I64)
             Off = T.match_buffer(off, (tb + 1,), I64)
             RO = T.match_buffer(roff, (nt,), I64)
@@ -189,7 +199,7 @@ def update_kernel(b: int, nt: int, d: int, optimizer: str, storage: str, body) -
             nnz, nrows = T.int64(), T.int64()
             H = T.match_buffer(hi, (nrows, d), "bfloat16")
             L = T.match_buffer(lo_, (nrows, d), "uint16")
-            M = T.match_buffer(acc, (nrows,), F32)
+            M = T.match_buffer(acc, acc_shape(nrows), F32)
             I_ = T.match_buffer(idx, (nnz,), I64)
             Off = T.match_buffer(off, (tb + 1,), I64)
             RO = T.match_buffer(roff, (nt,), I64)
@@ -200,10 +210,14 @@ def update_kernel(b: int, nt: int, d: int, optimizer: str, storage: str, body) -
 
 
 def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storage: str = "fp32",
-                         eps: float = ADAGRAD_EPS, *, how: Hooks = PLAIN) -> tirx.PrimFunc:
+                         eps: float | None = None, *, how: Hooks = PLAIN) -> tirx.PrimFunc:
     """The kernel, tagged ``dlrm.op`` = embedding_bag_update. With ``how=PLAIN`` it is the op's
-    definition (every loop serial); a schedule passes its own ``Hooks`` for the same passes."""
+    definition (every loop serial); a schedule passes its own ``Hooks`` for the same passes.
+    ``eps``: Adagrad's, by default the optimizer's (``config.OPTIMIZER_EPS``)."""
     adagrad = optimizer == "rwsadagrad"
+    exact = optimizer == "adagrad"
+    if eps is None:
+        eps = OPTIMIZER_EPS.get(optimizer, ADAGRAD_EPS)
     split = storage in ("split", "rows")
     tb = nt * b
 
@@ -219,6 +233,12 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                 sq[0] = sq[0] + P[e, k] * P[e, k]
             M[r] = M[r] + sq[0] / T.float32(d)
             rate[0] = lr[0] / (T.sqrt(M[r]) + T.float32(eps))
+        if exact:
+            # the state, then the row's partial becomes the scaled gradient g / (sqrt(M) + eps)
+            # (P[e] is not read again), which the SGD step below applies at rate lr
+            for k in how.inner(d):
+                M[r, k] = M[r, k] + P[e, k] * P[e, k]
+                P[e, k] = P[e, k] / (T.sqrt(M[r, k]) + T.float32(eps))
         if split:
             how.split_step(H16, L, r, P, e, rate[0], d)
         else:
@@ -317,7 +337,7 @@ def embedding_bag_update(b: int, nt: int, d: int, optimizer: str = "sgd", storag
                         e = ent[lo + i]
                         r = erow[lo + i]
                         if how.before_step is not None:
-                            how.before_step(W, H16, L, P, ent, erow, lo, i, ne)
+                            how.before_step(W, H16, L, M, P, ent, erow, lo, i, ne)
                         h4[0] = T.bitwise_and(_h32(r), msk[0])
                         while keys[lo * 2 + h4[0]] != r:
                             h4[0] = T.bitwise_and(h4[0] + T.int64(1), msk[0])

@@ -13,6 +13,8 @@ from dlrm_tvm.graphs.ops_interaction import pair_tables
 from dlrm_tvm.runtime.state import combine_fp32
 from dlrm_tvm.runtime.state import split_bits as split_fp32
 
+from dlrm_tvm.config import OPTIMIZER_EPS
+
 
 def gemm(a, b, a_layout="mk", epilogue="none", extra=None, b_layout="kn"):
     a64 = np.asarray(a).astype(np.float64)
@@ -112,9 +114,12 @@ def embedding_bag_fwd(w, indices, offsets, row_offsets, b):
 
 
 def embedding_bag_update(w, indices, offsets, row_offsets, grad, lr, optimizer="sgd", acc=None,
-                         eps=ADAGRAD_EPS):
+                         eps=None):
     """The coalesced update: each looked-up row steps once with the sum of its lookups'
-    gradients (summed in float64 here; the kernel sums in fp32). Returns (w, acc)."""
+    gradients (summed in float64 here; the kernel sums in fp32). Returns (w, acc): acc is
+    rwsadagrad's [rows] or adagrad's [rows, D] state. ``eps``: default the optimizer's."""
+    if eps is None:
+        eps = OPTIMIZER_EPS.get(optimizer, ADAGRAD_EPS)
     w = np.asarray(w, np.float32).copy()
     acc = None if acc is None else np.asarray(acc, np.float32).copy()
     b, nt, d = grad.shape
@@ -133,6 +138,9 @@ def embedding_bag_update(w, indices, offsets, row_offsets, grad, lr, optimizer="
         acc[uniq] = acc[uniq] + (gsum.astype(np.float64) ** 2).mean(1).astype(np.float32)
         rate = lr / (np.sqrt(acc[uniq]) + np.float32(eps))
         w[uniq] = w[uniq] - rate[:, None] * gsum
+    elif optimizer == "adagrad":  # exact: torch's sparse Adagrad on the coalesced gradient
+        acc[uniq] = acc[uniq] + gsum * gsum
+        w[uniq] = w[uniq] - lr * (gsum / (np.sqrt(acc[uniq]) + np.float32(eps)))
     else:
         raise ValueError(optimizer)
     return w, acc
@@ -179,3 +187,56 @@ def gemm_vnni(a, bp, m, k, n, a_layout="mk", epilogue="none", extra=None):
     if a_layout == "vnni":
         a = unpack_vnni(np.asarray(a), k, m).T  # packed X [K, M] -> A = X^T [M, K]
     return gemm(np.asarray(a)[:m, :k], b, "mk", epilogue, extra)
+
+
+# ---------------------------------------------------------------- DCN cross layers (ops_dcn.py)
+
+
+def cross_fwd(x0, z, xl):
+    """y = x0 * z + xl (fp32; the kernel's ``act`` output is this rounded to bf16)."""
+    f = np.float64
+    return (x0.astype(f) * z + xl).astype(np.float32)
+
+
+def cross_bwd(a, g, x0, z, acc):
+    """(dxn, dz, acc') of ops_dcn.cross_bwd; ``g``/``acc`` None for the variants without them
+    (dxn is then ``a``). dz is fp32 here (the kernel rounds it to its ``act``)."""
+    f = np.float64
+    dxn = a.astype(f) + (0.0 if g is None else g)
+    dxn = dxn.astype(np.float32).astype(f)  # the kernel rounds dxn to fp32 before using it
+    s = dxn * z
+    new_acc = s if acc is None else acc + s
+    return (dxn.astype(np.float32), (dxn * x0).astype(np.float32), new_acc.astype(np.float32))
+
+
+def cross_input_bwd(acc, a, g, t, d):
+    """(dx [B, D], demb [B, T, D]) of ops_dcn.cross_input_bwd."""
+    s = (acc.astype(np.float64) + a + g).astype(np.float32)
+    b = s.shape[0]
+    return s[:, :d].copy(), s[:, d : d + t * d].reshape(b, t, d).copy()
+
+
+def cross_net(x0, params, dy):
+    """The low-rank cross net (torchrec's LowRankCrossNet, in our layout) and its backward, in
+    float64: x_{l+1} = x0 * (x_l @ u_l @ v_l + b_l) + x_l for ``params`` [(u [N, r], v [r, N],
+    b [N]), ...]; ``dy`` the gradient of x_L. Returns (x_L, dx0, [(du, dv, db), ...])."""
+    f = np.float64
+    x0 = x0.astype(f)
+    xs, us, zs = [x0], [], []
+    for u, v, b in params:
+        ul = xs[-1] @ u.astype(f)
+        z = ul @ v.astype(f) + b
+        us.append(ul)
+        zs.append(z)
+        xs.append(x0 * z + xs[-1])
+    dx = dy.astype(f)
+    dx0 = np.zeros_like(x0)
+    grads = []
+    for li in reversed(range(len(params))):
+        u, v, _ = (p.astype(f) for p in params[li])
+        dz = dx * x0
+        dx0 += dx * zs[li]
+        dul = dz @ v.T
+        grads.append((xs[li].T @ dul, us[li].T @ dz, dz.sum(0)))
+        dx = dx + dul @ u.T
+    return xs[-1], dx0 + dx, grads[::-1]

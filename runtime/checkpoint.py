@@ -7,7 +7,8 @@ Layout of ``RUNDIR/checkpoints/``::
                              and SHA-256 of every other file (verified on every load)
         t3_0_1000.npy        fp32 master rows [row_start, row_stop) of table 3 (one file per
         ...                  shard: a rank writes its own shards; 1 rank: one per table)
-        acc_t3_0_1000.npy    rwsadagrad's row accumulators of that shard (if any)
+        acc_t3_0_1000.npy    that shard's optimizer state (if any): rwsadagrad's row
+                             accumulators [rows], adagrad's state [rows, D]
         mlp.npz              fp32 MLP parameters (masters: bf16 runs rebuild them exactly)
         mlp_acc.npz          dense Adagrad accumulators (if any)
     latest                   the name of the newest complete checkpoint
@@ -291,11 +292,12 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def load_rows(manifest: dict, table: int, start: int, stop: int, dim: int,
-              acc: bool = False) -> np.ndarray:
-    """Rows [start, stop) of ``table`` (or of its row accumulators) from whichever shard files
-    hold them."""
+              acc: bool = False, acc_cols: int | None = None) -> np.ndarray:
+    """Rows [start, stop) of ``table`` (or of its optimizer state: ``acc``, [rows], or
+    [rows, acc_cols] with ``acc_cols``) from whichever shard files hold them."""
     c = Path(manifest["_dir"])
-    out = np.empty((stop - start, dim) if not acc else (stop - start,), np.float32)
+    cols = (dim,) if not acc else (() if acc_cols is None else (acc_cols,))
+    out = np.empty((stop - start, *cols), np.float32)
     filled = 0
     for s in manifest["shards"]:
         if s["table"] != table or s["row_stop"] <= start or s["row_start"] >= stop:
@@ -303,7 +305,7 @@ def load_rows(manifest: dict, table: int, start: int, stop: int, dim: int,
         a, b = max(start, s["row_start"]), min(stop, s["row_stop"])
         path = verify_file(manifest, shard_file(table, s["row_start"], s["row_stop"], acc))
         arr = _load_npy(path)
-        want = (s["row_stop"] - s["row_start"],) + ((dim,) if not acc else ())
+        want = (s["row_stop"] - s["row_start"], *cols)
         if arr.shape != want or arr.dtype != np.float32:
             raise CheckpointError(f"{path}: holds {arr.dtype}{list(arr.shape)}, expected "
                                   f"float32{list(want)}")

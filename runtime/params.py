@@ -3,7 +3,8 @@
 Each table and each layer draws from its own stream, keyed by (seed, name), so a table's initial
 rows are the same whichever rank holds it and however many ranks there are.
 Embeddings: U(-sqrt(1/n), sqrt(1/n)) for a table of n rows. Linear (out m, in n): weight
-N(0, sqrt(2/(m+n))), bias N(0, sqrt(1/m)).
+N(0, sqrt(2/(m+n))), bias N(0, sqrt(1/m)). DCN cross layer (width N, rank r): both kernels
+xavier-normal N(0, sqrt(2/(N+r))) and the bias zero, as torchrec's LowRankCrossNet.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def init_mlp(model: ModelConfig, seed: int) -> dict[str, np.ndarray]:
                for i, (k, _) in enumerate(layers)}
     for name, shape in mlp_param_specs(model):
         rng = _rng(seed, name)
-        if name.endswith("_w"):
+        if name.startswith("cross"):
+            params[name] = _init_cross(rng, name, shape, model.interaction_width)
+        elif name.endswith("_w"):
             k, n = true_in[name], shape[1]
             w = rng.normal(0.0, np.sqrt(2.0 / (k + n)), size=(n, k)).astype(np.float32)
             full = np.zeros(shape, np.float32)
@@ -87,6 +90,23 @@ def init_mlp(model: ModelConfig, seed: int) -> dict[str, np.ndarray]:
             (n,) = shape
             params[name] = rng.normal(0.0, np.sqrt(1.0 / n), size=n).astype(np.float32)
     return params
+
+
+def _init_cross(rng: np.random.Generator, name: str, shape: tuple[int, ...],
+                n: int) -> np.ndarray:
+    """A DCN cross parameter in our layout (u [Np, r], v [r, Np], b [Np]) with its entries
+    past the true width ``n`` zero: a kernel is drawn in torchrec's layout (V_kernels [r, N],
+    W_kernels [N, r]) and transposed."""
+    full = np.zeros(shape, np.float32)
+    if name.endswith("_b"):
+        return full
+    r = shape[1] if name.endswith("_u") else shape[0]
+    w = rng.normal(0.0, np.sqrt(2.0 / (n + r)), size=(r, n) if name.endswith("_u") else (n, r))
+    if name.endswith("_u"):
+        full[:n] = w.T
+    else:
+        full[:, :n] = w.T
+    return full
 
 
 def init_table_rows(seed: int, t: int, rows: int, dim: int, start: int, stop: int) -> np.ndarray:

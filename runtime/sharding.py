@@ -153,8 +153,9 @@ def make_plan(cfg, ranks: int, sharding: str = "auto",
     """The sharding plan of ``cfg`` (a dlrm_tvm Config) over ``ranks``: "table" places whole
     tables; "row" cuts every table into ``ranks`` row ranges; "auto" places whole tables and
     cuts only those over ``rank_budget_bytes``. Each table's cost is its bytes (rows x D x 4,
-    plus a row accumulator under rwsadagrad) and its lookups per step (batch x mean bag size,
-    at most its rows)."""
+    plus a row accumulator under rwsadagrad, twice that under adagrad: a state of the table's
+    shape) and its lookups per step (batch x its mean bag size: ``DataConfig.mean_bag_sizes``,
+    the multi-hot size of each table, or the bag size at most its rows)."""
     import math
 
     from dlrm_tvm.config import ConfigError
@@ -162,10 +163,9 @@ def make_plan(cfg, ranks: int, sharding: str = "auto",
     if sharding not in SHARDINGS:
         raise ConfigError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
     m, d = cfg.model, cfg.data
-    per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
-        (d.num_indices_per_lookup + 1) / 2
-    lookups = [min(r, per_bag) * cfg.train.batch_size for r in m.table_rows]
-    per_row = 4 + (4 / m.embedding_dim if cfg.train.optimizer == "rwsadagrad" else 0)
+    lookups = [n * cfg.train.batch_size for n in d.mean_bag_sizes(m.table_rows)]
+    per_row = 4 + (4 / m.embedding_dim if cfg.train.optimizer == "rwsadagrad" else 0) + \
+        (4 if cfg.train.optimizer == "adagrad" else 0)
     if sharding == "row":
         plan = row_wise(m.table_rows, m.embedding_dim, ranks)
         worst = max(plan.rank_bytes(int(math.ceil(per_row))))

@@ -6,7 +6,9 @@ by forward and backward; uint16 low half, read only by the updates): 4 bytes per
 and the fp32 masters are rebuilt exactly. A table row keeps its two halves together ([rows,
 2D]: hi then lo), so the update touches one place per row. Optimizer rwsadagrad adds its
 accumulators (one fp32 per MLP parameter, one per table row, zero at start as in the
-reference). Nothing table-sized is copied to build or to checkpoint the state.
+reference); adagrad (exact) an fp32 state of every parameter's shape, tables included ([rows,
+D], in huge-page memory like the tables; zero at start as torch's initial_accumulator_value).
+Nothing table-sized is copied to build or to checkpoint the state.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def array_blocks(tables: np.ndarray) -> list[tuple[int, object]]:
 class SparseParams:
     """Embedding rows held by this process (all tables, or one rank's shards), concatenated
     [rows, D], in huge-page memory; in bf16 as Split-SGD rows [rows, 2D] (each row's bf16 high
-    halves then its low halves: one place per row); rwsadagrad's row accumulators.
+    halves then its low halves: one place per row); rwsadagrad's row accumulators [rows] or
+    adagrad's state [rows, D] (``acc_cols`` = D), fp32 in either precision.
 
     ``tables``: the fp32 rows [rows, D], or row blocks [(rows, fill)] with ``dim``, where
     ``fill(a, b, out)`` writes a block's fp32 rows [a, b) into ``out`` (params.init_row_blocks,
@@ -103,7 +106,8 @@ class SparseParams:
 
     CHUNK_VALUES = 1 << 22  # fp32 values per chunk (16 MiB)
 
-    def __init__(self, tables, bf16: bool, adagrad: bool, dim: int | None = None):
+    def __init__(self, tables, bf16: bool, adagrad: bool, dim: int | None = None,
+                 acc_cols: int | None = None):
         self.bf16 = bf16
         if isinstance(tables, np.ndarray):
             if tables.ndim != 2:
@@ -140,7 +144,8 @@ class SparseParams:
         self.row_acc = []
         self._row_acc_host = None
         if adagrad:
-            self._row_acc_host, acc = table_buffer((n,), np.float32, zero=True)
+            shape = (n,) if acc_cols is None else (n, acc_cols)
+            self._row_acc_host, acc = table_buffer(shape, np.float32, zero=True)
             self.row_acc = [acc]
 
     def load_row_acc(self, blocks) -> None:
@@ -175,7 +180,7 @@ class SparseParams:
 
 class DenseParams:
     """The MLP parameters (replicated on every rank), in the module's order, with their
-    Split-SGD low halves (bf16) and Adagrad accumulators (rwsadagrad)."""
+    Split-SGD low halves (bf16) and Adagrad accumulators (rwsadagrad and adagrad)."""
 
     def __init__(self, specs, mlp: dict[str, np.ndarray], bf16: bool, adagrad: bool, dev):
         self.specs, self.bf16 = specs, bf16

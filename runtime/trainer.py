@@ -79,8 +79,8 @@ class StepHooks:
         tvm_ffi.register_global_func(HOOK_WAIT_POOLED, lambda p: self.trainer._wait_pooled(p),
                                      override=True)
         tvm_ffi.register_global_func(
-            HOOK_GRAD_READY, lambda layer, dw, db: self.trainer._grad_ready(int(layer), dw, db),
-            override=True)
+            HOOK_GRAD_READY,
+            lambda layer, *grads: self.trainer._grad_ready(int(layer), *grads), override=True)
         tvm_ffi.register_global_func(HOOK_DPOOLED_READY,
                                      lambda d: self.trainer._d_pooled_ready(d), override=True)
         return self
@@ -158,7 +158,10 @@ class Trainer:
             parts.sort()
         self.dev = tvm.cpu()
         self.bf16 = cfg.train.precision == "bf16"
-        self.adagrad = cfg.train.optimizer == "rwsadagrad"
+        # an optimizer state: rwsadagrad's row accumulators, or (exact) adagrad's state of the
+        # tables' shape; dense Adagrad accumulators for the MLPs either way
+        self.adagrad = cfg.train.optimizer in ("rwsadagrad", "adagrad")
+        acc_cols = D if cfg.train.optimizer == "adagrad" else None
         seed = cfg.train.seed
         # the tables are written straight into their final buffers, a chunk at a time: from
         # the checkpoint, from ``tables``, or drawn (never a second table-sized copy)
@@ -179,7 +182,8 @@ class Trainer:
                 blocks = init_row_blocks(seed, D, [(s.table, m.table_rows[s.table],
                                                     s.row_start, s.row_stop)
                                                    for s in self.shards])
-            self.sparse = SparseParams(blocks, self.bf16, self.adagrad, dim=D)
+            self.sparse = SparseParams(blocks, self.bf16, self.adagrad, dim=D,
+                                       acc_cols=acc_cols)
             if start is not None and self.adagrad and start.row_acc is not None:
                 self.sparse.load_row_acc([(s.rows, start_fill(start.row_acc, s.table,
                                                                s.row_start))
@@ -328,9 +332,11 @@ class Trainer:
         self._grad_dist = (gbuf, op)
         return self._token
 
-    def _grad_ready(self, layer: int, dw, db):
+    def _grad_ready(self, layer: int, *grads):
+        """Layer ``layer``'s gradients are final (an MLP layer's (dWt, db); a DCN cross
+        layer's (du, dv, db)): start summing them over the ranks."""
         self._grad_ops.append(self.comm.allreduce(
-            "allreduce", [np.from_dlpack(dw), np.from_dlpack(db)]))
+            "allreduce", [np.from_dlpack(g) for g in grads]))
         return self._token
 
     # ----------------------------------------------------------- the step
@@ -427,7 +433,8 @@ class Trainer:
         return {"tables": tables, **dense}
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        """rwsadagrad's accumulators ({"row_acc": [rows], "<layer>_w": ...}); {} for sgd."""
+        """The Adagrad states ({"row_acc": rwsadagrad's [rows] or adagrad's [rows, D],
+        "<layer>_w": ...}); {} for sgd."""
         if not self.adagrad:
             return {}
         return {"row_acc": self.sparse.row_acc[0].numpy(), **self.dense.acc()}

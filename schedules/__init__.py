@@ -18,7 +18,7 @@ import logging
 from tvm import IRModule, tirx
 from tvm.target import Target
 
-from . import embedding, embedding_update, fallback, gemm, gemv, interaction, pack, reduction
+from . import dcn, embedding, embedding_update, fallback, gemm, gemv, interaction, pack, reduction
 from .base import Rule, op_of
 from .x86 import gemm_bf16
 
@@ -44,6 +44,7 @@ RULES: tuple[Rule, ...] = (
     embedding_update.EmbeddingUpdateBucketed(),
     interaction.InteractionDotFwd(),
     interaction.InteractionDotBwd(),
+    dcn.DcnElementwiseRows(),
     fallback.Fallback(),
 )
 ALL_RULES: dict[str, Rule] = {r.name: r for r in RULES}  # by name, in RULES order

@@ -43,18 +43,25 @@ embedding_bag_fwd (``ops.embedding_bag_fwd``):
   2D for "rows" tables, else D). All read by embedding_bag_balanced_prefetch and
   embedding_bag_parallel_bags.
 embedding_bag_update (``graphs/embedding_update.embedding_bag_update``):
-  ``batch``, ``tables``, ``d``: int (as above); ``optimizer``: str, "sgd" or "rwsadagrad";
-  ``storage``: str, "fp32", "split" or "rows". All read by embedding_update_bucketed_lookups
-  (which declines rwsadagrad) and embedding_update_bucketed.
+  ``batch``, ``tables``, ``d``: int (as above); ``optimizer``: str, "sgd", "rwsadagrad" or
+  "adagrad" (its eps follows from it: config.OPTIMIZER_EPS); ``storage``: str, "fp32",
+  "split" or "rows". All read by embedding_update_bucketed_lookups (which declines both
+  Adagrads) and embedding_update_bucketed.
 adagrad_update (``ops_optim.adagrad_update``):
   ``split``: int 0/1 (hi/lo halves, or fp32). Read by no rule.
+cross_fwd, cross_bwd (``graphs/ops_dcn.py``, the DCN cross layers' elementwise kernels):
+  ``act``: str, "float32" or "bfloat16" (the dtype of the GEMM-operand output); cross_fwd
+  ``keep_f32``: int 0/1 (an fp32 output too); cross_bwd ``has_g``, ``has_acc``: int 0/1
+  (which optional inputs it takes). Read by no rule (dcn_elementwise_rows reads the loop
+  nests); cross_input_bwd carries ``dlrm.op`` only.
 
 Every other op carries ``dlrm.op`` only: colsum, sgd_update, split_sgd_update, relu_bwd, cast
 (also ``ops.cast_pad``), sigmoid, bce_loss, stack_features, interaction_dot_fwd,
 interaction_dot_bwd, interaction_cat_fwd, interaction_cat_bwd. Rules that schedule by
 primitives also rely on the block names the ops give: "C" and "Y" (gemm,
 gemm_vnni), "Y" (colsum), "update" (sgd_update, split_sgd_update, adagrad_update), "P"
-(pack_vnni), "Z" and "R" (interaction_dot_fwd), "G0", "dx" and "demb" (interaction_dot_bwd).
+(pack_vnni), "Z" and "R" (interaction_dot_fwd), "G0", "dx" and "demb" (interaction_dot_bwd,
+and cross_input_bwd).
 A new attribute goes into its op's factory and into this list.
 """
 

@@ -7,7 +7,8 @@ Schedule of an implementation with the same signature (``update_kernel``) and th
 * ``embedding_update_bucketed_lookups`` (default for SGD): lookups bucketed by row, then each
   bucket steps its rows lookup by lookup in lookup order. Cheapest per lookup; a hot row's
   lookups are one bucket's serial work.
-* ``embedding_update_bucketed`` (rwsadagrad, whose step is not linear, needs it): the plain
+* ``embedding_update_bucketed`` (rwsadagrad and adagrad, whose steps are not linear, need
+  it): the plain
   coalescing kernel's passes with their outer loops parallel, D vectorised and the rows ahead
   prefetched (``PARALLEL_HOOKS``): a hot row's lookups are summed per chunk in parallel, then
   once per row.
@@ -59,14 +60,16 @@ def split_sgd_row_vector(H16, L, r, Gsrc, grow, rate, d):
     split_sgd_columns(H16, L, r, Gsrc, grow, rate, d // 8 * 8, d)
 
 
-def parallel_hooks(d: int, storage: str) -> Hooks:
+def parallel_hooks(d: int, storage: str, optimizer: str = "sgd") -> Hooks:
     """The coalescing kernel's passes parallel, D vectorised, Split-SGD rows stepped by the
-    LLVM functions, and the rows and partials PREFETCH entries ahead prefetched in pass 4."""
+    LLVM functions, and the rows and partials PREFETCH entries ahead prefetched in pass 4
+    (adagrad: the rows' states too)."""
     split = storage in ("split", "rows")
     rows = storage == "rows"
+    state = optimizer == "adagrad"  # M [rows, D]: one more random row per step
 
     @T.macro
-    def before_step(W, H16, L, P, ent, erow, lo, i, ne):
+    def before_step(W, H16, L, M, P, ent, erow, lo, i, ne):
         if i + T.int64(PREFETCH) < ne:
             # the rows and partials PREFETCH entries ahead (random addresses)
             for q in range((d * 4 + 63) // 64):
@@ -79,6 +82,8 @@ def parallel_hooks(d: int, storage: str) -> Hooks:
                         prefetch(L, erow[lo + i + PREFETCH], q * 16, 1)
                 else:
                     prefetch(W, erow[lo + i + PREFETCH], q * 16, 1)
+                if state:
+                    prefetch(M, erow[lo + i + PREFETCH], q * 16, 1)
 
     return Hooks(outer=T.parallel, inner=T.vectorized, split_step=split_sgd_row_vector,
                  before_step=before_step)
@@ -185,7 +190,7 @@ class EmbeddingUpdateBucketed(Rule):
         if not self.matches_op(func):
             return None
         d, storage = attr(func, "d"), attr(func, "storage")
-        impl = embedding_bag_update(attr(func, "batch"), attr(func, "tables"), d,
-                                    attr(func, "optimizer"), storage,
-                                    how=parallel_hooks(d, storage))
+        opt = attr(func, "optimizer")
+        impl = embedding_bag_update(attr(func, "batch"), attr(func, "tables"), d, opt, storage,
+                                    how=parallel_hooks(d, storage, opt))
         return substitute(func, impl)

@@ -27,6 +27,25 @@ class Fallback(Rule):
         return sch
 
 
+def _has_own_loops(sch: s_tir.Schedule, block) -> bool:
+    """The block keeps loops or buffers of its own inside it (an opaque body such as the plain
+    embedding bag's: a data-dependent loop over the bag and a local accumulator). Its outer
+    loop must not be vectorised: TVM 0.27 vectorised it into wrong sums (every bag off)."""
+    blk = sch.get(block)
+
+    def loops(stmt) -> bool:
+        if isinstance(stmt, tirx.For):
+            return True
+        if isinstance(stmt, tirx.SeqStmt):
+            return any(loops(s) for s in stmt.seq)
+        if isinstance(stmt, tirx.IfThenElse):
+            return loops(stmt.then_case) or (stmt.else_case is not None
+                                             and loops(stmt.else_case))
+        return False
+
+    return bool(blk.alloc_buffers) or loops(blk.body)
+
+
 def schedule_generic(sch: s_tir.Schedule, blocks: list, lanes: int) -> None:
     """Parallelise (and vectorise where whole) each given top-level block's loop nest."""
     for block in blocks:
@@ -42,7 +61,7 @@ def schedule_generic(sch: s_tir.Schedule, blocks: list, lanes: int) -> None:
             total = 1
             for e in exts:
                 total *= e
-            if total % lanes == 0 and total >= 4 * lanes:
+            if total % lanes == 0 and total >= 4 * lanes and not _has_own_loops(sch, block):
                 outer, inner = sch.split(fused, [None, lanes])
                 sch.parallel(outer)
                 sch.vectorize(inner)

@@ -7,11 +7,13 @@ For each case (rows, D, lookups per bag) and index distribution (uniform, Zipf):
 * every candidate rule for the op, checked first (forward: against NumPy; update: the touched
   rows against NumPy, a sample of the others unchanged), then timed;
 * torch: ``F.embedding_bag(mode="sum")`` for the forward; for the update, its sparse path
-  (embedding_bag backward to a sparse gradient, then ``optim.SGD.step``, which coalesces),
+  (embedding_bag backward to a sparse gradient, then ``optim.SGD.step``, which coalesces;
+  ``optim.Adagrad.step`` for adagrad, the reference's optimizer written out for rwsadagrad),
   timed as (forward + backward + step) minus the forward.
 
 Rates: lookups/s; GB/s counts the table bytes the op must move (forward: every looked-up row
-read; update: every distinct row read and written, plus its accumulator for rwsadagrad).
+read; update: every distinct row read and written, plus its accumulator for rwsadagrad and
+its state row for adagrad).
 """
 
 from __future__ import annotations
@@ -118,7 +120,8 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
             else:
                 # split tables move hi + lo: 4 bytes per element either way
                 floor_bytes = 2 * uniq * d * 4 + \
-                    (8 * uniq if optimizer == "rwsadagrad" else 0)
+                    (8 * uniq if optimizer == "rwsadagrad" else 0) + \
+                    (2 * uniq * d * 4 if optimizer == "adagrad" else 0)
             t_in = [tvm.runtime.tensor(x) for x in (idx, off, roff)]
             row = {"rows": rows, "dim": d, "lookups_per_bag": lookups, "bags": b, "nnz": nnz,
                    "dist": dist, "distinct_rows": uniq, "bytes": floor_bytes, "variants": {}}
@@ -151,6 +154,8 @@ def bench_embedding(op: str, cases=DEFAULT_CASES, dists=("uniform", "zipf"),
                                             sequential=name == "embedding_update_bucketed_lookups")
                     acc = [tvm.runtime.tensor(np.zeros(rows, np.float32))] \
                         if optimizer == "rwsadagrad" else []
+                    if optimizer == "adagrad":  # the state of the table's shape, as the table
+                        acc = [shared_tensor(aligned_copy(np.zeros((rows, d), np.float32)))]
                     args = [*tables, *acc, *t_in, tvm.runtime.tensor(grad),
                             tvm.runtime.tensor(np.array([1e-4], np.float32))]
                     t = time_call(lambda f=lib["main"], a=tuple(args): f(*a), reps, BUDGET_S)
@@ -189,8 +194,10 @@ def _check_update(lib, tables, tables_np, idx, off, roff, grad, optimizer, bf16,
         return tables_np[0][rws]
 
     before, before_o = master(touched), master(others)
-    acc0 = np.random.default_rng(1).random(rows).astype(np.float32)
-    acc = [tvm.runtime.tensor(acc0)] if optimizer == "rwsadagrad" else []
+    acc0 = np.random.default_rng(1).random(
+        (rows, tables_np[0].shape[1] // (2 if bf16 else 1)) if optimizer == "adagrad"
+        else rows).astype(np.float32)
+    acc = [tvm.runtime.tensor(acc0)] if optimizer != "sgd" else []
     lr = 0.05
     lib["main"](*tables, *acc, *[tvm.runtime.tensor(x) for x in (idx, off, roff, grad)],
                 tvm.runtime.tensor(np.array([lr], np.float32)))
@@ -224,7 +231,8 @@ def _torch_times(op, w32, idx, off, grad, optimizer, reps, threads) -> dict:
 
     emb = torch.nn.EmbeddingBag(w32.shape[0], w32.shape[1], mode="sum", sparse=True,
                                 _weight=torch.from_numpy(w32))
-    opt = torch.optim.SGD(emb.parameters(), lr=1e-4)
+    opt = torch.optim.Adagrad(emb.parameters(), lr=1e-4, eps=1e-8) \
+        if optimizer == "adagrad" else torch.optim.SGD(emb.parameters(), lr=1e-4)
     gy = torch.from_numpy(np.ascontiguousarray(grad[:, 0]))
     state: dict = {}
 

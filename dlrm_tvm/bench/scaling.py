@@ -134,9 +134,7 @@ def _busiest_share(cfg: Config, n: int) -> float:
     from dlrm_tvm.runtime.sharding import plan_shards
 
     m, d = cfg.model, cfg.data
-    per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
-        (d.num_indices_per_lookup + 1) / 2
-    look = [min(r, per_bag) for r in m.table_rows]
+    look = d.mean_bag_sizes(m.table_rows)  # lookups per sample of each table
     plan = plan_shards(m.table_rows, m.embedding_dim, n, look,
                        min_parts=1 if n <= m.num_tables else n)
     load = [0.0] * n
@@ -168,9 +166,7 @@ def predict(cfg: Config, measured_1: dict, lat_s: float, bw_Bps: float,
     other = max(0.0, measured_1["ms_per_step"] / 1e3 - emb1 - dense1)
     emb1, dense1, other = (x / compute_speedup for x in (emb1, dense1, other))
     bot_f, all_f = _mlp_flops(cfg, B0)
-    per_bag = d.num_indices_per_lookup if d.num_indices_per_lookup_fixed else \
-        (d.num_indices_per_lookup + 1) / 2
-    look_per_sample = sum(min(r, per_bag) for r in m.table_rows)
+    look_per_sample = sum(d.mean_bag_sizes(m.table_rows))
     mlp_bytes = 4 * m.mlp_param_count()
     arbw = allreduce_bw_Bps or bw_Bps
     out = []

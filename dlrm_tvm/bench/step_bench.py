@@ -34,13 +34,18 @@ def step_work(cfg: Config) -> dict[str, float]:
     dx = fwd - 2 * B * m.bot_layers[0][0] * m.bot_layers[0][1]
     F, D = m.num_features, m.embedding_dim
     inter = (2 * B * m.num_pairs * D + 2 * B * F * F * D) if m.interaction == "dot" else 0
-    L = cfg.data.num_indices_per_lookup
-    lookups = B * m.num_tables * (L if cfg.data.num_indices_per_lookup_fixed else (L + 1) / 2)
+    # dcn: per cross layer 2 forward GEMMs (B x N x r each way) and 4 backward (dv, du_l, du,
+    # x_l's gradient): 12 B N r (docs/dcn.md)
+    inter += 12 * B * m.interaction_width * m.dcn_low_rank_dim * m.num_cross_layers
+    # each table's mean bag size (multi-hot: its size; else the bag size, at most its rows)
+    lookups = B * sum(cfg.data.mean_bag_sizes(m.table_rows))
     # fp32: the forward reads a row, the update reads and writes it (4 bytes an element each);
-    # bf16 Split-SGD rows: the forward reads the 2-byte high half, the update both halves
+    # bf16 Split-SGD rows: the forward reads the 2-byte high half, the update both halves;
+    # adagrad: the update also reads and writes the row's fp32 state
+    state = 4 + 4 if cfg.train.optimizer == "adagrad" else 0
     return {"mlp_flop": fwd + dw + dx, "interaction_flop": inter,
-            "embedding_bytes": lookups * D * 4 * 3,
-            "embedding_bytes_bf16": lookups * D * (2 + 4 + 4)}
+            "embedding_bytes": lookups * D * (4 * 3 + state),
+            "embedding_bytes_bf16": lookups * D * (2 + 4 + 4 + state)}
 
 
 def _time_kernels(vm, fn_calls) -> dict[str, float]:

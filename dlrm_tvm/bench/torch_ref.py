@@ -5,6 +5,12 @@ imports it (or torch). Mirrors facebookresearch/dlrm: EmbeddingBag(mode="sum", s
 ReLU after every bottom layer, dot interaction with the strict lower triangle (or with the
 diagonal) concatenated after the bottom output, or cat; top MLP with ReLU and a final sigmoid;
 BCELoss(mean); plain SGD with the sparse embedding gradients.
+
+Interaction "dcn" (DLRM-DCNv2) follows torchrec's DLRM_DCN: the concatenation [bottom output,
+pooled rows] through ``LowRankCrossNet`` (below: torchrec's parameter names and layouts,
+W_kernels[l] [N, r], V_kernels[l] [r, N], bias[l] [N]; x_{l+1} = x0 * (W (V x_l) + b) + x_l),
+then the top MLP. Our state stores the cross layer as u = V_kernels^T, v = W_kernels^T
+(ModelConfig.mlp_param_specs, padded to interaction_width_padded).
 """
 
 from __future__ import annotations
@@ -13,6 +19,36 @@ import numpy as np
 
 from dlrm_tvm.config import Config
 from dlrm_tvm.data import Batch
+
+
+def low_rank_cross_net(in_features: int, num_layers: int, low_rank: int):
+    """torchrec's LowRankCrossNet, written out (same parameter names, shapes, init and
+    arithmetic order): W_kernels[l] [N, r] and V_kernels[l] [r, N] xavier-normal, bias[l] [N]
+    zero; forward x_{l+1} = x0 * (W_kernels[l] (V_kernels[l] x_l) + bias[l]) + x_l."""
+    import torch
+    from torch import nn
+
+    class LowRankCrossNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self._num_layers = num_layers
+            self.W_kernels = nn.ParameterList(
+                nn.Parameter(nn.init.xavier_normal_(torch.empty(in_features, low_rank)))
+                for _ in range(num_layers))
+            self.V_kernels = nn.ParameterList(
+                nn.Parameter(nn.init.xavier_normal_(torch.empty(low_rank, in_features)))
+                for _ in range(num_layers))
+            self.bias = nn.ParameterList(
+                nn.Parameter(torch.zeros(in_features)) for _ in range(num_layers))
+
+        def forward(self, x0):  # [B, N]: torchrec's (N, r) @ (r, N) @ (B, N, 1), batched
+            xl = x0
+            for li in range(self._num_layers):
+                xl_w = (xl @ self.V_kernels[li].t()) @ self.W_kernels[li].t()
+                xl = x0 * (xl_w + self.bias[li]) + xl
+            return xl
+
+    return LowRankCrossNet()
 
 
 def build(cfg: Config, state: dict[str, np.ndarray]):
@@ -35,6 +71,16 @@ def build(cfg: Config, state: dict[str, np.ndarray]):
             off = 1 if m.interaction_itself else 0
             self.li = torch.tensor([i for i in range(ni) for j in range(i + off)])
             self.lj = torch.tensor([j for i in range(ni) for j in range(i + off)])
+            if m.interaction == "dcn":
+                n = m.interaction_width
+                self.crossnet = low_rank_cross_net(n, m.dcn_num_layers, m.dcn_low_rank_dim)
+                for li in range(m.dcn_num_layers):  # our u = V_kernels^T, v = W_kernels^T
+                    self.crossnet.V_kernels[li].data = torch.from_numpy(
+                        state[f"cross{li}_u"][:n].T.copy())
+                    self.crossnet.W_kernels[li].data = torch.from_numpy(
+                        state[f"cross{li}_v"][:, :n].T.copy())
+                    self.crossnet.bias[li].data = torch.from_numpy(
+                        state[f"cross{li}_b"][:n].copy())
 
         def _mlp(self, part, layers, sigmoid_last):
             mods = []
@@ -57,6 +103,8 @@ def build(cfg: Config, state: dict[str, np.ndarray]):
                 r = torch.cat([x, z[:, self.li, self.lj]], dim=1)
             else:
                 r = torch.cat([x] + ly, dim=1)
+                if m.interaction == "dcn":
+                    r = self.crossnet(r)
             return self.top_l(r)
 
     return DLRM()
@@ -99,7 +147,8 @@ def _rwsadagrad_step(params, state: dict, lr: float, eps: float = 1e-10) -> None
 
 
 class TorchTrainer:
-    """SGD (or the reference's rwsadagrad, per the config) on the torch DLRM, with our LR
+    """SGD (or the reference's rwsadagrad, or torch.optim.Adagrad for adagrad: its sparse
+    path on the tables' gradients, eps 1e-8; per the config) on the torch DLRM, with our LR
     schedule; ``autocast_bf16`` for the bf16 baseline, ``compiled`` for torch.compile."""
 
     def __init__(self, cfg: Config, state: dict[str, np.ndarray], autocast_bf16: bool = False,
@@ -112,7 +161,13 @@ class TorchTrainer:
         # autograd). The first steps pay the compile: a benchmark times it separately.
         self.forward = torch.compile(self.model) if compiled else self.model
         self.adagrad = cfg.train.optimizer == "rwsadagrad"
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.train.learning_rate)
+        if cfg.train.optimizer == "adagrad":
+            from dlrm_tvm.config import OPTIMIZER_EPS
+
+            self.opt = torch.optim.Adagrad(self.model.parameters(), lr=cfg.train.learning_rate,
+                                           eps=OPTIMIZER_EPS["adagrad"])
+        else:
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.train.learning_rate)
         self.adagrad_state: dict = {}
         self.loss_fn = torch.nn.BCELoss(reduction="mean")
         self.autocast = autocast_bf16
@@ -144,4 +199,16 @@ class TorchTrainer:
             for i, lin in enumerate(lins):
                 out[f"{part}{i}_w"] = lin.weight.detach().numpy().T.copy()
                 out[f"{part}{i}_b"] = lin.bias.detach().numpy().copy()
+        m = self.cfg.model
+        if m.interaction == "dcn":  # in our layout, padded to interaction_width_padded
+            n, npad = m.interaction_width, m.interaction_width_padded
+            net = self.model.crossnet
+            for li in range(m.dcn_num_layers):
+                u = np.zeros((npad, m.dcn_low_rank_dim), np.float32)
+                v = np.zeros((m.dcn_low_rank_dim, npad), np.float32)
+                b = np.zeros(npad, np.float32)
+                u[:n] = net.V_kernels[li].detach().numpy().T
+                v[:, :n] = net.W_kernels[li].detach().numpy().T
+                b[:n] = net.bias[li].detach().numpy()
+                out.update({f"cross{li}_u": u, f"cross{li}_v": v, f"cross{li}_b": b})
         return out

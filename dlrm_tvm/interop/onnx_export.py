@@ -41,7 +41,7 @@ import numpy as np
 
 from dlrm_tvm.config import Config, ModelConfig
 from dlrm_tvm.data import Batch, validate_batch
-from dlrm_tvm.interop.reference import check_state, model_of, top0_weight
+from dlrm_tvm.interop.reference import check_state, model_of, refuse_dcn, top0_weight
 
 MIN_OPSET = 16  # ScatterElements / ScatterND reduction="add"
 _EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -66,6 +66,7 @@ def predict_numpy(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
     interaction, ReLU top MLP with a final sigmoid), computed in float64 and returned as
     float32. The batch is checked with ``data.validate_batch`` (its labels are not used)."""
     m = model_of(cfg)
+    refuse_dcn(m)
     check_state(m, state)
     B, T, D = batch.size, m.num_tables, m.embedding_dim
     validate_batch(dataclasses.replace(batch, labels=np.zeros(B, np.float32)), m, B)
@@ -134,6 +135,7 @@ def build_onnx_model(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
         raise ValueError(f"opset {opset} is too old: the embedding bags need ScatterElements and "
                          f"ScatterND with reduction='add' (opset >= {MIN_OPSET})")
     m = model_of(cfg)
+    refuse_dcn(m)
     check_state(m, state)
     T, D, F = m.num_tables, m.embedding_dim, m.num_features
     g = _Graph()

@@ -68,6 +68,14 @@ def model_of(cfg: ModelConfig | Config) -> ModelConfig:
 mlp_layout = ModelConfig.mlp_param_specs
 
 
+def refuse_dcn(m: ModelConfig) -> None:
+    """Exports do not cover the DCN cross layers yet (issue 15 item 7): refuse rather than
+    write a model without them."""
+    if m.interaction == "dcn":
+        raise ValueError("exporting a DLRM-DCNv2 model (interaction dcn) is not supported yet: "
+                         "the export would leave out its cross layers (issue 15, item 7)")
+
+
 def check_state(m: ModelConfig, state: Mapping[str, np.ndarray]) -> None:
     """Raise ValueError unless ``state`` has every parameter of ``m`` in our layout.
 
@@ -106,6 +114,7 @@ def to_reference_state_dict(cfg: ModelConfig | Config,
     reference module's order): per-table ``emb_l.{t}.weight``, ``{bot,top}_l.{2i}.weight``
     [out, in] and ``.bias``. The padded rows of ``top0_w`` are dropped."""
     m = model_of(cfg)
+    refuse_dcn(m)
     check_state(m, state)
     tables = _f32(state["tables"])
     out: dict[str, np.ndarray] = {}
