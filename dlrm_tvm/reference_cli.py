@@ -234,12 +234,12 @@ def translate(args: argparse.Namespace) -> ReferenceRun:
         _set(args, "init_from", g["--load-model"], "--load-model", "--init-from")
     if "--save-model" in g:
         run.save_model = g["--save-model"]
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
             raise ConfigError("--save-model writes the reference's torch.save file and needs "
                               "torch (pip install torch); our own checkpoint of the run is "
-                              "RUNDIR/checkpoints without it") from None
+                              "RUNDIR/checkpoints without it")
     gen = g.get("--data-generation")
     if gen == "synthetic":
         raise ConfigError("--data-generation synthetic is the reference's trace-driven "
