@@ -138,4 +138,4 @@ def load_artifact(path: str | Path):
         raise ArtifactError(f"{art.path} was built with TVM {art.meta.get('tvm_version')}, "
                             f"this is TVM {tvm.__version__}; recompile it")
     mod = tvm.runtime.load_module(str(art.path / MODULE_FILE))
-    return load_vm(mod), art
+    return load_vm(mod, needs_amx="amx_tile" in required_cpu_flags(art.meta)), art

@@ -302,8 +302,10 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     picks, against torch; and every VNNI pack, as GB/s against the measured copy bandwidth."""
     from tvm import tirx
 
-    from dlrm_tvm.bench.peaks import bf16_peak_gflops, fp32_peak_gflops, memory_bandwidth_gbs
+    from dlrm_tvm.bench.peaks import (amx_peak_gflops, bf16_peak_gflops, fp32_peak_gflops,
+                                      memory_bandwidth_gbs)
     from dlrm_tvm.pipeline import build_step
+    from dlrm_tvm.runtime.amx import needs_amx, request_amx
     from dlrm_tvm.schedules import rules_for, schedule_func
     from dlrm_tvm.schedules.base import attr, op_of
     from dlrm_tvm.targets import runnable_target
@@ -313,6 +315,9 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
     bf16 = cfg.train.precision == "bf16"
     peaks = (fp32_peak_gflops(target, threads), bf16_peak_gflops(target, threads) if bf16
              else None)
+    amx_peak = amx_peak_gflops(target, threads) if bf16 else None  # None: no AMX here
+    if needs_amx(target):
+        request_amx()
     copy_gbs = memory_bandwidth_gbs(target)
     mod = build_step(cfg, target)  # the step compile builds
     rules = rules_for(target, tuning=tuning)
@@ -344,11 +349,12 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
             ours = time_vnni(func, scheduled, target, reps)
             dt = "bfloat16"
             logical = _vnni_inputs(func)[2]
+        peak = peaks[1] if dt == "bfloat16" and peaks[1] else peaks[0]
+        if rule == "gemm_vnni_amx_bf16" and amx_peak:
+            peak = amx_peak  # a kernel on tiles against the tile loop's peak
         rows.append({"kernel": gv.name_hint, "shape": list(shape), "rule": rule,
                      "status": ours["status"], "gflops": ours.get("gflops"),
-                     "frac_peak": (ours["gflops"] / (peaks[1] if dt == "bfloat16" and peaks[1]
-                                                     else peaks[0]))
-                     if "gflops" in ours else None})
+                     "frac_peak": ours["gflops"] / peak if "gflops" in ours else None})
         torch_rows.append(logical)
     if torch_baseline:  # after all of ours: torch's OpenMP workers would slow TVM's
         time.sleep(0.3)
@@ -361,12 +367,15 @@ def sweep_gemms(cfg: Config, target_name: str = "host", reps: int = 5,
         row["x_best_torch"] = (row["gflops"] / max(base)) if base and row["gflops"] else None
     return {"config": cfg.name, "precision": cfg.train.precision, "target": target_name,
             "threads": threads, "fp32_peak_gflops": peaks[0], "bf16_peak_gflops": peaks[1],
-            "copy_gbs": copy_gbs, "rows": rows, "packs": packs}
+            "amx_bf16_peak_gflops": amx_peak, "copy_gbs": copy_gbs, "rows": rows, "packs": packs}
 
 
 def format_sweep(r: dict) -> str:
     peak = (f"bf16 peak {r['bf16_peak_gflops']:.0f}" if r["bf16_peak_gflops"]
             else f"fp32 peak {r['fp32_peak_gflops']:.0f}")
+    if r.get("amx_bf16_peak_gflops"):
+        peak += (f" (vdpbf16ps), AMX peak {r['amx_bf16_peak_gflops']:.0f} (tdpbf16ps: the "
+                 "peak of rows on gemm_vnni_amx_bf16)")
     out = [f"every GEMM of {r['config']} ({r['precision']}) on {r['target']}, {r['threads']} "
            f"threads; % of the measured {peak} GFLOP/s", ""]
     out.append(f"{'kernel':<40}{'rule':<28}{'GFLOP/s':>9}{'% peak':>8}{'torch32':>9}"

@@ -60,6 +60,7 @@ def setup_ranks(cfg: Config, comm, layout: dict, out_dir, target_name: str = "ho
     """Everything before the first step on this rank (under mpiexec, after ``start_mpi``):
     returns (trainer, info) where info holds the layout, plan and target for the summary."""
     from dlrm_tvm.pipeline import compile_dlrm, load_vm
+    from dlrm_tvm.runtime.amx import needs_amx
     from dlrm_tvm.runtime.comm import CollectiveError
     from dlrm_tvm.runtime.mpi import check_same_config, default_rank_budget, format_layout
     from dlrm_tvm.runtime.sharding import ShardingPlan, make_plan
@@ -102,11 +103,11 @@ def setup_ranks(cfg: Config, comm, layout: dict, out_dir, target_name: str = "ho
         shard_model = dataclasses.replace(cfg.model, table_rows=tuple(s.rows for s in shards))
         res = compile_dlrm(cfg, target, batch_size=cfg.train.batch_size, prefer=prefer,
                            model=shard_model, parts=("sparse",), tuning=tuning)
-        sparse_vm = load_vm(res.executable)
+        sparse_vm = load_vm(res.executable, needs_amx(target.tvm_target()))
     G = cfg.train.batch_size
     res = compile_dlrm(cfg, target, batch_size=G // R, prefer=prefer, parts=("dense",),
                        loss_scale=1.0 / G, hooks=True, tuning=tuning)
-    dense_vm = load_vm(res.executable)
+    dense_vm = load_vm(res.executable, needs_amx(target.tvm_target()))
     secs = comm.gather(time.perf_counter() - t0, root=0)
     if r == 0:
         log(f"compiled per rank for {target.name}: {max(secs):.1f} s (slowest rank)")

@@ -129,5 +129,11 @@ def compile_primfunc(func, target: tvm.target.Target):
                        target=target)
 
 
-def load_vm(executable_or_module):
+def load_vm(executable_or_module, needs_amx: bool = False):
+    """A VM on the CPU; ``needs_amx``: the code may run AMX tile instructions, so the process
+    first asks Linux for the tile state (runtime/amx.py; AmxUnavailable if refused)."""
+    if needs_amx:
+        from dlrm_tvm.runtime.amx import request_amx
+
+        request_amx()
     return relax.VirtualMachine(executable_or_module, tvm.cpu())

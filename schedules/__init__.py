@@ -20,7 +20,7 @@ from tvm.target import Target
 
 from . import dcn, embedding, embedding_update, fallback, gemm, gemv, interaction, pack, reduction
 from .base import Rule, op_of
-from .x86 import gemm_bf16
+from .x86 import gemm_amx, gemm_bf16
 
 log = logging.getLogger("dlrm_tvm.schedules")
 
@@ -30,6 +30,7 @@ log = logging.getLogger("dlrm_tvm.schedules")
 # takes the 1-wide layer's GEMMs before the GEMM rules; the fp32 rules' tile sizes come from the
 # target (AVX2 or AVX-512). Fallback, correct on any CPU, is last.
 RULES: tuple[Rule, ...] = (
+    gemm_amx.GemmVnniAmx(),
     gemm_bf16.GemmVnniDpbf16ps(),
     gemv.GemvVector(),
     pack.PackVnniVector(),

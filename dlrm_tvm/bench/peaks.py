@@ -2,6 +2,8 @@
 
 * bf16 FLOP/s (CPUs with avx512_bf16 only): the same loop on ``vdpbf16ps`` (32 multiply-adds
   per instruction).
+* AMX bf16 FLOP/s (CPUs with amx_tile and amx_bf16 only): four independent ``tdpbf16ps`` on
+  tile registers per iteration (16 x 16 x 32 multiply-adds each), operands loaded once.
 * fp32 FLOP/s: a register-resident FMA loop (independent accumulator chains, one vector FMA
   each per iteration), written in LLVM IR, imported into a TIR kernel and run on every thread.
   Lanes and accumulator count come from the target (AVX2: 8 x 12, AVX-512: 16 x 24).
@@ -62,6 +64,84 @@ def _dpbf16_ir(accs: int) -> str:
                     f"declare {v} {dp}({v}, <32 x bfloat>, <32 x bfloat>)",
                     [f"  %x = bitcast <16 x i32> {ones} to <32 x bfloat>"], "zeroinitializer",
                     f"call {v} {dp}({v} {{a}}, <32 x bfloat> %x, <32 x bfloat> %x)")
+
+
+def _amx_peak_ir() -> str:
+    """LLVM IR of ``i32 dlrm_amx_peak(i64 iters, ptr out)``: the tile configuration of the GEMM
+    kernels (schedules/intrin/x86_amx.py), A and B tiles loaded once from a stack buffer of bf16
+    values near 0.5, then ``iters`` x 4 independent tdpbf16ps into tmm0..3; tmm0's first
+    element is stored so nothing is dead."""
+    from dlrm_tvm.schedules.intrin.x86_amx import amx_config_global
+
+    return amx_config_global() + """
+declare void @llvm.x86.ldtilecfg(ptr)
+declare void @llvm.x86.tilezero(i8 immarg)
+declare void @llvm.x86.tilerelease()
+declare void @llvm.x86.tileloadd64(i8 immarg, ptr, i64)
+declare void @llvm.x86.tilestored64(i8 immarg, ptr, i64)
+declare void @llvm.x86.tdpbf16ps(i8 immarg, i8 immarg, i8 immarg)
+declare void @llvm.memset.p0.i64(ptr, i8, i64, i1)
+define i32 @dlrm_amx_peak(i64 %iters, ptr %out) {
+entry:
+  %buf = alloca [1024 x i8], align 64
+  call void @llvm.memset.p0.i64(ptr %buf, i8 63, i64 1024, i1 false)
+  call void @llvm.x86.ldtilecfg(ptr @dlrm_amx_cfg)
+  call void @llvm.x86.tilezero(i8 0)
+  call void @llvm.x86.tilezero(i8 1)
+  call void @llvm.x86.tilezero(i8 2)
+  call void @llvm.x86.tilezero(i8 3)
+  call void @llvm.x86.tileloadd64(i8 4, ptr %buf, i64 64)
+  call void @llvm.x86.tileloadd64(i8 5, ptr %buf, i64 64)
+  call void @llvm.x86.tileloadd64(i8 6, ptr %buf, i64 64)
+  call void @llvm.x86.tileloadd64(i8 7, ptr %buf, i64 64)
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%i1, %loop]
+  call void @llvm.x86.tdpbf16ps(i8 0, i8 4, i8 6)
+  call void @llvm.x86.tdpbf16ps(i8 1, i8 4, i8 7)
+  call void @llvm.x86.tdpbf16ps(i8 2, i8 5, i8 6)
+  call void @llvm.x86.tdpbf16ps(i8 3, i8 5, i8 7)
+  %i1 = add i64 %i, 1
+  %done = icmp eq i64 %i1, %iters
+  br i1 %done, label %exit, label %loop
+exit:
+  call void @llvm.x86.tilestored64(i8 0, ptr %buf, i64 64)
+  call void @llvm.x86.tilerelease()
+  %f = load float, ptr %buf
+  store float %f, ptr %out
+  ret i32 0
+}
+"""
+
+
+AMX_FLOP_PER_ITER = 4 * 2 * 16 * 16 * 32  # four tdpbf16ps: 16 x 16 outputs x 32 products
+
+
+def amx_peak_kernel(target, threads: int):
+    """The compiled tile loop (compiles for any amx-bf16 target, runs only on one)."""
+    from dlrm_tvm.schedules.base import has_feature
+
+    if not (has_feature(target, "amx-tile") and has_feature(target, "amx-bf16")):
+        raise ValueError("the AMX peak needs a target with amx-tile and amx-bf16")
+    return _loop_kernel(target, threads, "dlrm_amx_peak", _amx_peak_ir())
+
+
+def host_has_amx() -> bool:
+    from dlrm_tvm.targets import host_cpu_flags
+
+    return {"amx_tile", "amx_bf16"} <= host_cpu_flags()
+
+
+def amx_peak_gflops(target, threads: int, iters: int = 2_000_000) -> float | None:
+    """GFLOP/s of tdpbf16ps on this host, or None if the host or the target has no AMX."""
+    from dlrm_tvm.runtime.amx import request_amx
+    from dlrm_tvm.schedules.base import has_feature
+
+    if not host_has_amx() or not has_feature(target, "amx-bf16"):
+        return None
+    request_amx()
+    lib = amx_peak_kernel(target, threads)
+    return AMX_FLOP_PER_ITER * iters * threads / _run_loop(lib, threads, iters) / 1e9
 
 
 def _loop_kernel(target, threads: int, symbol: str, ir: str):
@@ -176,6 +256,7 @@ def measure_peaks(target, threads: int, embedding_dim: int = 64) -> dict:
         "fp32_gflops": fp32_peak_gflops(target, threads),
         "bf16_gflops": (bf16_peak_gflops(target, threads)
                         if has_feature(target, "avx512bf16") else None),
+        "amx_bf16_gflops": amx_peak_gflops(target, threads),
         "memory_gbs": memory_bandwidth_gbs(target),
         "gather_gbs": gather_bandwidth_gbs(target, dim=embedding_dim),
     }
