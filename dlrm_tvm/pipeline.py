@@ -123,8 +123,11 @@ def compile_dlrm(
 
 def compile_primfunc(func, target: tvm.target.Target):
     """One PrimFunc (or a Schedule's) as a callable module: ``lib["main"](*tensors)``."""
+    from dlrm_tvm.runtime.amx import request_if_host_has_amx
+
     if hasattr(func, "mod"):  # a Schedule
         func = func.mod["main"]
+    request_if_host_has_amx()  # the function may be run here right after
     return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                        target=target)
 
@@ -132,8 +135,10 @@ def compile_primfunc(func, target: tvm.target.Target):
 def load_vm(executable_or_module, needs_amx: bool = False):
     """A VM on the CPU; ``needs_amx``: the code may run AMX tile instructions, so the process
     first asks Linux for the tile state (runtime/amx.py; AmxUnavailable if refused)."""
-    if needs_amx:
-        from dlrm_tvm.runtime.amx import request_amx
+    from dlrm_tvm.runtime.amx import request_amx, request_if_host_has_amx
 
+    if needs_amx:
         request_amx()
+    else:  # compiled for this host, perhaps with AMX kernels: ask where the CPU has AMX
+        request_if_host_has_amx()
     return relax.VirtualMachine(executable_or_module, tvm.cpu())

@@ -81,6 +81,34 @@ def _why(err: int) -> str:
                          "--target cooperlake`, whose bf16 GEMMs use vdpbf16ps).")
 
 
+_tried_host = False
+
+
+def request_if_host_has_amx() -> bool:
+    """On a host whose CPU reports amx_tile, ask for the permission once (quietly: a refusal
+    is only an error where AMX code is about to run, ``request_amx``); True if granted. Every
+    place that runs compiled code calls this, so a module compiled for the host (AMX kernels
+    included) never meets a tile instruction before the grant."""
+    global _tried_host
+    if _granted:
+        return True
+    if _tried_host:
+        return False
+    _tried_host = True
+    from dlrm_tvm.targets import host_cpu_flags
+
+    if "amx_tile" not in host_cpu_flags():
+        return False
+    try:
+        request_amx()
+    except AmxUnavailable as e:
+        import logging
+
+        logging.getLogger("dlrm_tvm.runtime").warning("%s", e)
+        return False
+    return True
+
+
 def needs_amx(tvm_target) -> bool:
     """Whether code compiled for ``tvm_target`` may contain AMX tile instructions."""
     from tvm.target import codegen

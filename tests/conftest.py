@@ -43,6 +43,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _amx_permission():
+    """On an AMX host, kernels compiled for the host may use tile instructions: Linux wants the
+    process's request first (runtime/amx.py); tests call tvm.compile directly too."""
+    from dlrm_tvm.runtime.amx import request_if_host_has_amx
+
+    request_if_host_has_amx()
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRITEO_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "criteo_kaggle_sample"
 

@@ -312,3 +312,51 @@ def test_amx_peak_measured():
     tgt = resolve_target("host").tvm_target()
     amx_gf = amx_peak_gflops(tgt, 1, iters=200_000)
     assert amx_gf and amx_gf > bf16_peak_gflops(tgt, 1, iters=2_000_000)
+
+
+# ---------------------------------------------------------------- reports
+
+def _sweep(amx_peak=4000.0):
+    rows = [{"kernel": "gemm_vnni_fwd_2048x512x256_bias_relu", "shape": [2048, 512, 256],
+             "rule": "gemm_vnni_amx_bf16", "status": "ok", "gflops": 3000.0,
+             "frac_peak": 3000.0 / (amx_peak or 800.0), "torch_fp32_gflops": 900.0,
+             "torch_bf16_gflops": 2500.0, "x_best_torch": 1.2},
+            {"kernel": "gemm_vnni_fwd_2048x16x512_bias_relu", "shape": [2048, 16, 512],
+             "rule": "gemm_vnni_avx512_dpbf16ps", "status": "ok", "gflops": 400.0,
+             "frac_peak": 0.5, "torch_fp32_gflops": 300.0, "torch_bf16_gflops": 350.0,
+             "x_best_torch": 1.14}]
+    return {"config": "mlperf", "precision": "bf16", "target": "host", "threads": 16,
+            "fp32_peak_gflops": 400.0, "bf16_peak_gflops": 800.0,
+            "amx_bf16_peak_gflops": amx_peak, "copy_gbs": 100.0, "rows": rows, "packs": []}
+
+
+def test_kernels_bench_table_names_the_amx_peak():
+    from dlrm_tvm.kernels import format_sweep
+
+    text = format_sweep(_sweep())
+    assert "AMX peak 4000" in text and "gemm_vnni_amx_bf16" in text
+    assert "AMX" not in format_sweep(_sweep(None)).splitlines()[0]
+
+
+def test_amx_verdict_reads_the_device_outputs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "amx_verdict.py"
+    (tmp_path / "pytest-amx.log").write_text("61 passed in 30.0s\n")
+    (tmp_path / "gemms-mlperf-amx.json").write_text(json.dumps(_sweep()))
+    bench = {"threads": 16, "rows": [{"name": "dlrm-tvm bf16", "ms_per_step": 40.0},
+                                     {"name": "torch.compile bf16", "ms_per_step": 46.8}]}
+    (tmp_path / "bench-mlperf-amx.json").write_text(json.dumps(bench))
+    run = subprocess.run([sys.executable, str(tool), str(tmp_path)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stdout
+    assert "PASS  mlperf bf16 at 16 threads ahead" in run.stdout
+    assert "1 of 1" in run.stdout and "1.20x torch bf16" in run.stdout
+    bench["rows"][0]["ms_per_step"] = 50.0
+    (tmp_path / "bench-mlperf-amx.json").write_text(json.dumps(bench))
+    run = subprocess.run([sys.executable, str(tool), str(tmp_path)], capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and "MISS  mlperf bf16" in run.stdout

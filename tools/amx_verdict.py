@@ -1,0 +1,100 @@
+"""Issue 16's goals on an AMX host, from tools/device_amx.sh's output folder: one PASS/MISS line
+per goal (or "n/a" with the reason when a file is missing).
+
+    python tools/amx_verdict.py OUT_DIR
+
+OUT_DIR holds pytest-amx.log, gemms-mlperf-amx.json (host rules), gemms-mlperf-vdpbf16ps.json
+(cooperlake's rules: the vdpbf16ps kernels on the same machine) and bench-mlperf-amx.json.
+Goals: native numerics pass (no AMX test skipped); every mlperf GEMM with all dims >= 128 runs
+on the AMX rule and ahead of torch's bf16 matmul; mlperf bf16 ahead of torch.compile bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def _line(ok: bool, what: str, got: str) -> str:
+    return f"{'PASS' if ok else 'MISS'}  {what}: {got}"
+
+
+def _load(d: Path, name: str):
+    p = d / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def pytest_goal(d: Path) -> list[str]:
+    p = d / "pytest-amx.log"
+    if not p.exists():
+        return ["n/a   native tests: no pytest-amx.log"]
+    text = p.read_text()
+    m = re.search(r"(\d+) passed", text)
+    failed = re.search(r"(\d+) failed", text)
+    skipped = re.search(r"(\d+) skipped", text)
+    ok = bool(m) and not failed and "no amx_tile" not in text
+    return [_line(ok, "native AMX tests (numerics within 1e-5 of float64, permission, peak)",
+                  f"{m.group(1) if m else 0} passed, {failed.group(1) if failed else 0} failed, "
+                  f"{skipped.group(1) if skipped else 0} skipped")]
+
+
+def gemm_goals(r: dict, before: dict | None) -> list[str]:
+    out = []
+    amx_peak = r.get("amx_bf16_peak_gflops")
+    out.append(_line(bool(amx_peak), "AMX peak measured (tile loop)",
+                     f"{amx_peak:.0f} GFLOP/s, vdpbf16ps {r.get('bf16_peak_gflops') or 0:.0f}"
+                     if amx_peak else "none: this host has no AMX"))
+    big = [x for x in r["rows"] if min(x["shape"]) >= 128]
+    off = [x["kernel"] for x in big if x["rule"] != "gemm_vnni_amx_bf16"]
+    out.append(_line(not off, "mlperf GEMMs with all dims >= 128 on the AMX rule",
+                     f"{len(big) - len(off)} of {len(big)}" + (f" (not: {', '.join(off)})"
+                                                             if off else "")))
+    rated = [x for x in big if x.get("torch_bf16_gflops")]
+    behind = [f"{x['kernel']} {x['gflops'] / x['torch_bf16_gflops']:.2f}x" for x in rated
+              if x["gflops"] < x["torch_bf16_gflops"]]
+    out.append(_line(bool(rated) and not behind,
+                     "every such GEMM ahead of torch's bf16 matmul",
+                     "all ahead" if rated and not behind else ", ".join(behind) or "no torch"))
+    for x in big:
+        tb = x.get("torch_bf16_gflops")
+        pre = None
+        if before:
+            pre = next((y["gflops"] for y in before["rows"] if y["kernel"] == x["kernel"]), None)
+        out.append(f"      {x['kernel']:<40} {x['gflops']:>8.0f} GFLOP/s"
+                   f"  {100 * (x['frac_peak'] or 0):>3.0f}% peak"
+                   + (f"  {x['gflops'] / tb:5.2f}x torch bf16" if tb else "")
+                   + (f"  {x['gflops'] / pre:5.2f}x vdpbf16ps" if pre else ""))
+    wrong = [x["kernel"] for x in r["rows"] if x["status"] != "ok"]
+    if wrong:
+        out.append(_line(False, "GEMM results", "WRONG: " + ", ".join(wrong)))
+    return out
+
+
+def bench_goal(r: dict) -> list[str]:
+    ms = {row["name"]: row["ms_per_step"] for row in r["rows"]}
+    ours, comp = ms.get("dlrm-tvm bf16"), ms.get("torch.compile bf16")
+    if ours is None or comp is None:
+        return ["n/a   mlperf step: a contender is missing (" + ", ".join(ms) + ")"]
+    return [_line(ours < comp, f"mlperf bf16 at {r.get('threads')} threads ahead of "
+                  "torch.compile bf16", f"{ours:.1f} ms vs {comp:.1f} ms ({comp / ours:.2f}x)")]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    d = Path(argv[0])
+    lines = pytest_goal(d)
+    g = _load(d, "gemms-mlperf-amx.json")
+    lines += gemm_goals(g, _load(d, "gemms-mlperf-vdpbf16ps.json")) if g else [
+        "n/a   GEMMs: no gemms-mlperf-amx.json"]
+    b = _load(d, "bench-mlperf-amx.json")
+    lines += bench_goal(b) if b else ["n/a   mlperf step: no bench-mlperf-amx.json"]
+    print("\n".join(lines))
+    return 0 if all(not x.startswith("MISS") for x in lines) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
