@@ -197,6 +197,16 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_materialize_multihot(args) -> int:
+    from dlrm_tvm.data.criteo.multihot_writer import materialize_multihot
+
+    materialize_multihot(args.out, _resolve_config(args), days=args.days,
+                         rows_per_day=args.rows_per_day, seed=args.seed,
+                         from_binary=args.from_binary, overwrite=args.overwrite,
+                         progress=not args.quiet)
+    return 0
+
+
 def _export_state(args):
     from dlrm_tvm.interop.state_io import load_state
 
@@ -232,8 +242,32 @@ def cmd_export_reference(args) -> int:
 
     cfg, state, desc = _export_state(args)
     save_reference_checkpoint(args.out, cfg, state)
+    if cfg.model.interaction == "dcn":
+        print(f"{desc['path']} -> {args.out} (facebookresearch/dlrm layout: state_dict with "
+              f"emb_l.*, bot_l.*, top_l.*, and the cross layers as crossnet.* in torchrec's "
+              f"LowRankCrossNet layout; dlrm_s_pytorch.py has no DCN interaction and cannot "
+              f"load it, dlrm-tvm eval/export/--init-from can; for torchrec's DLRM_DCN use "
+              f"export-torchrec)")
+        return 0
     print(f"{desc['path']} -> {args.out} (facebookresearch/dlrm layout: state_dict with "
           f"emb_l.*, bot_l.*, top_l.*; load it with its --load-model)")
+    return 0
+
+
+def cmd_export_torchrec(args) -> int:
+    from dlrm_tvm.interop.torchrec_export import check_exportable, save_torchrec_state_dict
+
+    cfg, state, desc = _export_state(args)
+    check_exportable(cfg.model)
+    a = save_torchrec_state_dict(args.out, cfg, state)
+    extra = (f", dcn_num_layers={a['dcn_num_layers']}, dcn_low_rank_dim={a['dcn_low_rank_dim']}"
+             if "dcn_num_layers" in a else "")
+    print(f"{desc['path']} -> {args.out} (torchrec {a['model']} state_dict: "
+          f"{len(a['tables'])} tables t_cat_0.. of {a['tables'][0]['embedding_dim']} "
+          f"(features cat_0..), dense_in_features={a['dense_in_features']}, "
+          f"dense_arch_layer_sizes={a['dense_arch_layer_sizes']}, "
+          f"over_arch_layer_sizes={a['over_arch_layer_sizes']}{extra}; the model returns the "
+          f"logit: apply sigmoid for probabilities)")
     return 0
 
 
@@ -386,8 +420,10 @@ def cmd_kernels_bench(args) -> int:
 
 COMMANDS = {
     "compile": cmd_compile, "train": cmd_train, "bench": cmd_bench, "eval": cmd_eval,
-    "preprocess": cmd_preprocess, "export-onnx": cmd_export_onnx,
-    "export-reference": cmd_export_reference, "plot": cmd_plot, "plan": cmd_plan,
+    "preprocess": cmd_preprocess, "materialize-multihot": cmd_materialize_multihot,
+    "export-onnx": cmd_export_onnx,
+    "export-reference": cmd_export_reference, "export-torchrec": cmd_export_torchrec,
+    "plot": cmd_plot, "plan": cmd_plan,
     "mpi-probe": cmd_mpi_probe,
     "kernels list": cmd_kernels_list, "kernels bench": cmd_kernels_bench,
     "kernels tune": cmd_kernels_tune,

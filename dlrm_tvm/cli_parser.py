@@ -29,6 +29,8 @@ EPILOG = """examples:
   mpiexec -n 2 dlrm-tvm train --config small --steps 50 --out runs/s2
   dlrm-tvm preprocess train.txt --out data/kaggle --max-ind-range 10000000
   dlrm-tvm train --config mlperf --data criteo-kaggle --data-path data/kaggle --eval-every 1000
+  dlrm-tvm materialize-multihot --config dcnv2-tiny --multi-hot-sizes 2 --out data/mh
+  dlrm-tvm train --config dcnv2-tiny --data criteo-multihot --data-path data/mh --out runs/mh
   dlrm-tvm eval --checkpoint runs/k --data criteo-kaggle --data-path data/kaggle --out runs/e
   dlrm-tvm export-onnx --checkpoint runs/k --out model.onnx --check
   dlrm-tvm plot runs/k
@@ -263,6 +265,35 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     pp.add_argument("--quiet", action="store_true", help="no progress lines")
     pp.set_defaults(func=commands["preprocess"])
 
+    mh = sub.add_parser("materialize-multihot",
+                        help="write a dataset in MLPerf DLRM-DCNv2's multi-hot format",
+                        description="Write a multi-hot dataset in the on-disk format of MLPerf "
+                        "DLRM-DCNv2 (mlcommons/training recommendation_v2): per day "
+                        "day_{i}_dense.npy, day_{i}_labels.npy and day_{i}_sparse_multi_hot.npz "
+                        "(docs/data.md), days 0..D-2 for training and the last day's halves "
+                        "val/test; `dlrm-tvm train --data criteo-multihot --data-path OUT` "
+                        "reads it memory-mapped. The rows come from the synthetic generator "
+                        "of --config (its tables, --multi-hot-sizes, --labels, "
+                        "--index-distribution; batches of --mini-batch-size in order), or "
+                        "with --from-binary from one-hot Criteo binary rows, each id made a "
+                        "bag of the id and size-1 seeded pseudo-random ids of its table.")
+    _add_config_args(mh)
+    mh.add_argument("--out", required=True, help="output directory")
+    mh.add_argument("--days", type=positive_int, default=3,
+                    help="days to write, >= 2 (default 3; MLPerf has 24)")
+    mh.add_argument("--rows-per-day", type=positive_int, default=None,
+                    help="synthetic rows per day (default: 8 batches of --mini-batch-size)")
+    mh.add_argument("--seed", type=nonneg_int, default=None,
+                    help="seed of the generator and of the multi-hot ids (default: config's)")
+    mh.add_argument("--from-binary", metavar="PATH",
+                    help="make the rows from one-hot Criteo binary rows instead: a `dlrm-tvm "
+                    "preprocess` directory or MLPerf .bin file(s), comma-separated; ids "
+                    "folded into the config's table rows, the rows split into --days days")
+    mh.add_argument("--overwrite", action="store_true",
+                    help="replace a multi-hot dataset already in --out")
+    mh.add_argument("--quiet", action="store_true", help="no progress lines")
+    mh.set_defaults(func=commands["materialize-multihot"])
+
     xo = sub.add_parser("export-onnx", help="a checkpoint as an ONNX model (embedding bags "
                         "included)")
     xo.add_argument("--checkpoint", required=True, metavar="CKPT")
@@ -275,11 +306,32 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     xo.set_defaults(func=commands["export-onnx"])
 
     xr = sub.add_parser("export-reference", help="a checkpoint in facebookresearch/dlrm's "
-                        "torch.save layout (needs torch)")
+                        "torch.save layout (needs torch)",
+                        description="Write the model as dlrm_s_pytorch.py's --save-model file "
+                        "(state_dict emb_l.*, bot_l.*, top_l.*). A DCN model (--arch-"
+                        "interaction-op dcn) adds its cross layers as crossnet.W_kernels.{l} "
+                        "[N, r], crossnet.V_kernels.{l} [r, N], crossnet.bias.{l} (torchrec's "
+                        "LowRankCrossNet names and layouts): dlrm_s_pytorch.py has no DCN "
+                        "interaction and cannot load those; dlrm-tvm's eval, export-* and "
+                        "train --init-from can. For torchrec's DLRM_DCN use export-torchrec.")
     xr.add_argument("--checkpoint", required=True, metavar="CKPT")
     _add_config_args(xr)
     xr.add_argument("--out", required=True, help="the .pt file")
     xr.set_defaults(func=commands["export-reference"])
+
+    xt = sub.add_parser("export-torchrec", help="a checkpoint as the state_dict of torchrec's "
+                        "DLRM_DCN (or DLRM) (needs torch)",
+                        description="Write the model as torch.save of a state_dict that "
+                        "torchrec's DLRM_DCN (interaction dcn) or DLRM (dot, without the "
+                        "diagonal) loads with load_state_dict(strict=True): tables "
+                        "t_cat_0.. with features cat_0.. (mlcommons recommendation_v2's "
+                        "names), dense_arch, inter_arch.crossnet, over_arch. The model "
+                        "returns the logit (no sigmoid). The cat interaction and dot with "
+                        "the diagonal are refused: torchrec has neither.")
+    xt.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_config_args(xt)
+    xt.add_argument("--out", required=True, help="the .pt file")
+    xt.set_defaults(func=commands["export-torchrec"])
 
     pl = sub.add_parser("plot", help="draw a run's loss and AUC curves to a PNG",
                         description="Read RUNDIR/metrics.jsonl and draw the training loss and "

@@ -51,7 +51,7 @@ OPTIMIZERS = ("sgd", "rwsadagrad", "adagrad")
 OPTIMIZER_EPS = {"rwsadagrad": 1e-10, "adagrad": 1e-8}
 LABELS = ("random", "teacher")
 INDEX_DISTRIBUTIONS = ("uniform", "zipf")
-DATA_KINDS = ("synthetic", "criteo-kaggle", "criteo-terabyte", "mlperf-bin")
+DATA_KINDS = ("synthetic", "criteo-kaggle", "criteo-terabyte", "mlperf-bin", "criteo-multihot")
 SHUFFLES = ("none", "day", "total")  # the reference's --data-randomize
 TABLE_SIZE_SOURCES = ("data", "config")
 
@@ -286,7 +286,9 @@ class DataConfig:
         the bags follow num_indices_per_lookup(_fixed). When given it replaces those two for
         every table (they are then ignored; a varied size with it is refused), and a bag is
         not capped at its table's rows (duplicates are kept). One value per table, or one for
-        all (``bag_sizes``); synthetic data only (the Criteo files are one-hot).
+        all (``bag_sizes``); synthetic data, or ``criteo-multihot`` (MLPerf DCNv2's
+        materialised multi-hot files: given sizes must match the data's, else they are taken
+        from it); the other Criteo files are one-hot.
     labels: "teacher" (default: labels from a fixed random linear model of the inputs, a task
         the model can learn, so a first run shows the loss falling and a held-out AUC) or
         "random" (the reference's 0/1 coin flips, nothing to learn: for reference parity).
@@ -307,7 +309,9 @@ class DataConfig:
     """
 
     kind: str = "synthetic"  # or criteo-kaggle, criteo-terabyte, mlperf-bin (DATA_KINDS)
-    path: str = ""  # criteo-*: a raw file or a `dlrm-tvm preprocess` directory; mlperf-bin: .bin
+    # criteo-kaggle/terabyte: a raw file or a `dlrm-tvm preprocess` directory; mlperf-bin: .bin;
+    # criteo-multihot: the directory of MLPerf DCNv2's day_{i}_* files (data/criteo/multihot.py)
+    path: str = ""
     eval_path: str = ""  # mlperf-bin: held-out .bin file(s) (criteo-*: the test split)
     # criteo-* raw files: the directory their preprocessed form is written to and reused from
     # ("": RUNDIR/data); the reference's --processed-data-file
@@ -610,6 +614,15 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(batch_size=2048, learning_rate=0.004, optimizer="adagrad"),
         data=DataConfig(multi_hot_sizes=DCNV2_MULTI_HOT_SIZES),
     ),
+}
+
+
+# Presets whose tables are a capped copy of a bigger model: their capped rows -> the model's
+# own rows, so that --max-ind-range R re-caps from the full sizes (R above the preset's cap
+# lifts it) instead of only ever lowering the preset's cap.
+UNCAPPED_ROWS: dict[tuple[int, ...], tuple[int, ...]] = {
+    PRESETS["mlperf"].model.table_rows: CRITEO_TERABYTE_ROWS,
+    PRESETS["dcnv2"].model.table_rows: DCNV2_ROWS,
 }
 
 

@@ -41,6 +41,7 @@ from dlrm_tvm.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    UNCAPPED_ROWS,
     _describe,
     _positive,
 )
@@ -253,8 +254,16 @@ def _cap_tables(sections: dict[str, dict[str, Any]], value: Any) -> None:
     (the reference's flag does both)."""
     r = int(value)
     _positive("--max-ind-range", r)
-    sections["model"]["table_rows"] = tuple(min(x, r) for x in sections["model"]["table_rows"])
+    rows = tuple(sections["model"]["table_rows"])
+    full = UNCAPPED_ROWS.get(rows, rows)  # a preset's capped tables: re-cap the full model's
+    sections["model"]["table_rows"] = tuple(min(x, r) for x in full)
     sections["data"]["max_ind_range"] = r
+
+
+def _multihot_dir(sections: dict[str, dict[str, Any]], value: Any) -> None:
+    """torchrec's --synthetic_multi_hot_criteo_path DIR: --data criteo-multihot --data-path DIR."""
+    sections["data"]["kind"] = "criteo-multihot"
+    sections["data"]["path"] = str(value)
 
 
 def _given_table_rows(sections: dict[str, dict[str, Any]], value: Any) -> None:
@@ -277,6 +286,7 @@ class ConfigFlag:
     switch: bool = False  # store_true, None (unset) when not given
     cli: bool = True  # False: an apply_overrides keyword only, no argparse argument
     apply: Callable[[dict[str, dict[str, Any]], Any], None] | None = None  # sets several fields
+    aliases: tuple[str, ...] = ()  # other spellings of the flag on the command line
 
     @property
     def dest(self) -> str:
@@ -292,7 +302,7 @@ class ConfigFlag:
             kw["type"] = self.type
         if self.choices is not None:
             kw["choices"] = self.choices
-        parser.add_argument(self.flag, **kw)
+        parser.add_argument(self.flag, *self.aliases, dest=self.dest, **kw)
 
     def set(self, sections: dict[str, dict[str, Any]], value: Any) -> None:
         """Write ``value`` (not None) into ``sections`` ({"model": {...}, "train": ...})."""
@@ -362,9 +372,15 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
     F("--data", "data.kind",
       "synthetic (default); criteo-kaggle / criteo-terabyte: raw train.txt or day_N files "
       "(preprocessed into RUNDIR/data once) or a `dlrm-tvm preprocess` directory; mlperf-bin: "
-      "MLPerf binary files (40 int32 per row)", choices=DATA_KINDS),
+      "MLPerf binary files (40 int32 per row); criteo-multihot: the directory of MLPerf "
+      "DLRM-DCNv2's materialised multi-hot days (day_{i}_dense.npy, day_{i}_labels.npy, "
+      "day_{i}_sparse_multi_hot.npz), memory-mapped", choices=DATA_KINDS),
     F("--data-path", "data.path", "the data: file(s), comma-separated, or a directory",
       transform=_str),
+    F("--synthetic-multi-hot-criteo-path", "data.path",
+      "the same as --data criteo-multihot --data-path DIR (torchrec's "
+      "--synthetic_multi_hot_criteo_path, also accepted in that spelling)",
+      apply=_multihot_dir, aliases=("--synthetic_multi_hot_criteo_path",)),
     F("--eval-data-path", "data.eval_path",
       "mlperf-bin: held-out file(s) (criteo-*: the preprocessed test split)", transform=_str),
     F("--processed-data-file", "data.processed_path",

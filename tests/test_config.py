@@ -384,3 +384,22 @@ def test_check_fits_counts_rwsadagrad_state():
     PRESETS["small"].check_fits(available_bytes=budget)
     with pytest.raises(ConfigError, match="rwsadagrad accumulators"):
         c.check_fits(available_bytes=budget)
+
+
+def test_max_ind_range_lifts_a_presets_table_cap():
+    """dcnv2 and mlperf cap their tables at 1M rows; --max-ind-range re-caps from the model's
+    own sizes, so a larger value lifts the cap (issue 15 item 4) and a smaller one lowers it."""
+    from dlrm_tvm.config import CRITEO_TERABYTE_ROWS, DCNV2_ROWS
+
+    lifted = apply_overrides(PRESETS["dcnv2"], max_ind_range=40_000_000)
+    assert lifted.model.table_rows == DCNV2_ROWS
+    assert max(PRESETS["dcnv2"].model.table_rows) == 1_000_000
+    assert apply_overrides(PRESETS["dcnv2"], max_ind_range=5_000_000).model.table_rows == \
+        tuple(min(r, 5_000_000) for r in DCNV2_ROWS)
+    assert max(apply_overrides(PRESETS["mlperf"], max_ind_range=200_000).model.table_rows) == \
+        200_000
+    assert apply_overrides(PRESETS["mlperf"], max_ind_range=10**9).model.table_rows == \
+        CRITEO_TERABYTE_ROWS
+    # a config's own tables (not a preset's capped copy) are only ever lowered
+    tiny = apply_overrides(PRESETS["tiny"], max_ind_range=10**6)
+    assert tiny.model.table_rows == PRESETS["tiny"].model.table_rows

@@ -217,17 +217,6 @@ def test_kernels_list_has_a_rule_per_dcn_kernel(tmp_path):
     assert all(k["chosen"] for k in kernels)
 
 
-def test_exports_refuse_a_dcn_model():
-    from dlrm_tvm.interop.onnx_export import predict_numpy
-    from dlrm_tvm.interop.reference import to_reference_state_dict
-
-    cfg = PRESETS["dcnv2-tiny"]
-    with pytest.raises(ValueError, match="DCNv2.*not supported"):
-        to_reference_state_dict(cfg, {})
-    with pytest.raises(ValueError, match="DCNv2.*not supported"):
-        predict_numpy(cfg, {}, None)
-
-
 # ---------------------------------------------------------------- the model vs torch
 
 

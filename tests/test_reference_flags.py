@@ -18,9 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _parse(*argv):
-    p = build_parser({k: None for k in (
-        "compile", "train", "bench", "eval", "preprocess", "export-onnx", "export-reference",
-        "plot", "plan", "mpi-probe", "kernels list", "kernels bench", "kernels tune")})
+    p = build_parser({k: None for k in cli.COMMANDS})  # every subcommand, none bound
     return p.parse_args(["train", *argv])
 
 

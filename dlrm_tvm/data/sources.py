@@ -299,6 +299,10 @@ def sized_for_data(cfg: Config, data_dir: Path | None = None, say=None) -> Confi
     has a meta.json with bounded ids; otherwise ``cfg`` as it is (its ids folded into the
     config's rows, with a warning when they do not fit: ``BinarySource``)."""
     d = cfg.data
+    if d.kind == "criteo-multihot":  # its bag sizes (and our writer's table rows)
+        from dlrm_tvm.data.criteo.multihot import sized_for_multihot
+
+        return sized_for_multihot(cfg, say)
     if d.kind == "synthetic" or d.table_sizes != "data":
         return cfg
     check_criteo_model(cfg)
@@ -454,6 +458,10 @@ def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | Non
     d = cfg.data
     if d.kind == "synthetic":
         return SyntheticSource(cfg)
+    if d.kind == "criteo-multihot":  # MLPerf DCNv2's multi-hot days, memory-mapped
+        from dlrm_tvm.data.criteo.multihot import MultiHotSource
+
+        return MultiHotSource(cfg, rank, ranks, eval_split)
     from dlrm_tvm.data.criteo import BinaryDataset
 
     check_criteo_model(cfg)

@@ -22,7 +22,10 @@ for the ``reduction="add"`` of ScatterElements and ScatterND):
   interaction     Tc = [bottom output, pooled tables] [B, F, D]; dot: Z = Tc @ Tc^T,
                   Gather of the flattened pairs (i, j) in the reference's order (for i in
                   range(F), for j in range(i + itself)) after the bottom output; cat: Tc
-                  flattened to [B, F*D].
+                  flattened to [B, F*D]; dcn: x0 = that cat output [B, N], N = F*D, then
+                  per cross layer x = Add(Mul(x0, Add(MatMul(MatMul(x, u), v), b)), x)
+                  with u [N, r], v [r, N], b [N] (ours without the padding past N:
+                  ``reference.cross_layers``).
   top MLP         the first layer uses only the ``interaction_width`` true rows of top0_w;
                   Relu after every layer but the last, then Sigmoid, reshaped to [B].
 
@@ -41,7 +44,7 @@ import numpy as np
 
 from dlrm_tvm.config import Config, ModelConfig
 from dlrm_tvm.data import Batch, validate_batch
-from dlrm_tvm.interop.reference import check_state, model_of, refuse_dcn, top0_weight
+from dlrm_tvm.interop.reference import check_state, cross_layers, model_of, top0_weight
 
 MIN_OPSET = 16  # ScatterElements / ScatterND reduction="add"
 _EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -60,13 +63,20 @@ def pair_indices(num_features: int, itself: bool) -> tuple[list[int], list[int]]
 
 def predict_numpy(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
                   batch: Batch) -> np.ndarray:
-    """Click probabilities p [B] (float32) of the model ``state`` on ``batch``, in NumPy.
+    """Click probabilities p [B] (float32) of the model ``state`` on ``batch``, in NumPy:
+    the sigmoid of ``logits_numpy``."""
+    return (1.0 / (1.0 + np.exp(-logits_numpy(cfg, state, batch)))).astype(np.float32)
+
+
+def logits_numpy(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
+                 batch: Batch) -> np.ndarray:
+    """The logits [B] (float64, before the sigmoid) of the model ``state`` on ``batch``.
 
     The reference forward pass written out (sum-pooled bags, ReLU bottom MLP, dot or cat
-    interaction, ReLU top MLP with a final sigmoid), computed in float64 and returned as
-    float32. The batch is checked with ``data.validate_batch`` (its labels are not used)."""
+    interaction or the cat through the DCN cross layers, ReLU top MLP without its last ReLU),
+    in float64. The batch is checked with ``data.validate_batch`` (its labels are not
+    used)."""
     m = model_of(cfg)
-    refuse_dcn(m)
     check_state(m, state)
     B, T, D = batch.size, m.num_tables, m.embedding_dim
     validate_batch(dataclasses.replace(batch, labels=np.zeros(B, np.float32)), m, B)
@@ -92,13 +102,16 @@ def predict_numpy(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
         r = np.concatenate([h, z[:, li, lj]], axis=1)
     else:
         r = tc.reshape(B, -1)
+        x0 = r
+        for u, v, bias in cross_layers(m, state):  # dcn: x_{l+1} = x0 * (x_l u v + b) + x_l
+            r = x0 * (r @ u.astype(np.float64) @ v.astype(np.float64) + bias) + r
     n_top = len(m.top_layers)
     for i in range(n_top):
         w = top0_weight(m, state) if i == 0 else state[f"top{i}_w"]
         r = r @ w.astype(np.float64) + state[f"top{i}_b"]
         if i < n_top - 1:
             r = np.maximum(r, 0.0)
-    return (1.0 / (1.0 + np.exp(-r[:, 0]))).astype(np.float32)
+    return r[:, 0]
 
 
 class _Graph:
@@ -135,7 +148,6 @@ def build_onnx_model(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
         raise ValueError(f"opset {opset} is too old: the embedding bags need ScatterElements and "
                          f"ScatterND with reduction='add' (opset >= {MIN_OPSET})")
     m = model_of(cfg)
-    refuse_dcn(m)
     check_state(m, state)
     T, D, F = m.num_tables, m.embedding_dim, m.num_features
     g = _Graph()
@@ -192,6 +204,13 @@ def build_onnx_model(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
     else:
         r = g.op("Reshape", [tc, g.const("shape_b_fd", np.array([0, F * D], i64))],
                  "interaction")
+        # dcn: the low-rank cross layers on x0 = the concatenation, at the true width N
+        x0 = r
+        for li, (u, v, bias) in enumerate(cross_layers(m, state)):
+            ul = g.op("MatMul", [r, g.const(f"cross{li}_u", u)], f"cross{li}_xu")
+            z = g.op("Add", [g.op("MatMul", [ul, g.const(f"cross{li}_v", v)]),
+                             g.const(f"cross{li}_b", bias)], f"cross{li}_z")
+            r = g.op("Add", [g.op("Mul", [x0, z]), r], f"cross{li}_out")
 
     # top MLP
     n_top = len(m.top_layers)
@@ -224,11 +243,16 @@ def build_onnx_model(cfg: ModelConfig | Config, state: Mapping[str, np.ndarray],
         doc_string=(f"DLRM inference: {T} tables, D={D}, bottom {m.mlp_bot}, top {m.mlp_top}, "
                     f"interaction {m.interaction}"
                     + (" with the diagonal" if m.interaction_itself and m.interaction == "dot"
-                       else "")),
+                       else "")
+                    + (f" ({m.dcn_num_layers} cross layers of rank {m.dcn_low_rank_dim})"
+                       if m.interaction == "dcn" else "")),
     )
-    onnx.helper.set_model_props(model, {"interaction": m.interaction,
-                                        "interaction_itself": str(m.interaction_itself),
-                                        "table_rows": ",".join(map(str, m.table_rows))})
+    props = {"interaction": m.interaction, "interaction_itself": str(m.interaction_itself),
+             "table_rows": ",".join(map(str, m.table_rows))}
+    if m.interaction == "dcn":
+        props.update(dcn_num_layers=str(m.dcn_num_layers),
+                     dcn_low_rank_dim=str(m.dcn_low_rank_dim))
+    onnx.helper.set_model_props(model, props)
     return model
 
 

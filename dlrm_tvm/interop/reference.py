@@ -20,6 +20,11 @@ layers sit at the even indices.) Its ``--load-model`` reads ``state_dict`` (stri
 ``train_loss``, ``total_loss``, ``test_acc``, ``test_auc`` (with ``--mlperf-logging``) and,
 unless ``--inference-only``, ``opt_state_dict`` (loaded into its optimizer).
 
+The reference has no DCN interaction: a "dcn" model's cross layers are written beside the
+above as ``crossnet.{W_kernels,V_kernels,bias}.{l}`` (torchrec's ``LowRankCrossNet`` names and
+layouts), which dlrm_s_pytorch.py's strict loading refuses and dlrm-tvm reads back
+(``to_reference_state_dict``; ``export-torchrec`` writes torchrec's own DLRM_DCN).
+
 The conversions between the two state layouts (``from_reference_state_dict``,
 ``to_reference_state_dict``) are plain NumPy; torch is imported only by the two checkpoint
 functions, which read and write the files (``load_reference_checkpoint``, through
@@ -47,6 +52,7 @@ REFERENCE_DEFAULT_LR = 0.01
 _EMB_RE = re.compile(r"^emb_l\.(\d+)\.weight$")
 _MLP_RE = re.compile(r"^(bot_l|top_l)\.(\d+)\.(weight|bias)$")
 _VW_RE = re.compile(r"^v_W_l\.(\d+)$")
+_CROSS_RE = re.compile(r"^crossnet\.(W_kernels|V_kernels|bias)\.(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,12 +74,14 @@ def model_of(cfg: ModelConfig | Config) -> ModelConfig:
 mlp_layout = ModelConfig.mlp_param_specs
 
 
-def refuse_dcn(m: ModelConfig) -> None:
-    """Exports do not cover the DCN cross layers yet (issue 15 item 7): refuse rather than
-    write a model without them."""
-    if m.interaction == "dcn":
-        raise ValueError("exporting a DLRM-DCNv2 model (interaction dcn) is not supported yet: "
-                         "the export would leave out its cross layers (issue 15, item 7)")
+def cross_layers(m: ModelConfig,
+                 state: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, ...]]:
+    """The DCN cross layers of ``state`` at the true width N = ``interaction_width`` (float32,
+    the padding past N dropped: it only ever meets zero columns of x0), one (u [N, r],
+    v [r, N], b [N]) per layer, x_{l+1} = x0 * (x_l @ u @ v + b) + x_l; [] unless "dcn"."""
+    n = m.interaction_width
+    return [(_f32(state[f"cross{li}_u"])[:n], _f32(state[f"cross{li}_v"])[:, :n],
+             _f32(state[f"cross{li}_b"])[:n]) for li in range(m.num_cross_layers)]
 
 
 def check_state(m: ModelConfig, state: Mapping[str, np.ndarray]) -> None:
@@ -112,9 +120,16 @@ def to_reference_state_dict(cfg: ModelConfig | Config,
                             state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Our state as the reference's ``state_dict`` entries (float32 NumPy arrays, in the
     reference module's order): per-table ``emb_l.{t}.weight``, ``{bot,top}_l.{2i}.weight``
-    [out, in] and ``.bias``. The padded rows of ``top0_w`` are dropped."""
+    [out, in] and ``.bias``. The padded rows of ``top0_w`` are dropped.
+
+    A "dcn" model adds its cross layers as ``crossnet.W_kernels.{l}`` [N, r],
+    ``crossnet.V_kernels.{l}`` [r, N] and ``crossnet.bias.{l}`` [N]: torchrec's
+    ``LowRankCrossNet`` parameters as a submodule ``crossnet`` between the interaction's
+    concatenation and ``top_l`` (``V = u^T`` is applied first, ``W = v^T`` second; the
+    layout of ``bench/torch_ref.build``). dlrm_s_pytorch.py itself has no DCN interaction
+    (``--arch-interaction-op`` is dot or cat), so its strict ``--load-model`` refuses these
+    entries; dlrm-tvm reads them back (``from_reference_state_dict``)."""
     m = model_of(cfg)
-    refuse_dcn(m)
     check_state(m, state)
     tables = _f32(state["tables"])
     out: dict[str, np.ndarray] = {}
@@ -125,6 +140,13 @@ def to_reference_state_dict(cfg: ModelConfig | Config,
             wt = _f32(state[f"{part}{i}_w"])[:k]
             out[f"{part}_l.{2 * i}.weight"] = np.ascontiguousarray(wt.T)
             out[f"{part}_l.{2 * i}.bias"] = _f32(state[f"{part}{i}_b"]).copy()
+    layers = cross_layers(m, state)
+    for li, (_, v, _) in enumerate(layers):
+        out[f"crossnet.W_kernels.{li}"] = np.ascontiguousarray(v.T)
+    for li, (u, _, _) in enumerate(layers):
+        out[f"crossnet.V_kernels.{li}"] = np.ascontiguousarray(u.T)
+    for li, (_, _, b) in enumerate(layers):
+        out[f"crossnet.bias.{li}"] = b.copy()
     return out
 
 
@@ -182,6 +204,8 @@ def infer_model_config(shapes: Mapping[str, tuple[int, ...]],
     ``cat`` D*F, ``dot`` D + F(F-1)/2, ``dot`` with the diagonal D + F(F+1)/2. Where a width
     fits more than one (e.g. cat and dot with the diagonal when D(F-1) = F(F+1)/2), the
     interaction of ``cfg_hint`` decides; a hint that the shapes contradict is an error.
+    ``crossnet.*`` entries (as ``to_reference_state_dict`` writes them) make it "dcn", their
+    count and shapes its layers and rank; then the hint must say "dcn" too.
     Only the hint's interaction fields are used. Raises ValueError on inconsistent shapes."""
     return _infer({k: _Shape(s) for k, s in shapes.items()}, _hint_pair(cfg_hint))
 
@@ -198,6 +222,7 @@ def _group(sd: Mapping[str, Any]):
     emb: dict[int, Any] = {}
     mlp: dict[str, dict[int, dict[str, Any]]] = {"bot_l": {}, "top_l": {}}
     vw: dict[int, Any] = {}
+    cross: dict[int, dict[str, Any]] = {}
     unknown = []
     for key, val in sd.items():
         if mt := _EMB_RE.match(key):
@@ -206,6 +231,8 @@ def _group(sd: Mapping[str, Any]):
             mlp[mt.group(1)].setdefault(int(mt.group(2)), {})[mt.group(3)] = val
         elif mt := _VW_RE.match(key):
             vw[int(mt.group(1))] = val
+        elif mt := _CROSS_RE.match(key):
+            cross.setdefault(int(mt.group(2)), {})[mt.group(1)] = val
         else:
             unknown.append(key)
     if unknown:
@@ -214,7 +241,31 @@ def _group(sd: Mapping[str, Any]):
             f"the checkpoint's state_dict has entries a plain DLRM does not: {shown} "
             f"(QR or mixed-dimension embeddings, --qr-flag / --md-flag, are not supported)"
         )
-    return emb, mlp, vw
+    return emb, mlp, vw, cross
+
+
+def _cross_shape(cross: dict[int, dict[str, Any]], n: int) -> tuple[int, int]:
+    """(L, r) of the ``crossnet.*`` entries, checking that layers 0..L-1 each have W_kernels
+    [N, r], V_kernels [r, N] and bias [N] with one r."""
+    if sorted(cross) != list(range(len(cross))):
+        missing = sorted(set(range(max(cross) + 1)) - set(cross))
+        raise ValueError(f"the checkpoint lacks cross layers {missing} (crossnet.*.{{l}})")
+    ranks = set()
+    for li in sorted(cross):
+        have = cross[li]
+        for what in ("W_kernels", "V_kernels", "bias"):
+            if what not in have:
+                raise ValueError(f"the checkpoint has no crossnet.{what}.{li}")
+        w, v, b = have["W_kernels"].shape, have["V_kernels"].shape, have["bias"].shape
+        r = v[0] if len(v) == 2 else -1
+        if len(w) != 2 or w != (n, r) or v != (r, n) or b != (n,):
+            raise ValueError(
+                f"cross layer {li}: crossnet.W_kernels {tuple(w)}, V_kernels {tuple(v)}, bias "
+                f"{tuple(b)}; with N = (T+1)*D = {n} they must be [N, r], [r, N] and [N]")
+        ranks.add(int(r))
+    if len(ranks) != 1:
+        raise ValueError(f"the cross layers have different ranks {sorted(ranks)}")
+    return len(cross), ranks.pop()
 
 
 def _hint_pair(cfg_hint: ModelConfig | Config | None) -> tuple[str, bool] | None:
@@ -226,7 +277,7 @@ def _hint_pair(cfg_hint: ModelConfig | Config | None) -> tuple[str, bool] | None
 
 
 def _infer(sd: Mapping[str, Any], want: tuple[str, bool] | None) -> ModelConfig:
-    emb, mlp, _ = _group(sd)
+    emb, mlp, _, cross = _group(sd)
     if not emb:
         raise ValueError("the checkpoint has no emb_l.{t}.weight entries: not a DLRM state_dict")
     if sorted(emb) != list(range(len(emb))):
@@ -255,6 +306,8 @@ def _infer(sd: Mapping[str, Any], want: tuple[str, bool] | None) -> ModelConfig:
         raise ValueError(f"the top MLP must end at width 1 (one logit), got {top[-1][1]}")
     f = len(rows) + 1
     width = top[0][0]
+    if cross or (want is not None and want[0] == "dcn"):
+        return _infer_dcn(rows, d, bot, top, cross, want)
     cands = _interaction_candidates(width, d, f)
     if not cands:
         raise ValueError(
@@ -287,6 +340,30 @@ def _infer(sd: Mapping[str, Any], want: tuple[str, bool] | None) -> ModelConfig:
     )
 
 
+def _infer_dcn(rows, d, bot, top, cross, want) -> ModelConfig:
+    n = (len(rows) + 1) * d
+    if not cross:
+        raise ValueError("the hint says interaction 'dcn', but the checkpoint has no cross "
+                         "layers (crossnet.W_kernels.{l}, .V_kernels.{l}, .bias.{l})")
+    if want is not None and want[0] != "dcn":
+        raise ValueError(f"the checkpoint has DCN cross layers (crossnet.*), but the hint "
+                         f"says interaction {want[0]!r}: give --arch-interaction-op dcn "
+                         f"(or --config dcnv2-tiny / dcnv2)")
+    if top[0][0] != n:
+        raise ValueError(f"top_l.0.weight takes {top[0][0]} inputs, but the cross layers' "
+                         f"output has N = (T+1)*D = {n}: inconsistent checkpoint shapes")
+    num_layers, rank = _cross_shape(cross, n)
+    return ModelConfig(
+        table_rows=rows,
+        embedding_dim=d,
+        mlp_bot=(bot[0][0], *(o for _, o in bot)),
+        mlp_top=tuple(o for _, o in top),
+        interaction="dcn",
+        dcn_num_layers=num_layers,
+        dcn_low_rank_dim=rank,
+    )
+
+
 def from_reference_state_dict(
     sd: Mapping[str, Any], cfg_hint: ModelConfig | Config | None = None
 ) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -299,7 +376,7 @@ def from_reference_state_dict(
 def _from_reference(sd: Mapping[str, Any], want: tuple[str, bool] | None):
     sd = {k: np.asarray(v) for k, v in sd.items()}
     m = _infer(sd, want)
-    emb, mlp, vw = _group(sd)
+    emb, mlp, vw, cross = _group(sd)
     for t, w in sorted(vw.items()):
         if not np.all(w == 1):
             raise ValueError(
@@ -317,6 +394,14 @@ def _from_reference(sd: Mapping[str, Any], want: tuple[str, bool] | None):
             wt[:k] = w.T
             state[f"{part}{i}_w"] = wt
             state[f"{part}{i}_b"] = _f32(mlp[f"{part}_l"][2 * i]["bias"]).copy()
+    n, npad, r = m.interaction_width, m.interaction_width_padded, m.dcn_low_rank_dim
+    for li in range(m.num_cross_layers):  # u = V^T, v = W^T, zero past N
+        u, v, b = (np.zeros((npad, r), np.float32), np.zeros((r, npad), np.float32),
+                   np.zeros(npad, np.float32))
+        u[:n] = _f32(cross[li]["V_kernels"]).T
+        v[:, :n] = _f32(cross[li]["W_kernels"]).T
+        b[:n] = _f32(cross[li]["bias"])
+        state.update({f"cross{li}_u": u, f"cross{li}_v": v, f"cross{li}_b": b})
     return m, state
 
 
@@ -414,7 +499,7 @@ def load_reference_checkpoint(
 
 def _meta_pair(meta: Any) -> tuple[str, bool] | None:
     """The interaction our ``save_reference_checkpoint`` stored, if any and well-formed."""
-    if not isinstance(meta, Mapping) or meta.get("interaction") not in ("dot", "cat"):
+    if not isinstance(meta, Mapping) or meta.get("interaction") not in ("dot", "cat", "dcn"):
         return None
     itself = bool(meta.get("interaction_itself", False)) and meta["interaction"] == "dot"
     return str(meta["interaction"]), itself

@@ -6,7 +6,9 @@
 * ``writer``: ``preprocess`` (raw files once into MLPerf binary files and ``meta.json``), the
   input identity and ``meta.json`` checks;
 * ``binary``: ``BinaryDataset`` (memory-mapped binary rows, checked) and its batch stream;
-* ``synthetic``: ``write_synthetic_raw``, realistic raw files for tests and benchmarks.
+* ``synthetic``: ``write_synthetic_raw``, realistic raw files for tests and benchmarks;
+* ``multihot`` / ``multihot_writer``: MLPerf DLRM-DCNv2's materialised multi-hot days
+  (``MultiHotSource``: ``--data criteo-multihot``) and ``materialize_multihot``.
 
 The names below are the package's interface: ``from dlrm_tvm.data.criteo import preprocess``.
 """
