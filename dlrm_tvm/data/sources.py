@@ -28,6 +28,7 @@ import numpy as np
 
 from dlrm_tvm.config import Config
 from dlrm_tvm.data import SyntheticData
+from dlrm_tvm.data.epochs import EpochRows
 
 EVAL_STREAM = 0xE7A1
 log = logging.getLogger("dlrm_tvm")
@@ -83,7 +84,7 @@ class SyntheticSource:
                 "index_distribution": self.cfg.data.index_distribution}
 
 
-class BinarySource:
+class BinarySource(EpochRows):
     """Criteo rows from MLPerf binary files (dlrm_tvm.data.criteo.BinaryDataset), memory-mapped.
     Each rank reads only its slice of every global batch (``local``); an epoch reads the
     training rows in ``cfg.data.shuffle`` order (module docstring), and at its end the next
@@ -92,6 +93,8 @@ class BinarySource:
 
     ``meta``: the meta.json that describes the ids (None: unknown, as a bare MLPerf file: the
     largest ids are then watched batch by batch to tell when they are folded)."""
+
+    kind, what = "binary", "a binary/Criteo file"
 
     def __init__(self, cfg: Config, train, held_out, rank: int = 0, ranks: int = 1,
                  describe: dict | None = None, meta: dict | None = None):
@@ -112,20 +115,10 @@ class BinarySource:
             self._warn(self.folded)
         self._open(0)
 
-    def _order(self, epoch: int):
-        from dlrm_tvm.data.criteo.shuffle import RowOrder
-
-        d = self.cfg.data
-        return RowOrder(self.train.rows, d.shuffle, self.train.day_rows, self.cfg.train.seed,
-                        epoch, self.B, d.shuffle_batches)
-
-    def _open(self, row: int) -> None:
-        if not self.train_ok:
-            return  # evaluation only
-        self.stream = self.train.batches(self.B, self.table_rows, start_row=row,
-                                         rank=self.rank, ranks=self.ranks, drop_last=True,
-                                         order=self._order(self.epoch),
-                                         track_ids=self._seen is not None)
+    def _stream(self, row: int, order):
+        return self.train.batches(self.B, self.table_rows, start_row=row, rank=self.rank,
+                                  ranks=self.ranks, drop_last=True, order=order,
+                                  track_ids=self._seen is not None)
 
     def _warn(self, folds: list[dict]) -> None:
         if self.rank == 0 and not self._warned:
@@ -146,15 +139,7 @@ class BinarySource:
                 self._warn(self.folded)
 
     def next_batch(self):
-        if not self.train_ok:
-            raise ValueError(f"the training data has {self.train.rows} rows, fewer than one "
-                             f"batch of {self.B}: lower --mini-batch-size")
-        try:
-            batch = next(self.stream)
-        except StopIteration:
-            self.epoch += 1
-            self._open(0)
-            batch = next(self.stream)
+        batch = self._next_train()
         self._watch(self.stream.max_ids)
         return batch
 
@@ -174,24 +159,7 @@ class BinarySource:
         return Batches(gen, count)
 
     def state(self) -> dict:
-        d = self.cfg.data
-        return {"kind": "binary", "next_row": int(self.stream.next_row) if self.train_ok else 0,
-                "epoch": self.epoch, "shuffle": d.shuffle, "shuffle_batches": d.shuffle_batches,
-                "ids": self._ids}
-
-    def restore(self, state: dict) -> None:
-        if state.get("kind") != "binary":
-            raise ValueError(f"the checkpoint's data position is for {state.get('kind')!r} "
-                             f"data, not a binary/Criteo file")
-        d = self.cfg.data
-        was = (state.get("shuffle", "none"), bool(state.get("shuffle_batches", False)))
-        if was != (d.shuffle, d.shuffle_batches) and self.rank == 0:
-            log.warning("the checkpoint's run read its rows with shuffle %s (batches shuffled: "
-                        "%s); this one reads them with %s (%s): the resumed run continues at "
-                        "the same position of the epoch in another order", *was, d.shuffle,
-                        d.shuffle_batches)
-        self.epoch = int(state["epoch"])
-        self._open(int(state["next_row"]))
+        return {**self.position(), "ids": self._ids}
 
     def describe(self) -> dict:
         d = self.cfg.data

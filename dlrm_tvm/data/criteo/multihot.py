@@ -47,6 +47,7 @@ import numpy as np
 
 from dlrm_tvm.data.batch import Batch
 from dlrm_tvm.data.criteo.layout import DataError, PathLike, check_input_file
+from dlrm_tvm.data.epochs import EpochRows
 
 log = logging.getLogger("dlrm_tvm")
 
@@ -458,11 +459,13 @@ class MultiHotStream:
 # ----------------------------------------------------------------------------- the source
 
 
-class MultiHotSource:
+class MultiHotSource(EpochRows):
     """``--data criteo-multihot --data-path DIR``: the training days as a stream of global
     batches (each rank reads only its slice: ``local``), a new order every epoch in
     ``cfg.data.shuffle`` mode (MLPerf: ``none``), the held-out day's ``eval_split`` half read
     whole in file order (the last batch short). The interface of sources.BinarySource."""
+
+    kind, what = "multihot", "a multi-hot dataset"
 
     def __init__(self, cfg, rank: int = 0, ranks: int = 1, eval_split: str = "test"):
         m, d = cfg.model, cfg.data
@@ -478,30 +481,16 @@ class MultiHotSource:
         self.epoch = 0
         self._open(0)
 
-    def _order(self, epoch: int):
-        from dlrm_tvm.data.criteo.shuffle import RowOrder
+    def _stream(self, row: int, order):
+        return MultiHotStream(self.train, self.B, row, self.rank, self.ranks, drop_last=True,
+                              order=order)
 
-        d = self.cfg.data
-        return RowOrder(self.train.rows, d.shuffle, self.train.day_rows, self.cfg.train.seed,
-                        epoch, self.B, d.shuffle_batches)
-
-    def _open(self, row: int) -> None:
-        if not self.train_ok:
-            return  # evaluation only
-        self.stream = MultiHotStream(self.train, self.B, row, self.rank, self.ranks,
-                                     drop_last=True, order=self._order(self.epoch))
+    def _too_small(self) -> str:
+        return (f"the training days of {self.cfg.data.path} hold {self.train.rows} rows, "
+                f"fewer than one batch of {self.B}: lower --mini-batch-size")
 
     def next_batch(self) -> Batch:
-        if not self.train_ok:
-            raise ValueError(f"the training days of {self.cfg.data.path} hold "
-                             f"{self.train.rows} rows, fewer than one batch of {self.B}: "
-                             "lower --mini-batch-size")
-        try:
-            return next(self.stream)
-        except StopIteration:
-            self.epoch += 1
-            self._open(0)
-            return next(self.stream)
+        return self._next_train()
 
     def eval_batches(self, n: int | None = None):
         from dlrm_tvm.data.sources import Batches
@@ -515,24 +504,7 @@ class MultiHotSource:
         return Batches(gen, -(-held.rows // self.B))
 
     def state(self) -> dict:
-        d = self.cfg.data
-        return {"kind": "multihot", "next_row": int(self.stream.next_row) if self.train_ok
-                else 0, "epoch": self.epoch, "shuffle": d.shuffle,
-                "shuffle_batches": d.shuffle_batches}
-
-    def restore(self, state: dict) -> None:
-        if state.get("kind") != "multihot":
-            raise ValueError(f"the checkpoint's data position is for {state.get('kind')!r} "
-                             f"data, not a multi-hot dataset")
-        d = self.cfg.data
-        was = (state.get("shuffle", "none"), bool(state.get("shuffle_batches", False)))
-        if was != (d.shuffle, d.shuffle_batches) and self.rank == 0:
-            log.warning("the checkpoint's run read its rows with shuffle %s (batches shuffled: "
-                        "%s); this one reads them with %s (%s): the resumed run continues at "
-                        "the same position of the epoch in another order", *was, d.shuffle,
-                        d.shuffle_batches)
-        self.epoch = int(state["epoch"])
-        self._open(int(state["next_row"]))
+        return self.position()
 
     def describe(self) -> dict:
         d = self.cfg.data
