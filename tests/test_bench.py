@@ -39,3 +39,15 @@ def test_peak_probes_measure_something():
     t = resolve_target("host").tvm_target()
     assert fp32_peak_gflops(t, threads=1, iters=200_000) > 1.0
     assert gather_bandwidth_gbs(t, rows=10_000, dim=16, lookups=64 * 1000) > 0.1
+
+
+def test_kernel_gflop_from_names():
+    """The per-kernel table rates GEMMs from their names (calls per step counted apart: the
+    DCN's 2048x3456x512 kernel runs 6 times a step, forward and backward)."""
+    from dlrm_tvm.bench.step_bench import kernel_gflop
+
+    assert kernel_gflop("gemm_vnni_fwd_2048x3456x512_none") == 2 * 2048 * 3456 * 512 / 1e9
+    assert kernel_gflop("gemm_vnni_dw_3456x2048x512") == 2 * 3456 * 2048 * 512 / 1e9
+    assert kernel_gflop("gemm_dx_128x1x64_relu_mask_bf16") == 2 * 128 * 64 / 1e9
+    assert kernel_gflop("cross_fwd_2048x3456_bf16_last") is None
+    assert kernel_gflop("pack_vnni_2048x3456") is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
 import time
 from collections import defaultdict
 
@@ -66,7 +67,15 @@ def _time_kernels(vm, fn_calls) -> dict[str, float]:
             call()
     finally:
         vm.set_instrument(lambda *a: 0)
-    return {k: float(np.sum(v) / max(1, len(fn_calls))) * 1e3 for k, v in acc.items()}
+    return {k: float(np.sum(v) / max(1, len(fn_calls))) * 1e3 for k, v in acc.items()}, \
+        {k: len(v) / max(1, len(fn_calls)) for k, v in acc.items()}
+
+
+def kernel_gflop(name: str) -> float | None:
+    """GFLOP of one call of a GEMM kernel, from its name (``gemm[_vnni]_<kind>_MxKxN_...``);
+    None for other kernels."""
+    m = re.match(r"gemm(?:_vnni)?_[a-z]+_(\d+)x(\d+)x(\d+)", name)
+    return 2.0 * int(m[1]) * int(m[2]) * int(m[3]) / 1e9 if m else None
 
 
 def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host",
@@ -93,6 +102,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     rows = []
     functions: dict[str, dict[str, float]] = {}
     kernels: dict[str, dict[str, float]] = {}
+    kernel_calls: dict[str, dict[str, float]] = {}
     compile_s: dict[str, float] = {}
     for prec in precisions:
         pcfg = cfg.replace(train=dataclasses.replace(cfg.train, precision=prec))
@@ -109,8 +119,9 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         for b in few:
             ours.step(b, timings=fn_ms)
         functions[prec] = {k: median_ms(v) for k, v in fn_ms.items()}
-        kernels[prec] = dict(sorted(_time_kernels(vm, [ours.dense_call(b) for b in few]).items(),
-                                    key=lambda kv: -kv[1]))
+        k_ms, k_calls = _time_kernels(vm, [ours.dense_call(b) for b in few])
+        kernels[prec] = dict(sorted(k_ms.items(), key=lambda kv: -kv[1]))
+        kernel_calls[prec] = k_calls
         del ours, vm
     tvm_ms = rows[0]["ms_per_step"]
 
@@ -165,7 +176,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         platform.machine(), "cpu_count": os.cpu_count(), "compile_s": compile_s,
         "work_per_step": work, "peaks": peaks, "floor_ms": floor_ms,
         "floor_bf16_ms": floor_bf16_ms, "rows": rows,
-        "functions_ms": functions, "kernels_ms": kernels,
+        "functions_ms": functions, "kernels_ms": kernels, "kernel_calls": kernel_calls,
     }
     result["speedups"] = _ratios(result)
     return result
@@ -216,7 +227,12 @@ def format_table(r: dict) -> str:
         out.append(f"dlrm-tvm {prec} per function (ms, median):")
         for k, v in r["functions_ms"][prec].items():
             out.append(f"  {k:<28}{v:>9.2f}")
-        out.append(f"dlrm-tvm {prec} dense_forward_backward per kernel (ms per step, top 12):")
+        out.append(f"dlrm-tvm {prec} dense_forward_backward per kernel (ms per step over all "
+                   "its calls, top 12; GEMMs with GFLOP/s):")
+        calls = r.get("kernel_calls", {}).get(prec, {})
         for k, v in list(r["kernels_ms"][prec].items())[:12]:
-            out.append(f"  {k:<44}{v:>9.3f}")
+            n = calls.get(k)
+            gf = kernel_gflop(k)
+            rate = f"{gf * n / (v / 1e3):>9.0f} GFLOP/s" if gf and n and v > 0 else ""
+            out.append(f"  {k:<44}{v:>9.3f}" + (f"  x{n:g}" if n else "") + rate)
     return "\n".join(out)
