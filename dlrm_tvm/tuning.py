@@ -50,6 +50,7 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
     from dlrm_tvm.kernels import time_vnni
     from dlrm_tvm.pipeline import build_step
     from dlrm_tvm.schedules.base import attr, op_of, vector_registers
+    from dlrm_tvm.schedules.x86.gemm_amx import GemmVnniAmx, amx_fits
     from dlrm_tvm.schedules.x86.gemm_bf16 import GemmVnniDpbf16ps, gemm_vnni_schedule
     from dlrm_tvm.targets import runnable_target, target_signature
 
@@ -66,6 +67,12 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
     funcs = [(gv.name_hint, f) for gv, f in sorted(mod.functions_items(),
                                                    key=lambda kv: kv[0].name_hint)
              if isinstance(f, tirx.PrimFunc) and op_of(f) == "gemm_vnni"]
+    if GemmVnniAmx().applies(target):  # those run on AMX tiles, which have no tile to tune
+        on_amx = [n for n, f in funcs if amx_fits(attr(f, "m"), attr(f, "k"), attr(f, "n"))]
+        if on_amx:
+            log(f"  {len(on_amx)} GEMMs run on AMX tiles on {ti.name} (gemm_vnni_amx_bf16): "
+                "not tuned")
+        funcs = [(n, f) for n, f in funcs if n not in on_amx]
     t_start = time.perf_counter()
     kernels: dict[str, dict] = {}
     for i, (name, func) in enumerate(funcs):

@@ -360,3 +360,22 @@ def test_amx_verdict_reads_the_device_outputs(tmp_path):
     run = subprocess.run([sys.executable, str(tool), str(tmp_path)], capture_output=True,
                          text=True)
     assert run.returncode == 1 and "MISS  mlperf bf16" in run.stdout
+
+
+@pytest.mark.skipif("avx512_bf16" not in host_cpu_flags(), reason="kernels tune times the "
+                    "vdpbf16ps kernels: this CPU has no avx512_bf16")
+def test_kernels_tune_leaves_the_amx_gemms_alone(monkeypatch):
+    """On an AMX target the GEMMs the tile rule takes are not tuned (it has no register tile);
+    the rest are. (AMX pretended on this host: only the selection is exercised.)"""
+    from dlrm_tvm.tuning import tune_gemms
+
+    monkeypatch.setattr(GemmVnniAmx, "applies", lambda self, target: True)
+    base = PRESETS["dcnv2-tiny"]
+    model = dataclasses.replace(base.model, embedding_dim=32, mlp_bot=(13, 64, 32))
+    cfg = base.replace(model=model, train=dataclasses.replace(base.train, precision="bf16"))
+    lines = []
+    rec = tune_gemms(cfg, budget_s=1.0, reps=1, log=lines.append)
+    assert any("run on AMX tiles" in x for x in lines), lines
+    tuned = [v["kernel"] for v in rec["kernels"].values()]
+    assert tuned and all(not (all(int(d) % 32 == 0 for d in k.split("_")[3].split("x")))
+                         for k in tuned), tuned
