@@ -282,7 +282,20 @@ def cmd_plot(args) -> int:
 def cmd_plan(args) -> int:
     from dlrm_tvm.plan import format_report, plan_report
 
-    rep = plan_report(_resolve_config(args), args.ranks, args.sharding, args.rank_memory_gib)
+    from dlrm_tvm.data.sources import needs_preprocess, sized_for_data
+
+    cfg = _resolve_config(args)
+    notes: list[str] = []
+    if cfg.data.kind != "synthetic":  # the tables (and bag sizes) a run takes from the data
+        if needs_preprocess(cfg):
+            notes.append("raw Criteo files: the tables as configured (a run preprocesses them "
+                         "first, then may take the tables' rows from the data)")
+        else:
+            cfg = sized_for_data(cfg, None, notes.append)
+    rep = plan_report(cfg, args.ranks, args.sharding, args.rank_memory_gib)
+    rep["notes"] = notes
+    for n in notes:
+        print(n)
     print(format_report(rep))
     _write_json(args.json, rep)
     return 0

@@ -482,3 +482,21 @@ def test_two_ranks_train_what_one_rank_trains(mh, tmp_path, compiled):
     tr, src = Trainer(cfg, vm), make_source(cfg)
     want = [tr.step(src.next_batch())["loss"] for _ in range(8)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_plan_takes_the_bag_sizes_from_the_data(tmp_path, capsys):
+    """`plan` makes the plan a run makes: on a multi-hot dataset the lookups per step come from
+    the data's bag sizes (the config gives none)."""
+    import json
+
+    out = tmp_path / "mh"
+    cfg = _gen_cfg()
+    materialize_multihot(out, cfg, days=2, rows_per_day=2 * cfg.train.batch_size,
+                         progress=False, log=lambda *a: None)
+    sizes = cfg.data.multi_hot_sizes
+    assert cli.main(["plan", "--config", "dcnv2-tiny", "--data", "criteo-multihot",
+                     "--data-path", str(out), "--ranks", "1", "--mini-batch-size",
+                     str(cfg.train.batch_size), "--json", str(tmp_path / "p.json")]) == 0
+    rep = json.loads((tmp_path / "p.json").read_text())
+    assert rep["per_rank"][0]["lookups_per_step"] == pytest.approx(
+        cfg.train.batch_size * sum(sizes))
