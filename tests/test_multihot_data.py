@@ -152,9 +152,12 @@ def test_splits_follow_torchrecs(mh):
     np.testing.assert_array_equal(va.read(0, 50)[0], dense[:50])
     np.testing.assert_array_equal(te.read(0, 50)[0], dense[50:])
     cfg = _read_cfg(mh)
-    batches = list(make_source(cfg).eval_batches())  # test split, every row once, last short
-    assert [n for _, n in batches] == [32, 18]
-    np.testing.assert_array_equal(np.concatenate([b.dense for b, _ in batches]), dense[50:])
+    # training evaluates on val (MLPerf's reference validates there), every row once, last
+    # batch short; test on request (eval's default)
+    for split, rows in ((None, dense[:50]), ("test", dense[50:])):
+        batches = list(make_source(cfg, eval_split=split).eval_batches())
+        assert [n for _, n in batches] == [32, 18]
+        np.testing.assert_array_equal(np.concatenate([b.dense for b, _ in batches]), rows)
 
 
 @pytest.mark.parametrize("shuffle", ["none", "total", "day"])

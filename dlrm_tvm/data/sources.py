@@ -420,16 +420,19 @@ def _data_files(paths: str, flag: str, kind: str) -> list[str]:
 
 
 def make_source(cfg: Config, rank: int = 0, ranks: int = 1, data_dir: Path | None = None,
-                eval_split: str = "test"):
+                eval_split: str | None = None):
     """The training source of ``cfg.data`` (``data_dir``: where raw files were preprocessed;
-    ``eval_split``: the held-out rows of a preprocessed directory: test, val, train or all)."""
+    ``eval_split``: the held-out rows: test, val, train or all; default the data's own:
+    "test" for Criteo (the reference's), "val" for MLPerf DCNv2's multi-hot days (its
+    reference validates on day 23's first half during training))."""
     d = cfg.data
     if d.kind == "synthetic":
         return SyntheticSource(cfg)
     if d.kind == "criteo-multihot":  # MLPerf DCNv2's multi-hot days, memory-mapped
         from dlrm_tvm.data.criteo.multihot import MultiHotSource
 
-        return MultiHotSource(cfg, rank, ranks, eval_split)
+        return MultiHotSource(cfg, rank, ranks, eval_split or "val")
+    eval_split = eval_split or "test"
     from dlrm_tvm.data.criteo import BinaryDataset
 
     check_criteo_model(cfg)
