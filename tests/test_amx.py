@@ -186,6 +186,34 @@ def test_amx_schedule_emulated(variant, name, m, k, n, al, epi, odt):
     assert err <= _tol(odt), f"{name} ({variant}): relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("preset", ["mlperf", "dcnv2"])
+def test_every_amx_gemm_of_the_step_on_the_tile_model(preset):
+    """Every distinct GEMM the AMX rule takes in the preset's bf16 step for sapphirerapids (its
+    real shapes, epilogues and output types: K up to 3456, the weight gradients' repack over
+    a 2048 batch), run on the software tile model against float64."""
+    from dlrm_tvm.pipeline import build_step
+    from dlrm_tvm.schedules.base import attr, op_of
+
+    cfg = PRESETS[preset]
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, precision="bf16"))
+    mod = build_step(cfg, SPR)
+    seen = set()
+    for gv, func in sorted(mod.functions_items(), key=lambda kv: kv[0].name_hint):
+        if not isinstance(func, tvm.tirx.PrimFunc) or op_of(func) != "gemm_vnni":
+            continue
+        if GemmVnniAmx().apply(func, SPR) is None:
+            continue
+        dims = tuple(attr(func, a) for a in ("m", "k", "n", "a_layout", "epilogue",
+                                              "out_dtype"))
+        if dims in seen:
+            continue
+        seen.add(dims)
+        lib = _build(gemm_amx_schedule(func, "sw"), HOST)
+        err = _check(lib, *dims, seed=len(seen))
+        assert err <= _tol(dims[-1]), f"{gv.name_hint}: relative error {err:.2e}"
+    assert len(seen) >= (12 if preset == "mlperf" else 8), seen
+
+
 def test_amx_rule_variants_apply_on_any_target():
     func = ops.gemm_vnni(64, 64, 64)
     assert GemmVnniAmx("sw").apply(func, HOST) is not None
