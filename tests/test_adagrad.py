@@ -539,8 +539,8 @@ def test_as_close_to_float64_torch_as_torch_fp32_is(compiled):
     included: against the same torch DLRM run in float64 (the exact result, to fp32's eyes),
     torch's fp32 run has table elements off by more than 1e-5 too (measured on the Zen 4 VM:
     3 of 416,000, worst 5.1e-5; ours: 2, worst 2.0e-5). Ours must be no further from float64
-    than torch fp32 is (worst element within 1e-5 or within 2x torch fp32's worst), and every
-    dense parameter within 1e-5 of it."""
+    than torch fp32 is: every well-conditioned table element and every dense parameter within
+    1e-5 of it, the ill-conditioned within twice torch fp32's worst (or lr / 40)."""
     torch = pytest.importorskip("torch")
     from dlrm_tvm.bench.torch_ref import TorchTrainer, torch_inputs
     from dlrm_tvm.runtime.trainer import Trainer
@@ -550,6 +550,7 @@ def test_as_close_to_float64_torch_as_torch_fp32_is(compiled):
     vm, _ = compiled(cfg)
     ours = Trainer(cfg, vm)
     init = ours.state()
+    states = [ours.optimizer_state()["row_acc"].copy()]
     f32 = TorchTrainer(cfg, init)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -559,6 +560,7 @@ def test_as_close_to_float64_torch_as_torch_fp32_is(compiled):
         for _ in range(20):
             batch = data.next_batch()
             ours.step(batch)
+            states.append(ours.optimizer_state()["row_acc"].copy())
             f32.step(batch)
             dense, idx, off, labels = torch_inputs(batch, cfg.model.num_tables)
             f64.opt.zero_grad(set_to_none=True)
@@ -578,7 +580,13 @@ def test_as_close_to_float64_torch_as_torch_fp32_is(compiled):
             print(f"vs float64: ours {int((d_ours > 1e-5).sum())} over 1e-5 (worst "
                   f"{d_ours.max():.2e}), torch fp32 {int((d_torch > 1e-5).sum())} (worst "
                   f"{d_torch.max():.2e}) of {want.size}")
-            assert d_ours.max() <= max(1e-5, 2 * d_torch.max()), (d_ours.max(), d_torch.max())
+            # the well-conditioned elements to 1e-5; the ill-conditioned ones (module
+            # docstring) no further than twice torch fp32's worst, and within lr / 40 (their
+            # errors depend on rounding, so on the host's instructions, for ours and torch's)
+            ill = _ill(states)
+            assert float(d_ours[~ill].max()) < 1e-5, d_ours[~ill].max()
+            assert d_ours.max() <= max(1e-5, 2 * d_torch.max(), LR / 40), (d_ours.max(),
+                                                                          d_torch.max())
         else:
             assert d_ours.max() < 1e-5, f"{name}: {d_ours.max():.2e}"
 
