@@ -48,7 +48,7 @@ def gemm_goals(r: dict, before: dict | None) -> list[str]:
                      if amx_peak else "none: this host has no AMX"))
     big = [x for x in r["rows"] if min(x["shape"]) >= 128]
     off = [x["kernel"] for x in big if x["rule"] != "gemm_vnni_amx_bf16"]
-    out.append(_line(not off, "mlperf GEMMs with all dims >= 128 on the AMX rule",
+    out.append(_line(not off, f"{r['config']} GEMMs with all dims >= 128 on the AMX rule",
                      f"{len(big) - len(off)} of {len(big)}" + (f" (not: {', '.join(off)})"
                                                              if off else "")))
     rated = [x for x in big if x.get("torch_bf16_gflops")]
