@@ -1,6 +1,7 @@
-"""The epoch and read position of a source that streams training rows from files (binary
-Criteo rows, MLPerf's multi-hot days): the row order of each epoch, the roll-over to the next
-epoch, and the position a checkpoint saves and a resumed run restores."""
+"""Reading rows from files (binary Criteo rows, MLPerf's multi-hot days): ``RowStream``, the
+global batches and each rank's slice of them, in an epoch's row order; ``EpochRows``, a
+source's epochs, the roll-over to the next one, and the position a checkpoint saves and a
+resumed run restores."""
 
 from __future__ import annotations
 
@@ -67,3 +68,56 @@ class EpochRows:
                         d.shuffle_batches)
         self.epoch = int(state["epoch"])
         self._open(int(state["next_row"]))
+
+
+class RowStream:
+    """Global batches of ``batch_size`` rows of ``ds`` (``rows``, ``read(lo, hi)``,
+    ``take(sorted_rows)``) from global position ``start_row``, in ``order`` (a
+    ``shuffle.RowOrder``, or None: file order). Rank r of R reads rows [r*b/R, (r+1)*b/R) of
+    each batch (b: the batch size, or a short last batch's rows, split as evenly as it can);
+    with an order they are gathered from the memory maps in increasing row order, never
+    copying more than the batch. ``next_row`` is the position the next batch starts at, the
+    same on every rank (pass it as ``start_row`` to resume). A subclass turns what
+    ``_next_rows`` read into a batch (``_batch``)."""
+
+    def __init__(self, ds, batch_size: int, start_row: int = 0, rank: int = 0, ranks: int = 1,
+                 drop_last: bool = True, order=None):
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not (isinstance(ranks, int) and ranks > 0 and 0 <= rank < ranks):
+            raise ValueError(f"need 0 <= rank < ranks, got rank={rank}, ranks={ranks}")
+        if batch_size % ranks:
+            raise ValueError(f"batch_size {batch_size} must divide by ranks {ranks}")
+        if not 0 <= start_row <= ds.rows:
+            raise ValueError(f"start_row {start_row} is outside 0..{ds.rows}")
+        if order is not None and order.rows != ds.rows:
+            raise ValueError(f"the row order covers {order.rows} rows, the data {ds.rows}")
+        self.ds, self.B, self.rank, self.ranks = ds, batch_size, rank, ranks
+        self.drop_last, self.next_row = drop_last, start_row
+        self.order = None if order is None or order.identity else order
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        left = self.ds.rows - self.next_row
+        return left // self.B if self.drop_last else -(-left // self.B)
+
+    def _batch(self, read):
+        raise NotImplementedError
+
+    def __next__(self):
+        import numpy as np
+
+        left = self.ds.rows - self.next_row
+        if left <= 0 or (self.drop_last and left < self.B):
+            raise StopIteration
+        b = min(self.B, left)
+        lo, hi = self.rank * b // self.ranks, (self.rank + 1) * b // self.ranks
+        if self.order is None:
+            read = self.ds.read(self.next_row + lo, self.next_row + hi)
+        else:
+            read = self.ds.take(np.sort(self.order(self.next_row, self.next_row + b))[lo:hi])
+        batch = self._batch(read)  # a refused batch leaves the position where it was
+        self.next_row += b
+        return batch

@@ -28,6 +28,7 @@ from dlrm_tvm.data.criteo.layout import (
     check_input_file,
 )
 from dlrm_tvm.data.criteo.writer import load_meta, meta_member
+from dlrm_tvm.data.epochs import RowStream
 
 
 def make_batch(rows: np.ndarray, table_rows: Sequence[int]) -> Batch:
@@ -52,58 +53,24 @@ def make_batch(rows: np.ndarray, table_rows: Sequence[int]) -> Batch:
     )
 
 
-class BatchStream:
-    """Iterator of ``Batch`` es; ``next_row`` is the global position the next batch starts at
-    (pass it as ``start_row`` to resume). It is the same on every rank.
-
-    ``order`` (a ``shuffle.RowOrder``, or None: file order) maps the positions of a global
-    batch to the rows it reads; they are gathered from the memory maps in increasing row
-    order (each rank its slice of the sorted rows), never copying more than the batch.
-    ``track_ids``: keep ``max_ids``, the largest id seen per column (uint32), so that a source
-    without a meta.json can tell when ids are folded into the tables."""
+class BatchStream(RowStream):
+    """Iterator of ``Batch`` es of a ``BinaryDataset`` (``RowStream``: the batches each rank
+    reads, the order, ``next_row``). ``track_ids``: keep ``max_ids``, the largest id seen per
+    column (uint32), so that a source without a meta.json can tell when ids are folded into
+    the tables."""
 
     def __init__(self, ds: BinaryDataset, batch_size: int, table_rows: Sequence[int],
                  start_row: int, rank: int, ranks: int, drop_last: bool, order=None,
                  track_ids: bool = False):
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not (isinstance(ranks, int) and ranks > 0 and 0 <= rank < ranks):
-            raise ValueError(f"need 0 <= rank < ranks, got rank={rank}, ranks={ranks}")
-        if batch_size % ranks:
-            raise ValueError(f"batch_size {batch_size} must divide by ranks {ranks}")
-        if not 0 <= start_row <= ds.rows:
-            raise ValueError(f"start_row {start_row} is outside 0..{ds.rows}")
-        if order is not None and order.rows != ds.rows:
-            raise ValueError(f"the row order covers {order.rows} rows, the data {ds.rows}")
-        self.ds, self.B, self.rank, self.ranks = ds, batch_size, rank, ranks
-        self.table_rows, self.drop_last = tuple(table_rows), drop_last
-        self.next_row = start_row
-        self.order = None if order is None or order.identity else order
+        super().__init__(ds, batch_size, start_row, rank, ranks, drop_last, order)
+        self.table_rows = tuple(table_rows)
         self.max_ids = np.zeros(NUM_CAT, np.uint32) if track_ids else None
 
-    def __iter__(self) -> BatchStream:
-        return self
-
-    def __len__(self) -> int:
-        left = self.ds.rows - self.next_row
-        return left // self.B if self.drop_last else -(-left // self.B)
-
-    def __next__(self) -> Batch:
-        left = self.ds.rows - self.next_row
-        if left <= 0 or (self.drop_last and left < self.B):
-            raise StopIteration
-        b = min(self.B, left)  # a short last batch splits as evenly as it can
-        lo, hi = self.rank * b // self.ranks, (self.rank + 1) * b // self.ranks
-        if self.order is None:
-            rows = self.ds.read(self.next_row + lo, self.next_row + hi)
-        else:
-            rows = self.ds.take(np.sort(self.order(self.next_row, self.next_row + b))[lo:hi])
+    def _batch(self, rows: np.ndarray) -> Batch:
         if self.max_ids is not None and rows.shape[0]:
             np.maximum(self.max_ids, rows[:, MIN_FIELDS:].view(np.uint32).max(0),
                        out=self.max_ids)
-        batch = make_batch(rows, self.table_rows)
-        self.next_row += b
-        return batch
+        return make_batch(rows, self.table_rows)
 
 
 _CHECK_HINT = ("is it an MLPerf binary file of Criteo rows (40 little-endian int32 a row: "

@@ -47,7 +47,7 @@ import numpy as np
 
 from dlrm_tvm.data.batch import Batch
 from dlrm_tvm.data.criteo.layout import DataError, PathLike, check_input_file
-from dlrm_tvm.data.epochs import EpochRows
+from dlrm_tvm.data.epochs import EpochRows, RowStream
 
 log = logging.getLogger("dlrm_tvm")
 
@@ -415,44 +415,11 @@ def make_multihot_batch(dense: np.ndarray, labels: np.ndarray,
                  offsets=offsets, labels=np.ascontiguousarray(labels, np.float32))
 
 
-class MultiHotStream:
-    """Batches of a ``MultiHotDataset`` from global position ``start_row``: each global batch
-    B rows (in ``order``, a ``shuffle.RowOrder``, or file order), rank r of R its rows
-    [r*b/R, (r+1)*b/R) (b: B, or a short last batch's rows); ``next_row`` is the position
-    the next batch starts at (the same on every rank)."""
+class MultiHotStream(RowStream):
+    """Batches of a ``MultiHotDataset`` (``RowStream``: each rank its slice of every global
+    batch, in ``order`` or file order, ``next_row`` the same on every rank)."""
 
-    def __init__(self, ds: MultiHotDataset, batch_size: int, start_row: int = 0,
-                 rank: int = 0, ranks: int = 1, drop_last: bool = True, order=None):
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not (isinstance(ranks, int) and ranks > 0 and 0 <= rank < ranks):
-            raise ValueError(f"need 0 <= rank < ranks, got rank={rank}, ranks={ranks}")
-        if batch_size % ranks:
-            raise ValueError(f"batch_size {batch_size} must divide by ranks {ranks}")
-        if not 0 <= start_row <= ds.rows:
-            raise ValueError(f"start_row {start_row} is outside 0..{ds.rows}")
-        self.ds, self.B, self.rank, self.ranks = ds, batch_size, rank, ranks
-        self.drop_last, self.next_row = drop_last, start_row
-        self.order = None if order is None or order.identity else order
-
-    def __iter__(self) -> MultiHotStream:
-        return self
-
-    def __len__(self) -> int:
-        left = self.ds.rows - self.next_row
-        return left // self.B if self.drop_last else -(-left // self.B)
-
-    def __next__(self) -> Batch:
-        left = self.ds.rows - self.next_row
-        if left <= 0 or (self.drop_last and left < self.B):
-            raise StopIteration
-        b = min(self.B, left)
-        lo, hi = self.rank * b // self.ranks, (self.rank + 1) * b // self.ranks
-        if self.order is None:
-            parts = self.ds.read(self.next_row + lo, self.next_row + hi)
-        else:
-            parts = self.ds.take(np.sort(self.order(self.next_row, self.next_row + b))[lo:hi])
-        self.next_row += b
+    def _batch(self, parts) -> Batch:
         return make_multihot_batch(*parts)
 
 
