@@ -138,8 +138,9 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     e.add_argument("--keep-checkpoints", type=positive_int, default=2,
                    help="how many checkpoints to keep (default 2)")
     e.add_argument("--init-from", metavar="CKPT",
-                   help="start from the weights of a checkpoint (ours, or a facebookresearch/"
-                   "dlrm torch.save file) at step 0 with fresh optimizer state")
+                   help="start from the weights of a checkpoint (ours, a facebookresearch/"
+                   "dlrm torch.save file, or a torchrec DLRM_DCN/DLRM state dict as "
+                   "export-torchrec writes) at step 0 with fresh optimizer state")
     e.add_argument("--resume", nargs="?", const="auto",
                    help="continue from a checkpoint (a checkpoint dir, a checkpoints/ dir or a "
                    "run dir; without a value: --out's latest), bit-exactly, at any rank count")
@@ -215,10 +216,11 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                    help="raw rows to generate for --loader (default 200000)")
     b.set_defaults(func=commands["bench"])
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint (ours or the reference's) on "
-                        "held-out data",
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (ours, the reference's or "
+                        "torchrec's) on held-out data",
                         description="Load a checkpoint (a dlrm-tvm checkpoint or run directory, "
-                        "or a facebookresearch/dlrm torch.save file), compile its model for "
+                        "a facebookresearch/dlrm torch.save file, or a torchrec DLRM_DCN/DLRM "
+                        "state dict as export-torchrec writes), compile its model for "
                         "this CPU and evaluate every held-out row: RUNDIR/summary.json with loss, "
                         "accuracy, auc (exact ROC AUC), rows; --save-predictions adds "
                         "RUNDIR/predictions.npy, one probability per row in file order.")
@@ -327,7 +329,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                         "t_cat_0.. with features cat_0.. (mlcommons recommendation_v2's "
                         "names), dense_arch, inter_arch.crossnet, over_arch. The model "
                         "returns the logit (no sigmoid). The cat interaction and dot with "
-                        "the diagonal are refused: torchrec has neither.")
+                        "the diagonal are refused: torchrec has neither. Such a file reads "
+                        "back as a --checkpoint / --init-from (the model from its shapes).")
     xt.add_argument("--checkpoint", required=True, metavar="CKPT")
     _add_config_args(xt)
     xt.add_argument("--out", required=True, help="the .pt file")

@@ -502,3 +502,164 @@ def test_dcn_reference_file_errors(tmp_path, capsys):
     rc, _, err = _run(capsys, "export-torchrec", "--checkpoint", path, "--config", "dcnv2-tiny",
                       "--out", out)
     assert rc == 3 and "non-finite" in err and "cross0_b" in err and not out.exists()
+
+
+# ------------------------------------------------------------ import from torchrec
+def _torchrec_file(tmp_path, cfg: Config, name: str, seed: int = 1, **edit) -> str:
+    """A torchrec state dict file of random (scaled) weights; ``edit`` replaces entries
+    (None deletes one)."""
+    sd = {k: torch.from_numpy(v)
+          for k, v in to_torchrec_state_dict(cfg, _random_state(cfg, seed)).items()}
+    for k, v in edit.items():
+        if v is None:
+            del sd[k]
+        else:
+            sd[k] = v
+    path = tmp_path / name
+    torch.save(sd, path)
+    return str(path)
+
+
+def _assert_same_state(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert got[k].dtype == np.float32 and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v, err_msg=k)  # padding zeros included
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torchrec_file_reads_back_bit_exactly(built, tmp_path, capsys, variant):
+    """export-torchrec of a trained run, then load_state: the run's config model and every
+    parameter bit for bit, the zero padding of top0_w and the cross factors included, and the
+    dot model's first top layer un-permuted; likewise random (scaled) weights and a
+    DLRMTrain-wrapped ("model." prefixed) state dict."""
+    from dlrm_tvm.interop.state_io import load_state
+    from dlrm_tvm.interop.torchrec_export import from_torchrec_state_dict
+
+    cfg, run, _ = built(variant)
+    out = tmp_path / "trec.pt"
+    assert _run(capsys, "export-torchrec", "--checkpoint", run, "--out", out)[0] == 0
+    params = dict(np.load(run / "params.npz"))
+    hint = PRESETS["tiny"]  # the shapes tell the whole model, whatever the hint says
+    cfg2, st2, desc = load_state(out, hint)
+    assert desc == {"kind": "torchrec", "path": str(out)}
+    assert cfg2.model == dataclasses.replace(cfg.model, dcn_num_layers=(
+        cfg.model.dcn_num_layers if cfg.model.interaction == "dcn"
+        else hint.model.dcn_num_layers))
+    _assert_same_state(st2, {"tables": params["tables"],
+                             **{n: params[n] for n, _ in cfg.model.mlp_param_specs()}})
+    if variant == "dot":  # the permutation is not the identity: a missing one would show
+        n = cfg.model.interaction_width
+        assert not np.array_equal(torch.load(out, weights_only=True)[
+            "over_arch.model.0._mlp.0._linear.weight"].numpy(), params["top0_w"][:n].T)
+    state = _random_state(cfg, 21)
+    sd = to_torchrec_state_dict(cfg, state)
+    m, st3 = from_torchrec_state_dict(sd, cfg)
+    assert m == cfg.model
+    _assert_same_state(st3, state)
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"model." + k: torch.from_numpy(v) for k, v in sd.items()}, wrapped)
+    _assert_same_state(load_state(wrapped, cfg)[1], state)
+
+
+@pytest.mark.parametrize("variant,config", [("dcnv2-tiny", "dcnv2-tiny"), ("dot", "tiny")])
+def test_eval_of_a_torchrec_file_is_eval_of_the_run(built, tmp_path, capsys, variant, config):
+    import json
+
+    _, run, _ = built(variant)
+    trec = tmp_path / "trec.pt"
+    assert _run(capsys, "export-torchrec", "--checkpoint", run, "--out", trec)[0] == 0
+    res = {}
+    for name, ckpt in (("run", run), ("trec", trec)):
+        rc, _, err = _run(capsys, "eval", "--checkpoint", ckpt, "--config", config, "--out",
+                          tmp_path / name, "--save-predictions", "--quiet")
+        assert rc == 0, err
+        res[name] = (np.load(tmp_path / name / "predictions.npy"),
+                     json.loads((tmp_path / name / "summary.json").read_text()))
+    (p_run, s_run), (p_trec, s_trec) = res["run"], res["trec"]
+    assert p_run.size >= 128 and p_run.std() > 1e-4, "predictions must spread to tell apart"
+    np.testing.assert_array_equal(p_trec, p_run)
+    for k in ("auc", "loss", "accuracy", "rows"):
+        assert s_trec[k] == s_run[k], k
+
+
+def test_train_init_from_a_torchrec_file(built, tmp_path, capsys):
+    cfg, run, _ = built("dcnv2-tiny")
+    trec = tmp_path / "trec.pt"
+    assert _run(capsys, "export-torchrec", "--checkpoint", run, "--out", trec)[0] == 0
+    out = tmp_path / "cont"
+    rc, _, err = _run(capsys, "train", "--config", "dcnv2-tiny", "--init-from", trec,
+                      "--steps", "2", "--learning-rate", "1e-12", "--artifact",
+                      run.parent / "artifact", "--save-params", "--quiet", "--out", out)
+    assert rc == 0, err
+    got, want = np.load(out / "params.npz"), np.load(run / "params.npz")
+    assert sorted(got.files) == sorted(want.files)
+    for k in want.files:  # two steps at lr 1e-12 leave the imported weights where they were
+        np.testing.assert_allclose(got[k], want[k], atol=1e-9, err_msg=k)
+    # a model other than the config's is refused, the flag named
+    rc, _, err = _run(capsys, "train", "--config", "tiny", "--init-from", trec, "--steps", "1",
+                      "--quiet", "--out", tmp_path / "bad")
+    assert rc == 2 and "another model" in err
+
+
+class _Payload:
+    """Unpickling this makes a directory: the weights-only loader must refuse it first."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("case,cmd,cfg_name,edit,why", [
+    ("missing", "export-torchrec", "dcnv2-tiny", {"inter_arch.crossnet.bias.1": None},
+     ["inter_arch.crossnet.bias.1", "(432,)"]),
+    ("missing-last", "eval", "dcnv2-tiny", {"over_arch.model.1.bias": None},
+     ["over_arch.model.1.bias", "(1,)"]),
+    ("missing-table", "export-onnx", "tiny",
+     {"sparse_arch.embedding_bag_collection.embedding_bags.t_cat_3.weight": None},
+     ["embedding_bags.t_cat_3.weight"]),
+    ("shape", "export-torchrec", "dcnv2-tiny",
+     {"inter_arch.crossnet.V_kernels.1": torch.zeros(32, 431)},
+     ["inter_arch.crossnet.V_kernels.1", "(32, 431)", "(32, 432)"]),
+    ("shape-dot", "train", "tiny",
+     {"over_arch.model.0._mlp.0._linear.weight": torch.zeros(64, 368)},
+     ["over_arch.model.0._mlp.0._linear.weight", "(64, 368)", "(64, 367)"]),
+    ("extra", "export-reference", "dcnv2-tiny", {"inter_arch.crossnet.gamma.0": torch.zeros(3)},
+     ["inter_arch.crossnet.gamma.0", "does not"]),
+    ("extra-dot", "export-torchrec", "tiny", {"over_arch.model.2.weight": torch.zeros(1, 1)},
+     ["over_arch.model.2.weight", "does not"]),
+])
+def test_bad_torchrec_files_are_named(tmp_path, capsys, case, cmd, cfg_name, edit, why):
+    cfg = PRESETS[cfg_name]
+    path = _torchrec_file(tmp_path, cfg, f"{case}.pt", **edit)
+    out = tmp_path / "out"
+    argv = {"train": ["train", "--init-from", path, "--steps", "2", "--quiet", "--out", out],
+            "eval": ["eval", "--checkpoint", path, "--quiet", "--out", out]}.get(
+        cmd, [cmd, "--checkpoint", path, "--out", out])
+    rc, _, err = _run(capsys, *argv, "--config", cfg_name)
+    assert rc == 2, err
+    assert f"{case}.pt" in err and all(w in err for w in why), err
+    assert cmd in ("train", "eval") or not out.exists()
+
+
+def test_a_pickled_object_is_refused_not_unpickled(tmp_path, capsys):
+    cfg = PRESETS["dcnv2-tiny"]
+    marker = tmp_path / "unpickled"
+    path = _torchrec_file(tmp_path, cfg, "evil.pt",
+                          **{"inter_arch.crossnet.bias.0": _Payload(str(marker))})
+    for argv in (["export-torchrec", "--checkpoint", path, "--out", tmp_path / "t.pt"],
+                 ["train", "--init-from", path, "--steps", "2", "--quiet", "--out",
+                  tmp_path / "r"]):
+        rc, _, err = _run(capsys, *argv, "--config", "dcnv2-tiny")
+        assert rc == 2 and "weights_only" in err and "evil.pt" in err, err
+        assert not marker.exists()
+    # a whole pickled object (no tensors at all) too
+    obj = tmp_path / "obj.pt"
+    torch.save(_Payload(str(marker)), obj)
+    rc, _, err = _run(capsys, "eval", "--checkpoint", obj, "--config", "dcnv2-tiny",
+                      "--out", tmp_path / "e")
+    assert rc == 2 and "weights_only" in err and not marker.exists()

@@ -28,7 +28,7 @@ layouts), which dlrm_s_pytorch.py's strict loading refuses and dlrm-tvm reads ba
 The conversions between the two state layouts (``from_reference_state_dict``,
 ``to_reference_state_dict``) are plain NumPy; torch is imported only by the two checkpoint
 functions, which read and write the files (``load_reference_checkpoint``, through
-``_torch_load``, and ``save_reference_checkpoint``).
+``load_weights_only``, and ``save_reference_checkpoint``).
 """
 
 from __future__ import annotations
@@ -425,7 +425,7 @@ def _numpy_safe_globals() -> list:
     return allowed
 
 
-def _torch_load(path: str | os.PathLike) -> Any:
+def load_weights_only(path: str | os.PathLike) -> Any:
     """``torch.load(weights_only=True)`` with NumPy scalars allowed: tensors, numbers, strings
     and containers only. A file that needs anything else (a pickled nn.Module, a class of the
     reference's code, or a crafted payload) is refused: dlrm-tvm never unpickles arbitrary
@@ -443,7 +443,7 @@ def _torch_load(path: str | os.PathLike) -> Any:
         why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ValueError(
             f"{path}: refused: torch.load(weights_only=True) cannot read it ({why}). dlrm-tvm "
-            f"reads reference checkpoints as tensors and numbers only and never unpickles "
+            f"reads checkpoint files as tensors and numbers only and never unpickles "
             f"other objects (that could run code from the file). If the file is yours and "
             f"holds a whole model object, re-save it where you trust it as a state dict: "
             f"torch.save({{'state_dict': model.state_dict()}}, path)"
@@ -465,7 +465,7 @@ def _find_state_dict(ckpt: Any) -> Mapping[str, Any]:
     return {".".join(p for p in str(k).split(".") if p != "module"): v for k, v in sd.items()}
 
 
-def _to_numpy(v: Any) -> np.ndarray:
+def tensor_to_numpy(v: Any) -> np.ndarray:
     if hasattr(v, "detach"):  # a torch tensor (any dtype, any device)
         return v.detach().to("cpu").float().numpy()
     return np.asarray(v)
@@ -486,13 +486,19 @@ def load_reference_checkpoint(
     ambiguous, ``cfg_hint``'s interaction decides, else the metadata our own
     ``save_reference_checkpoint`` writes. Raises ValueError with the reason when the shapes are
     inconsistent (see ``infer_model_config``)."""
-    ckpt = _torch_load(path)
+    return reference_from_loaded(load_weights_only(path), path, cfg_hint)
+
+
+def reference_from_loaded(
+    ckpt: Any, path: str | os.PathLike, cfg_hint: ModelConfig | Config | None = None,
+) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """``load_reference_checkpoint`` of what ``load_weights_only(path)`` returned."""
     sd = _find_state_dict(ckpt)
     want = _hint_pair(cfg_hint)
     if want is None and isinstance(ckpt, Mapping):
         want = _meta_pair(ckpt.get(META_KEY))
     try:
-        return _from_reference({k: _to_numpy(v) for k, v in sd.items()}, want)
+        return _from_reference({k: tensor_to_numpy(v) for k, v in sd.items()}, want)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
 
