@@ -57,14 +57,7 @@ def test_the_eps_is_mlperfs_and_rwsadagrads_is_unchanged():
 
 
 # ------------------------------------------------------------------ the fused table update
-def _compile(func, rule=None):
-    if rule is None:
-        func, rule = schedule_func(func, TARGET, rules_for(TARGET))
-    else:
-        func = ALL_RULES[rule].apply(func, TARGET).mod["main"]
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                      target=TARGET)
-    return lib, rule
+from test_embedding import _compile  # noqa: E402  (the host's rule, or a named one, compiled)
 
 
 def _problem(seed, nt, b, d, rows, max_bag, hot=False):
