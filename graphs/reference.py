@@ -164,6 +164,13 @@ def embedding_bag_sgd_sequential(w, indices, offsets, row_offsets, grad, lr):
     return w
 
 
+def bf16_rne_bits(x: np.ndarray) -> np.ndarray:
+    """fp32 (or float64, rounded to fp32 first) -> bfloat16 bits, round to nearest, ties to
+    even, on the bits (finite and infinite inputs; NaN aside): the oracle of every bf16 cast."""
+    b = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
 def pack_vnni(x, transpose=False, k_pad=None):
     """NumPy VNNI-2 pack (graphs/ops.pack_vnni): P[j, p, jj, e] = M[2p + e, 16j + jj]."""
     m = np.asarray(x).T if transpose else np.asarray(x)

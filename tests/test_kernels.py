@@ -577,10 +577,7 @@ def test_split_adagrad_is_bit_exact_fp32_adagrad(shape):
 # TVM legalises bf16 casts to integer code on every x86 target.
 
 
-def bf16_rne_bits(x: np.ndarray) -> np.ndarray:
-    """fp32 -> bfloat16 bits, round to nearest even (finite and infinite inputs)."""
-    b = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+bf16_rne_bits = ref.bf16_rne_bits
 
 
 def _fp32_bit_patterns(g, shape):
