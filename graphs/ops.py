@@ -76,7 +76,7 @@ def gemm(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "none",
         return f32(Bm[kk, j] if b_layout == "kn" else Bm[j, kk])
 
     C = te.compute((m, n), lambda i, j: te.sum(a_at(i, r) * b_at(r, j), axis=r), name="C")
-    args, Y = _gemm_epilogue(C, m, n, epilogue, in_dtype, out_dtype)
+    args, Y = gemm_epilogue(C, m, n, epilogue, in_dtype, out_dtype)
     f = te.create_prim_func([A, Bm, *args, Y])
     return tag_op(f, "gemm", m=m, k=k, n=n, a_layout=a_layout, b_layout=b_layout,
                 epilogue=epilogue, in_dtype=in_dtype, out_dtype=out_dtype)
@@ -92,7 +92,7 @@ def convert(x, dst: str, src: str = F32):
     return x.astype(dst)
 
 
-def _gemm_epilogue(C, m: int, n: int, epilogue: str, in_dtype: str, out_dtype: str):
+def gemm_epilogue(C, m: int, n: int, epilogue: str, in_dtype: str, out_dtype: str):
     """(extra inputs, Y): block "Y" = epilogue(C) in fp32, cast to ``out_dtype``; the bias and
     the mask are ``in_dtype``."""
     zero = tirx.const(0.0, F32)
@@ -325,7 +325,7 @@ def gemm_vnni(m: int, k: int, n: int, a_layout: str = "mk", epilogue: str = "non
 
     C = te.compute((m, n), lambda i, j: te.sum(
         a_at(i, r) * Bp[j // 16, r // 2, j % 16, r % 2].astype(F32), axis=r), name="C")
-    args, Y = _gemm_epilogue(C, m, n, epilogue, bf, out_dtype)
+    args, Y = gemm_epilogue(C, m, n, epilogue, bf, out_dtype)
     f = te.create_prim_func([A, Bp, *args, Y])
     return tag_op(f, "gemm_vnni", m=m, k=k, n=n, a_layout=a_layout, b_layout="vnni",
                 epilogue=epilogue, in_dtype=bf, out_dtype=out_dtype)
