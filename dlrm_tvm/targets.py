@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlrm_tvm import amx_permission
+
 # name -> LLVM mcpu
 NAMED_TARGETS: dict[str, str] = {
     "skylake-avx512": "skylake-avx512",
@@ -117,6 +119,9 @@ class TargetInfo:
     mtriple: str = ""
     mattr: tuple[str, ...] = ()  # "+feat" / "-feat" switches on top of mcpu
     options: tuple[tuple[str, Any], ...] = field(default=())  # other llvm target options
+    # the AMX tile instructions run on the software executor (runtime/amx_emulator.py), not
+    # the CPU: the amx_* flags are not asked of the host (``emulated_target``)
+    emulate_amx: bool = False
 
     @property
     def lanes_fp32(self) -> int:
@@ -133,8 +138,10 @@ class TargetInfo:
 
     @property
     def required_cpu_flags(self) -> tuple[str, ...]:
-        """The /proc/cpuinfo flags a CPU must report to execute code built for this target."""
-        return tuple(ISA_FEATURES[f] for f in self.features)
+        """The /proc/cpuinfo flags a CPU must report to execute code built for this target
+        (the amx_* ones not, where the tile instructions are emulated)."""
+        return tuple(ISA_FEATURES[f] for f in self.features
+                     if not (self.emulate_amx and f.startswith("amx-")))
 
     def tvm_dict(self) -> dict:
         d: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu}
@@ -160,6 +167,7 @@ class TargetInfo:
             "tvm_target": self.tvm_dict(),
             "features": list(self.features),
             "required_cpu_flags": list(self.required_cpu_flags),
+            **({"emulate_amx": True} if self.emulate_amx else {}),
         }
 
 
@@ -280,19 +288,33 @@ def _resolve_spec(spec: dict, name: str) -> TargetInfo:
                       mtriple=mtriple, mattr=mattr, options=options)
 
 
-def host_target(flags: set[str] | None = None, system_cpu: str | None = None) -> TargetInfo:
-    """This CPU: LLVM's host CPU name, adjusted to exactly the ISA features the OS reports.
+def host_target(flags: set[str] | None = None, system_cpu: str | None = None, *,
+                emulate_amx: bool = False) -> TargetInfo:
+    """This CPU: LLVM's host CPU name, adjusted to exactly the ISA features the OS lets this
+    process execute.
 
     The mcpu is what LLVM detects (or, when LLVM does not know the CPU, the LLVM CPU whose
     features the host covers best); every ISA_FEATURES feature the mcpu implies but
     /proc/cpuinfo does not report (a hypervisor may hide one) is switched off (``-feat``), and
-    every one the host reports beyond the mcpu is switched on (``+feat``). ``flags`` and
-    ``system_cpu`` stand in for /proc/cpuinfo and LLVM's detection (tests)."""
+    every one the host reports beyond the mcpu is switched on (``+feat``).
+
+    AMX needs more than the flag: Linux must grant the process the tile-data state
+    (``amx_permission``). Where /proc/cpuinfo reports amx_tile, the permission is requested
+    here; if it is refused, every amx-* feature is switched off (the bf16 GEMMs then take the
+    vdpbf16ps rule instead of dying on their first tile instruction) and the reason is logged
+    once. ``emulate_amx``: keep AMX without asking (a hook for running the AMX kernels on a
+    software model of the tile instructions). ``flags`` and ``system_cpu`` stand in for
+    /proc/cpuinfo and LLVM's detection (tests); a stand-in host is taken as granting AMX, since
+    the permission is this process's."""
     from tvm.target import codegen
 
     triple = _default_triple()
     cpu = str(codegen.llvm_get_system_cpu()) if system_cpu is None else system_cpu
-    flags = host_cpu_flags() if flags is None else set(flags)
+    if flags is None:
+        flags = host_cpu_flags()
+        if "amx_tile" in flags and not emulate_amx and amx_permission.host_amx_refusal():
+            flags = {f for f in flags if not f.startswith("amx_")}
+    flags = set(flags)
     if not flags:  # not Linux: cannot see the OS's flags; trust LLVM's detection
         if cpu and cpu != "generic" and bool(codegen.llvm_is_valid_cpu(cpu, triple)):
             return _resolve_spec({"kind": "llvm", "mcpu": cpu}, "host")
@@ -338,15 +360,20 @@ def closest_cpu(host_feats: set[str], vendor: str | None = None) -> str:
     return best
 
 
-def resolve_target(name: str | dict = "host") -> TargetInfo:
+def resolve_target(name: str | dict = "host", *, emulate_amx: bool = False) -> TargetInfo:
     """Resolve ``host``, a named CPU, a TVM target string (``llvm -mcpu=sapphirerapids``,
     ``llvm -mtriple=x86_64-linux-gnu -mcpu=icelake-server``) or a target dict (or its JSON,
-    ``{"kind": "llvm", "mcpu": "..."}``) to its LLVM mcpu and ISA feature set."""
+    ``{"kind": "llvm", "mcpu": "..."}``) to its LLVM mcpu and ISA feature set. ``host`` keeps
+    AMX only where this process is granted it (``host_target``; ``emulate_amx`` keeps it
+    without asking); a named or explicit target keeps all its features (its code is refused
+    at load on a host that cannot run it)."""
+    if isinstance(name, TargetInfo):  # already resolved (``emulated_target``)
+        return name
     if isinstance(name, dict):
         return _resolve_spec(name, json.dumps(name, sort_keys=True))
     name = str(name).strip()
     if name == "host":
-        return host_target()
+        return host_target(emulate_amx=emulate_amx)
     if name in NAMED_TARGETS:
         return _resolve_spec({"kind": "llvm", "mcpu": NAMED_TARGETS[name]}, name)
     if name.startswith("{"):
@@ -361,6 +388,54 @@ def resolve_target(name: str | dict = "host") -> TargetInfo:
         return _resolve_spec(_parse_target_string(name), name)
     raise ValueError(f"unknown target {name!r}; give "
                      + _TARGET_SYNTAX.format(names=", ".join(NAMED_TARGETS)))
+
+
+AMX_EMULATED = ("amx-tile", "amx-bf16", "amx-int8")  # what the software executor runs
+
+
+def emulated_target(name: str | dict | TargetInfo = "host",
+                    flags: set[str] | None = None) -> TargetInfo:
+    """``name`` with its AMX tile instructions run by the software executor
+    (``--emulate-amx``), built so that this host (``flags``: /proc/cpuinfo's) runs the rest:
+
+    - ``host``: this CPU's features with amx-tile, amx-bf16 and amx-int8 counted as present
+      (the permission is never asked: the executor runs the instructions);
+    - a named or explicit target: its features, less the non-AMX ones this host lacks (each
+      switched off, ``-feat``, and logged once: the kernels then use what the host has, as the
+      host target would), with its AMX features kept whether or not the host has them.
+
+    The result has ``emulate_amx`` set: its required flags leave out amx_*."""
+    import dataclasses
+
+    flags = host_cpu_flags() if flags is None else set(flags)
+    if isinstance(name, TargetInfo):
+        base = name
+    elif name == "host":
+        base = host_target(flags=flags | {ISA_FEATURES[f] for f in AMX_EMULATED})
+    else:
+        base = resolve_target(name)
+    if flags:
+        lacking = [f for f in base.features
+                   if not f.startswith("amx-") and ISA_FEATURES[f] not in flags]
+    else:  # not Linux: nothing to compare with
+        lacking = []
+    spec = base.tvm_dict()
+    mattr = [m for m in spec.get("mattr", []) if m.lstrip("+-") not in AMX_EMULATED]
+    mattr += [f"-{f}" for f in lacking] + [f"+{f}" for f in AMX_EMULATED]
+    spec["mattr"] = mattr
+    ti = _resolve_spec(spec, base.name)
+    survivors = [f for f in ti.features  # LLVM's implications may turn one back on
+                 if flags and not f.startswith("amx-") and ISA_FEATURES[f] not in flags]
+    if survivors:
+        spec["mattr"] = mattr + [f"-{f}" for f in survivors]
+        ti = _resolve_spec(spec, base.name)
+    if lacking:
+        import logging
+
+        logging.getLogger("dlrm_tvm").warning(
+            "--emulate-amx: compiling %s without %s, which this CPU lacks (only the AMX tile "
+            "instructions are emulated)", base.name, ", ".join(lacking))
+    return dataclasses.replace(ti, emulate_amx=True)
 
 
 def missing_cpu_flags(required: list[str] | tuple[str, ...],

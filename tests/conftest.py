@@ -8,6 +8,18 @@
                               runs
   pytest -m mpi               only the multi-rank tests
   pytest tests/test_kernels.py -k gemm    one family of kernel tests
+  DLRM_TVM_REQUIRE_NATIVE=bf16,amx pytest tests/test_amx.py ...
+                              on a host that must run the native tiers (tools/device_amx.sh):
+                              a hardware skip of a listed tier fails instead (an error where
+                              a skipif mark skips at setup; see below)
+
+Hardware skips: a test that needs a CPU feature skips elsewhere with a reason naming the missing
+/proc/cpuinfo flag as "this CPU has no FLAG" (``skipif(not HOST_HAS_BF16, reason="this CPU has
+no avx512_bf16 ...")``, ``pytest.skip(...)`` alike; "no amx_tile/amx_bf16" names both). Native
+tiers and their flags: ``bf16`` avx512_bf16 (vdpbf16ps), ``amx`` amx_tile, amx_bf16 (AMX tile
+kernels). ``DLRM_TVM_REQUIRE_NATIVE`` (a comma list of tiers) turns such a skip of a listed tier
+into a failure whose message keeps the reason, so a run on a host that must have the hardware
+cannot pass by skipping it; an unknown tier name stops the run.
 
 Compiled modules are cached per session (``compiled`` fixture): each (model, batch size,
 precision, optimizer) is compiled once. TVM's thread pool gets 2 threads unless
@@ -23,6 +35,7 @@ Tests that only need Criteo-format rows write them with
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +45,53 @@ os.environ.setdefault("TVM_NUM_THREADS", "2")
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+NATIVE_TIERS: dict[str, tuple[str, ...]] = {"bf16": ("avx512_bf16",),
+                                            "amx": ("amx_tile", "amx_bf16")}
+
+
+def required_native_tiers(value: str | None) -> tuple[str, ...]:
+    """The tiers ``DLRM_TVM_REQUIRE_NATIVE`` lists (``"bf16,amx"``); UsageError on another."""
+    tiers = tuple(t.strip() for t in (value or "").split(",") if t.strip())
+    unknown = [t for t in tiers if t not in NATIVE_TIERS]
+    if unknown:
+        raise pytest.UsageError(f"DLRM_TVM_REQUIRE_NATIVE={value}: unknown tier(s) "
+                                f"{', '.join(unknown)}; known: {', '.join(NATIVE_TIERS)}")
+    return tiers
+
+
+def native_tier_skipped(reason: str, tiers: tuple[str, ...]) -> str | None:
+    """The tier of ``tiers`` whose hardware a skip ``reason`` says is missing, or None."""
+    for tier in tiers:
+        for flag in NATIVE_TIERS[tier]:
+            if re.search(rf"\bno (?:[\w]+/)*{flag}\b", reason):
+                return tier
+    return None
+
+
+_REQUIRED = pytest.StashKey[tuple]()
+
+
+def pytest_configure(config):
+    config.stash[_REQUIRED] = required_native_tiers(os.environ.get("DLRM_TVM_REQUIRE_NATIVE"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A hardware skip of a required tier becomes a failure (an error where a skipif mark
+    skipped the test at setup)."""
+    rep = yield
+    tiers = item.config.stash.get(_REQUIRED, ())
+    if tiers and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        tier = native_tier_skipped(reason, tiers)
+        if tier:
+            rep.outcome = "failed"
+            rep.longrepr = (f"DLRM_TVM_REQUIRE_NATIVE={','.join(tiers)} requires the {tier} "
+                            f"tier, but this test skipped for want of its hardware: {reason}")
+    return rep
 
 
 def pytest_collection_modifyitems(config, items):

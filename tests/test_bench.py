@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from dlrm_tvm import cli
 from dlrm_tvm.bench.peaks import fp32_peak_gflops, gather_bandwidth_gbs
 from dlrm_tvm.targets import resolve_target
-
-pytest.importorskip("torch")
 
 
 def test_bench_tiny_writes_json(tmp_path, capsys):

@@ -13,8 +13,6 @@ from dlrm_tvm import cli
 from dlrm_tvm.config import PRESETS
 from dlrm_tvm.data import SyntheticData
 
-pytest.importorskip("ml_dtypes")
-
 
 def _cfg(precision, interaction="dot"):
     base = PRESETS["tiny"]

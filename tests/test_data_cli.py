@@ -172,8 +172,8 @@ def _compiled_predict(cfg, state, batch):
 
 @pytest.mark.parametrize("interaction", ["dot", "cat"])
 def test_reference_checkpoint_and_onnx_match_the_compiled_model(tmp_path, interaction):
-    torch = pytest.importorskip("torch")
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    import torch
     from dlrm_tvm.runtime.params import init_mlp, init_tables
 
     from dlrm_tvm.bench import torch_ref
@@ -209,8 +209,6 @@ def test_reference_checkpoint_and_onnx_match_the_compiled_model(tmp_path, intera
 
 
 def test_export_commands(generated_run, tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("torch")
     p = _cli("export-onnx", "--checkpoint", str(generated_run), "--out", str(tmp_path / "m.onnx"),
              "--check")
     assert p.returncode == 0, p.stderr[-2000:]
@@ -261,7 +259,6 @@ def test_loader_bench_reports_rates_against_the_step(tmp_path):
 
 
 def test_training_continues_from_a_reference_checkpoint(generated_run, tmp_path):
-    pytest.importorskip("torch")
     ref = tmp_path / "r.pt"
     assert _cli("export-reference", "--checkpoint", str(generated_run), "--out",
                 str(ref)).returncode == 0

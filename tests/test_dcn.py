@@ -72,7 +72,6 @@ SHAPES = [(5, 37), (8, 48), (3, 16)]  # odd (columns not whole vectors), whole v
 @pytest.mark.parametrize("act,keep", [("float32", True), (BF16, True), (BF16, False)],
                          ids=["fp32", "bf16", "bf16-last"])
 def test_cross_fwd_kernel(b, n, act, keep):
-    pytest.importorskip("ml_dtypes")
     g = np.random.default_rng([15, b, n])
     x0, z, xl = (_rand(g, (b, n)) for _ in range(3))
     outs = ([((b, n), "float32")] if keep else []) + ([((b, n), act)] if act == BF16 else [])
@@ -87,7 +86,6 @@ def test_cross_fwd_kernel(b, n, act, keep):
 @pytest.mark.parametrize("has_g,has_acc", [(False, False), (True, True), (True, False),
                                            (False, True)], ids=["last", "g-acc", "g", "acc"])
 def test_cross_bwd_kernel(b, n, act, has_g, has_acc):
-    pytest.importorskip("ml_dtypes")
     rng = np.random.default_rng([16, b, n, has_g, has_acc])
     a, g, x0, z, acc = (_rand(rng, (b, n)) for _ in range(5))
     ins = [a] + [g] * has_g + [x0, z] + [acc] * has_acc
@@ -115,7 +113,8 @@ def test_cross_input_bwd_kernel(b, t, d, n):
 def test_cross_net_oracle_is_torchrecs_low_rank_cross_net():
     """The float64 oracle of the whole cross net (forward and the hand-written backward that
     graphs/dlrm.py builds) against torch autograd through the LowRankCrossNet of torch_ref."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from dlrm_tvm.bench.torch_ref import low_rank_cross_net
 
     rng = np.random.default_rng(18)
@@ -242,7 +241,7 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_dcn_training_matches_torch(compiled, variant):
-    torch = pytest.importorskip("torch")
+    import torch
     from test_model_vs_torch import _compare_states
 
     from dlrm_tvm.bench.torch_ref import TorchTrainer
@@ -283,7 +282,6 @@ def test_dcn_bf16_200_steps_within_1_percent_of_fp32(compiled):
     """As test_bf16_training.py for dot and cat: Split-SGD-BF16 with the bf16 GEMMs (the
     vdpbf16ps microkernel on packed operands where the host has avx512_bf16, else the fp32
     rules on bf16 operands) against fp32, teacher labels."""
-    pytest.importorskip("ml_dtypes")
     base = PRESETS["dcnv2-tiny"]
     losses = {}
     for prec in ("fp32", "bf16"):

@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from dlrm_tvm.runtime.params import init_mlp, init_tables
 
 from dlrm_tvm import cli
@@ -27,7 +28,6 @@ from dlrm_tvm.interop.torchrec_export import (
     torchrec_model_args,
 )
 
-torch = pytest.importorskip("torch")
 TOL = 1e-5
 
 
@@ -333,7 +333,6 @@ def test_export_torchrec_command_on_a_trained_run(built, tmp_path, capsys, varia
 
 
 def test_export_torchrec_of_a_bf16_run_is_its_fp32_masters(built, tmp_path, capsys):
-    pytest.importorskip("ml_dtypes")
     cfg, run, _ = built("dcnv2-tiny", "bf16")
     out = tmp_path / "trec.pt"
     assert _run(capsys, "export-torchrec", "--checkpoint", run, "--out", out)[0] == 0
@@ -350,8 +349,9 @@ def test_export_torchrec_of_a_bf16_run_is_its_fp32_masters(built, tmp_path, caps
 # ------------------------------------------------------------ export-onnx
 @pytest.mark.parametrize("variant", ["dcnv2-tiny", "padded"])
 def test_onnx_of_a_dcn_model(built, tmp_path, capsys, variant):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    import onnxruntime as ort
+
     from dlrm_tvm.interop.onnx_export import export_onnx, predict_numpy
 
     cfg, run, vm = built(variant)

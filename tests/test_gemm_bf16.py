@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tvm
@@ -17,8 +18,6 @@ from dlrm_tvm.schedules import rules_for, schedule_func
 from dlrm_tvm.schedules.x86.gemm_bf16 import GemmBF16Dpbf16ps
 
 from dlrm_tvm.targets import host_cpu_flags, resolve_target
-
-ml_dtypes = pytest.importorskip("ml_dtypes")
 
 # (name, M, K, N, a_layout, b_layout, epilogue): the three GEMMs of DLRM layers, and odd shapes
 KINDS = [

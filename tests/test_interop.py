@@ -118,7 +118,8 @@ def test_mlp_layout_is_the_one_written_out(case):
 def test_mlp_layout_matches_the_reference_modules(case):
     """The reference DLRM's Linear layers (torch_ref, built from the config's widths) are our
     Wt transposed, top0 without its padding rows; to_reference_state_dict names them so."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from dlrm_tvm.bench import torch_ref
 
     m, want, width = LAYOUTS[case]
@@ -159,7 +160,8 @@ def test_pair_indices_match_the_module():
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_reference_checkpoint_matches_torch(tmp_path, variant):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from dlrm_tvm.bench.torch_ref import build
 
     torch.set_num_threads(2)
@@ -205,7 +207,8 @@ def test_reference_checkpoint_matches_torch(tmp_path, variant):
 def test_saved_checkpoint_loads_like_the_reference(tmp_path):
     """What the reference's --load-model does with our file: strict load_state_dict, the
     metadata keys, and its SGD optimizer's load_state_dict."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from dlrm_tvm.bench.torch_ref import build
 
     cfg = _cfg("dot")
@@ -230,7 +233,8 @@ def test_saved_checkpoint_loads_like_the_reference(tmp_path):
 
 
 def test_bare_state_dict_and_wrapper_prefixes(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from dlrm_tvm.bench.torch_ref import build
 
     cfg = _cfg("cat")
@@ -327,7 +331,7 @@ def test_inconsistent_shapes_raise(case):
 
 
 def test_inconsistent_checkpoint_file_names_the_file(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     sd = _tiny_reference_sd(np.random.default_rng(2), top_in=11)
     path = tmp_path / "bad.pt"
     torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, path)
@@ -341,9 +345,10 @@ def test_inconsistent_checkpoint_file_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_onnx_matches_numpy_and_torch(tmp_path, variant):
-    onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
-    torch = pytest.importorskip("torch")
+    import onnx
+    import onnxruntime as ort
+    import torch
+
     from dlrm_tvm.bench.torch_ref import build
     from dlrm_tvm.interop.onnx_export import export_onnx
 
@@ -382,7 +387,6 @@ def test_onnx_matches_numpy_and_torch(tmp_path, variant):
 
 
 def test_onnx_rejects_bad_state_and_old_opset(tmp_path):
-    pytest.importorskip("onnx")
     from dlrm_tvm.interop.onnx_export import export_onnx
 
     m = _cfg("dot").model

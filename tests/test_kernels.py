@@ -549,7 +549,7 @@ def test_adagrad_update(shape):
 def test_split_adagrad_is_bit_exact_fp32_adagrad(shape):
     """The Split-SGD-BF16 variant (hi bf16 + lo uint16 master) steps bit for bit as the fp32
     kernel (the same arithmetic on the recombined master); hi stays the master's upper half."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     g = rng(17, *shape)
     split, rule = build(ops.adagrad_update(shape, split=True))
     assert rule == "split_sgd_parallel_chunks"
@@ -596,7 +596,7 @@ CAST_SHAPES = [(7, 13), (128, 64), (1,), (3, 5, 7), (1000, 3)]
 
 @pytest.mark.parametrize("shape", CAST_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_cast_fp32_to_bf16_rounds_to_nearest_even(shape):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     g = rng(18, *shape)
     lib, _ = build(ops.cast(shape, "float32", "bfloat16"))
     x = _fp32_bit_patterns(g, shape)
@@ -613,7 +613,7 @@ def test_cast_fp32_to_bf16_rounds_to_nearest_even(shape):
 
 
 def test_cast_fp32_to_bf16_edge_values():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     bits = np.array([
         0x3F808000, 0x3F818000,  # ties: down to even 0x3F80, up to even 0x3F82
         0x3F807FFF, 0x3F808001,  # just below / above a tie
@@ -637,7 +637,7 @@ def test_cast_fp32_to_bf16_edge_values():
 def test_cast_fp32_to_bf16_keeps_nan():
     """TVM's rounding alone adds the bias to NaN payloads (0x7FFFFFFF -> -0.0, 0x7F800001 ->
     +inf); ops.convert keeps every NaN a NaN, so a diverged value cannot vanish in a cast."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF],
                     np.uint32)
     x = bits.view(np.float32)
@@ -652,7 +652,7 @@ def test_cast_fp32_to_bf16_keeps_nan():
 def test_cast_bf16_to_fp32_is_exact(shape):
     """bf16 -> fp32 is exact: the bits shifted up by 16, NaN payloads included. (256, 256):
     every bf16 bit pattern."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     g = rng(19, *shape)
     n = int(np.prod(shape))
     hb = (np.arange(n) if n == 65536 else g.integers(0, 2**16, n)).astype(np.uint16)
@@ -672,7 +672,7 @@ def test_cast_bf16_to_fp32_is_exact(shape):
                          ids=lambda v: str(v))
 def test_cast_pad(m, k, k_pad):
     """The dense input cast to bf16 (nearest even) and zero-padded to k_pad columns."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     g = rng(20, m, k, k_pad)
     lib, _ = build(ops.cast_pad(m, k, k_pad))
     x = rand(g, (m, k), 3.0)

@@ -6,13 +6,12 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from dlrm_tvm.runtime.trainer import Trainer
 
+from dlrm_tvm.bench.torch_ref import TorchTrainer
 from dlrm_tvm.config import PRESETS, Config
 from dlrm_tvm.data import SyntheticData
-
-torch = pytest.importorskip("torch")
-from dlrm_tvm.bench.torch_ref import TorchTrainer  # noqa: E402
 
 
 def _variant(interaction: str, fixed: bool, lookups: int, itself: bool = False) -> Config:

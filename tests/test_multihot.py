@@ -215,7 +215,6 @@ def test_bench_work_and_torch_inputs_follow_the_sizes():
     D, B = cfg.model.embedding_dim, cfg.train.batch_size
     assert step_work(cfg)["embedding_bytes"] == B * 214 * D * 4 * 3
     assert step_work(PRESETS["tiny"])["embedding_bytes"] == B * 26 * D * 4 * 3
-    pytest.importorskip("torch")
     from dlrm_tvm.bench.torch_ref import torch_inputs
 
     b = SyntheticData(cfg.model, cfg.data, B, seed=0).next_batch()
@@ -240,7 +239,7 @@ def test_check_fits_counts_the_lookups():
 def test_training_with_multi_hot_bags_matches_torch(compiled, interaction, sizes, dist):
     """20 SGD steps on multi-hot bags against the torch DLRM (EmbeddingBag with each table's
     offsets): every loss within 1e-5 relative, every parameter within 1e-5."""
-    torch = pytest.importorskip("torch")
+    import torch
     from dlrm_tvm.runtime.trainer import Trainer
     from test_model_vs_torch import _compare_states
 

@@ -31,6 +31,8 @@ TINY = PRESETS["dcnv2-tiny"]  # 26 tables of 1000 rows, 13 dense
 SIZES = (3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 10, 4, 10, 3, 1, 1)
 B = 32
 ROWS_PER_DAY = 100  # not a multiple of B: batches cross days
+LAST_DAY_ROWS = 99  # odd: val takes ceil(99 / 2) = 50 rows, test the other 49
+VAL_ROWS, TEST_ROWS = 50, 49
 
 
 def _gen_cfg(seed: int = 3, **flags):
@@ -45,12 +47,33 @@ def _read_cfg(path, shuffle: str = "none", seed: int = 3, **flags):
     return sized_for_data(cfg)
 
 
+def _cut_last_day(out: Path, rows: int) -> None:
+    """Keep the first ``rows`` rows of the last day of the dataset in ``out`` (its three files
+    and multihot.json rewritten as the writer would have written them)."""
+    meta = json.loads((out / "multihot.json").read_text())
+    last = meta["days"] - 1
+    for part in ("dense", "labels"):
+        p = out / f"day_{last}_{part}.npy"
+        np.save(p, np.load(p)[:rows])
+    p = out / f"day_{last}_sparse_multi_hot.npz"
+    with np.load(p) as z:
+        members = {k: z[k][:rows] for k in z.files}
+    np.savez(p, **members)
+    meta["day_rows"][-1] = rows
+    meta["rows"] = sum(meta["day_rows"])
+    half = -(-rows // 2)
+    meta["splits"].update(val=f"day {last} rows 0..{half}", test=f"day {last} rows {half}..{rows}")
+    (out / "multihot.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
 @pytest.fixture(scope="module")
 def mh(tmp_path_factory) -> Path:
-    """3 days of 100 synthetic rows (days 0, 1 train; day 2 val/test), written once."""
+    """3 days of synthetic rows, written once: days 0, 1 of 100 rows train; day 2, of an odd
+    99, val (its first 50) and test (the other 49)."""
     out = tmp_path_factory.mktemp("mh") / "data"
     materialize_multihot(out, _gen_cfg(), days=3, rows_per_day=ROWS_PER_DAY, progress=False,
                          log=None)
+    _cut_last_day(out, LAST_DAY_ROWS)
     return out
 
 
@@ -94,7 +117,8 @@ def test_files_have_mlperfs_layout(mh):
             assert a.dtype == np.int32 and a.shape == (ROWS_PER_DAY, k)
             assert 0 <= a.min() and a.max() < 1000
     meta = json.loads((mh / "multihot.json").read_text())
-    assert meta["day_rows"] == [ROWS_PER_DAY] * 3 and meta["multi_hot_sizes"] == list(SIZES)
+    assert meta["day_rows"] == [ROWS_PER_DAY, ROWS_PER_DAY, LAST_DAY_ROWS]
+    assert meta["multi_hot_sizes"] == list(SIZES)
 
 
 def test_round_trip_gives_the_generators_batches(mh):
@@ -144,20 +168,34 @@ def test_arrays_are_memory_mapped_and_read_lazily(mh, monkeypatch):
 
 
 def test_splits_follow_torchrecs(mh):
-    """Days 0..D-2 train; the last day's first ceil(n/2) rows val, the rest test."""
+    """Days 0..D-2 train; the last day's first ceil(n/2) rows val, the rest test: of the odd
+    99, 50 and 49, together the whole day, each row once (dense, labels and every bag)."""
     kw = dict(multi_hot_sizes=SIZES)
-    tr, va, te = (MultiHotDataset(mh, s, **kw) for s in ("train", "val", "test"))
-    assert (tr.rows, va.rows, te.rows) == (200, 50, 50) and tr.day_rows == [100, 100]
+    tr, va, te, al = (MultiHotDataset(mh, s, **kw) for s in ("train", "val", "test", "all"))
+    assert (tr.rows, va.rows, te.rows, al.rows) == (200, VAL_ROWS, TEST_ROWS, LAST_DAY_ROWS)
+    assert tr.day_rows == [100, 100] and va.day_rows == [50] and te.day_rows == [49]
     dense = np.load(mh / "day_2_dense.npy")
-    np.testing.assert_array_equal(va.read(0, 50)[0], dense[:50])
-    np.testing.assert_array_equal(te.read(0, 50)[0], dense[50:])
+    labels = np.load(mh / "day_2_labels.npy").reshape(-1)
+    with np.load(mh / "day_2_sparse_multi_hot.npz") as z:
+        sparse = [z[str(t)] for t in range(26)]
+    for ds, rows in ((va, slice(0, 50)), (te, slice(50, 99)), (al, slice(0, 99))):
+        d, y, bags = ds.read(0, ds.rows)
+        np.testing.assert_array_equal(d, dense[rows])
+        np.testing.assert_array_equal(y, labels[rows])
+        for t in range(26):
+            np.testing.assert_array_equal(bags[t], sparse[t][rows])
+        # gathered rows too, the last one included
+        d, _, _ = ds.take(np.array([0, ds.rows - 1]))
+        np.testing.assert_array_equal(d, dense[rows][[0, -1]])
+    with pytest.raises(IndexError):
+        te.read(0, TEST_ROWS + 1)
     cfg = _read_cfg(mh)
     # training evaluates on val (MLPerf's reference validates there), every row once, last
     # batch short; test on request (eval's default)
-    for split, rows in ((None, dense[:50]), ("test", dense[50:])):
+    for split, rows, sizes in ((None, dense[:50], [32, 18]), ("test", dense[50:], [32, 17])):
         batches = list(make_source(cfg, eval_split=split).eval_batches())
-        assert [n for _, n in batches] == [32, 18]
-        np.testing.assert_array_equal(np.concatenate([b.dense for b, _ in batches]), rows)
+        assert [n for _, n in batches] == sizes
+        np.testing.assert_array_equal(np.concatenate([b.dense[:n] for b, n in batches]), rows)
 
 
 @pytest.mark.parametrize("shuffle", ["none", "total", "day"])
@@ -419,9 +457,9 @@ def test_training_a_few_steps_on_the_files(trained, mh):
     s = json.loads((trained / "summary.json").read_text())
     assert s["steps"] == 4 and np.isfinite(s["final_loss"])
     assert s["data"]["kind"] == "criteo-multihot" and s["data"]["path"] == str(mh)
-    assert s["data"]["train_rows"] == 200 and s["data"]["held_out_rows"] == 50
+    assert s["data"]["train_rows"] == 200 and s["data"]["held_out_rows"] == VAL_ROWS
     assert s["config"]["data"]["multi_hot_sizes"] == list(SIZES)  # from the data
-    assert s["eval"]["rows"] == 50 and 0 <= s["eval"]["auc"] <= 1
+    assert s["eval"]["rows"] == VAL_ROWS and 0 <= s["eval"]["auc"] <= 1
     ckpt = json.loads((trained / "checkpoints" / "step_000004" / "manifest.json").read_text())
     assert ckpt["data"]["kind"] == "multihot" and ckpt["data"]["next_row"] == 4 * B
 
@@ -466,7 +504,10 @@ def test_config_refuses_a_data_kind_without_its_path():
 @pytest.mark.mpi
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec on PATH")
 def test_two_ranks_train_what_one_rank_trains(mh, tmp_path, compiled):
-    """mpiexec -n 2 on the files: every loss that of one rank on the same global batches."""
+    """mpiexec -n 2 on the files: every loss and every final parameter (--save-params) that of
+    one rank on the same global batches, to 1e-5 of the parameter's largest element (as
+    test_distributed's 2-rank runs); then the final evaluation of the val half (50 of the odd
+    last day's 99 rows: a short last batch cut between the ranks)."""
     from runtime.trainer import Trainer
 
     out = tmp_path / "r2"
@@ -474,17 +515,28 @@ def test_two_ranks_train_what_one_rank_trains(mh, tmp_path, compiled):
     p = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "dlrm_tvm",
                         "train", "--config", "dcnv2-tiny", "--data", "criteo-multihot",
                         "--data-path", str(mh), "--mini-batch-size", str(B), "--steps", "8",
-                        "--quiet", "--no-eval", "--threads", "1",
+                        "--quiet", "--threads", "1", "--save-params",
                         "--out", str(out)], capture_output=True, text=True, timeout=300,
                        env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    got = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+           if '"eval"' not in x]
     cfg = _read_cfg(mh, "total", seed=0)  # the run's config: the preset's seed and shuffle
     cfg = cfg.replace(train=dataclasses.replace(cfg.train, steps=8))
     vm, _ = compiled(cfg)
     tr, src = Trainer(cfg, vm), make_source(cfg)
+    init = tr.state()
     want = [tr.step(src.next_batch())["loss"] for _ in range(8)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    params, one = np.load(out / "params.npz"), tr.state()
+    assert sorted(params.files) == sorted(one)
+    for k, w in one.items():
+        diff = np.abs(params[k] - w) / max(float(np.abs(w).max()), 1e-30)
+        assert float(diff.max()) < 1e-5, f"{k}: max relative difference {diff.max():.2e}"
+        assert not np.array_equal(params[k], init[k]), f"{k} did not train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["eval"]["rows"] == VAL_ROWS
+    assert 0 <= summary["eval"]["auc"] <= 1
 
 
 def test_plan_takes_the_bag_sizes_from_the_data(tmp_path, capsys):

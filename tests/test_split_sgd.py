@@ -7,6 +7,7 @@ both in the last bit; the comparison is with the kernel, the NumPy oracle to wit
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tvm
@@ -17,7 +18,6 @@ from dlrm_tvm.schedules import rules_for, schedule_func
 
 from dlrm_tvm.targets import resolve_target
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
 TARGET = resolve_target("host").tvm_target()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tvm
@@ -26,7 +27,6 @@ from dlrm_tvm.schedules.x86.gemm_bf16 import GemmVnniDpbf16ps
 from dlrm_tvm.config import PRESETS
 from dlrm_tvm.targets import host_cpu_flags, resolve_target
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = ml_dtypes.bfloat16
 HOST_HAS_BF16 = "avx512_bf16" in host_cpu_flags()
 HOST = resolve_target("host").tvm_target()

@@ -3,8 +3,9 @@
 # in one window of under 10 minutes. Stage first, here: bash tools/device_stage.sh; then
 #   run(command="bash tools/device_amx.sh", carry=[".dev"], timeout_s=600)
 # and copy $OUT (logs, JSON, verdict.txt) to docs/device-emr/. Each step has its own limit.
-#   1. tests/test_amx.py natively: numerics of every GEMM kind against float64, the permission,
-#      the AMX peak above the vdpbf16ps peak (their skips elsewhere say why)
+#   1. tests/test_amx.py and test_amx_permission.py natively: numerics of every GEMM kind
+#      against float64, the permission, the AMX peak above the vdpbf16ps peak (their skips
+#      elsewhere say why; here DLRM_TVM_REQUIRE_NATIVE turns such a skip into a failure)
 #   2. every GEMM of mlperf's bf16 step with the host's rules (AMX where shapes allow) and with
 #      cooperlake's (vdpbf16ps only), torch's fp32 and bf16 matmul beside them
 #   3. the mlperf step, 16 threads: ours fp32 and bf16 against torch eager, autocast, compile
@@ -20,8 +21,8 @@ python3 -c "import tvm, tvm_ffi, torch, dlrm_tvm.graphs; print('tvm', tvm.__vers
 export TVM_NUM_THREADS=${THREADS:-$(nproc)}
 log "threads $TVM_NUM_THREADS"
 step() { local lim=$1; shift; log "$*"; timeout -k 10 "$lim" "$@"; echo "rc $?"; }
-step 120 python3 -m pytest -q -p no:cacheprovider -rs tests/test_amx.py 2>&1 \
-  | tee "$OUT/pytest-amx.log"
+DLRM_TVM_REQUIRE_NATIVE=bf16,amx step 120 python3 -m pytest -q -p no:cacheprovider -rs \
+  tests/test_amx.py tests/test_amx_permission.py 2>&1 | tee "$OUT/pytest-amx.log"
 step 150 python3 -m dlrm_tvm kernels bench --config mlperf --precision bf16 \
   --json "$OUT/gemms-mlperf-amx.json" 2>&1 | tee "$OUT/gemms-mlperf-amx.txt"
 step 100 python3 -m dlrm_tvm kernels bench --config mlperf --precision bf16 --target cooperlake \
