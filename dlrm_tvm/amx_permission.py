@@ -81,11 +81,28 @@ def supported_xfeatures(syscall=None) -> int:
     return mask.value
 
 
+_emulated = False  # the tile instructions run on the software executor: never ask
+
+
+def set_emulated() -> None:
+    """From now on this process runs its tile instructions on the software executor
+    (``runtime.amx.enable_emulation``, ``--emulate-amx``): ``request_amx`` and
+    ``host_amx_refusal`` never ask the kernel, so no tile instruction runs natively (on an
+    AMX CPU without the grant each one traps to the executor)."""
+    global _emulated
+    _emulated = True
+
+
+def emulated() -> bool:
+    return _emulated
+
+
 def request_amx(syscall=None) -> None:
     """Ask the kernel for the AMX tile-data state once; raise ``AmxUnavailable`` if refused.
-    ``syscall``: a stand-in for libc's ``syscall`` (tests)."""
+    Under ``set_emulated``: nothing to ask. ``syscall``: a stand-in for libc's ``syscall``
+    (tests)."""
     global _granted
-    if _granted and syscall is None:
+    if (_granted or _emulated) and syscall is None:
         return
     call = _caller(syscall)
     ctypes.set_errno(0)
@@ -137,6 +154,8 @@ def host_amx_refusal() -> str | None:
     warning, since it changes what the host target compiles to. Callers ask only on a CPU that
     reports amx_tile."""
     global _host_answer
+    if _emulated:
+        return None
     if _host_answer is None:
         try:
             request_amx()

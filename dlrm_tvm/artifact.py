@@ -117,12 +117,22 @@ def required_cpu_flags(meta: dict) -> list[str]:
 def check_host_can_run(art: Artifact, host_flags: set[str] | None = None) -> None:
     """Refuse (ArtifactError naming them) an artifact needing a CPU feature that this host's
     /proc/cpuinfo (or ``host_flags``) does not report."""
-    missing = missing_cpu_flags(required_cpu_flags(art.meta), host_flags)
+    from dlrm_tvm.runtime.amx import emulated
+
+    required = [f for f in required_cpu_flags(art.meta)  # emulated: the executor runs them
+                if not (emulated() and f.startswith("amx_"))]
+    missing = missing_cpu_flags(required, host_flags)
     if missing:
+        amx_only = all(f.startswith("amx_") for f in missing)
         raise ArtifactError(
             f"{art.path} was compiled for {art.meta['target']['name']} "
             f"(mcpu {art.meta['target']['mcpu']}) and needs CPU features this host lacks: "
-            f"{describe_flags(missing)}. Recompile with `dlrm-tvm compile --target host`."
+            f"{describe_flags(missing)}. Recompile with `dlrm-tvm compile --target host`"
+            + (", or run its tile instructions on the software executor with --emulate-amx "
+               "(slow: a trap per instruction)." if amx_only else
+               (" (--emulate-amx runs only the AMX tile instructions in software; compile "
+                "with --emulate-amx to leave out the others this host lacks)."
+                if any(f.startswith("amx_") for f in missing) or emulated() else "."))
         )
 
 

@@ -30,9 +30,22 @@ def _resolve_config(args: argparse.Namespace, **extra):
 
 
 def _write_json(path: str | None, obj) -> None:
+    from dlrm_tvm.runtime.amx import emulated_instructions
+
+    emulated = emulated_instructions()  # --emulate-amx: what the executor ran, in every table
+    if emulated is not None and isinstance(obj, dict):
+        print(f"emulated tile instructions: {emulated['total']} "
+              f"({', '.join(f'{k} {v}' for k, v in emulated.items() if k != 'total') or '-'})")
+        obj = {**obj, "emulated_tile_instructions": emulated}
     if path:
+        from dlrm_tvm.targets import TargetInfo
+
+        def resolved(o):  # an --emulate-amx target travels resolved: write its name
+            if isinstance(o, TargetInfo):
+                return o.name + (" (AMX emulated)" if o.emulate_amx else "")
+            raise TypeError(f"{type(o).__name__} is not JSON serializable")
         with open(path, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            json.dump(obj, f, indent=2, sort_keys=True, default=resolved)
 
 
 def _tuning(args) -> dict | None:
@@ -448,6 +461,25 @@ def build_parser() -> argparse.ArgumentParser:
     return cli_parser.build_parser(COMMANDS)
 
 
+def _emulate_amx(args) -> None:
+    """--emulate-amx: the target becomes its emulated form (targets.emulated_target, passed on
+    as a resolved TargetInfo) and, for commands that run code, the software tile executor is
+    installed before anything loads."""
+    if not getattr(args, "emulate_amx", False):
+        return
+    from dlrm_tvm.targets import emulated_target
+
+    if getattr(args, "ranks", None):
+        raise ValueError("--emulate-amx with --ranks: run `mpiexec -n N dlrm-tvm train "
+                         "--emulate-amx ...` for each rank count instead")
+    if getattr(args, "artifact", None) is None:
+        args.target = emulated_target(args.target)
+    if args.cmd != "compile":
+        from dlrm_tvm.runtime.amx import enable_emulation
+
+        enable_emulation()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -456,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     from dlrm_tvm.errors import EXIT_SIGINT, EXIT_USER_ERROR, DivergedError, RunInterrupted
 
     try:
+        _emulate_amx(args)
         return args.func(args)
     except DivergedError as e:
         print(f"dlrm-tvm {args.cmd}: diverged: {e}", file=sys.stderr)

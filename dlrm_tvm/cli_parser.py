@@ -37,6 +37,20 @@ EPILOG = """examples:
 """
 
 
+
+EMULATE_AMX_HELP = (
+    "run the AMX tile instructions on the software executor (runtime/amx_emulator.c: a SIGILL "
+    "handler that decodes and executes each one, as the Intel SDM defines it) instead of the "
+    "CPU, so code for an AMX target runs on a CPU without AMX (or without the permission): "
+    "the target's AMX features count as present, the permission is not asked, and the target's "
+    "other features this CPU lacks are left out of the build (an artifact that needs them is "
+    "refused, naming them). Slow by design (a trap per tile instruction: about 80 MFLOP/s): "
+    "small shapes. The count of emulated instructions goes to the summary")
+
+
+def _add_emulate_amx(p) -> None:
+    p.add_argument("--emulate-amx", action="store_true", help=EMULATE_AMX_HELP)
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     """--config and one argument per row of config_io.CONFIG_FLAGS (the reference's flags)."""
     g = p.add_argument_group("config (a preset or TOML file, then the reference's flags)")
@@ -94,6 +108,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                    help="a tuning record from `dlrm-tvm kernels tune` (register tiles per GEMM; "
                         "recorded in artifact.json)")
     c.add_argument("--dump-ir", help="write the scheduled IR to this directory")
+    _add_emulate_amx(c)
     c.set_defaults(func=commands["compile"])
 
     t = sub.add_parser("train", help="train on synthetic data (compiling first if needed)",
@@ -103,6 +118,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     _add_config_args(t)
     t.add_argument("--artifact", help="a directory from `dlrm-tvm compile` (must match config)")
     t.add_argument("--target", default="host", help="target to compile for (default: host)")
+    _add_emulate_amx(t)
     t.add_argument("--steps", type=nonneg_int, default=None,
                    help="training steps (default: config's)")
     t.add_argument("--seed", type=nonneg_int, default=None, help="seed for init and data")
@@ -183,6 +199,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                        "process; prints medians, ratios, per-kernel times and GFLOP/s vs peak.")
     _add_config_args(b)
     b.add_argument("--target", default="host")
+    _add_emulate_amx(b)
     b.add_argument("--steps", type=positive_int, default=20, help="timed steps per contender")
     b.add_argument("--warmup", type=nonneg_int, default=3,
                    help="untimed steps per contender first (default 3)")
@@ -228,6 +245,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     _add_config_args(ev)
     ev.add_argument("--out", required=True, metavar="RUNDIR")
     ev.add_argument("--target", default="host")
+    _add_emulate_amx(ev)
     ev.add_argument("--save-predictions", action="store_true")
     ev.add_argument("--eval-batches", type=positive_int, default=2,
                     help="synthetic data: held-out batches (default 2)")
@@ -403,6 +421,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                     choices=("none", "bias", "bias_relu", "relu_mask"))
     kb.add_argument("--rule", action="append", help="candidate rule (repeatable; default: all)")
     kb.add_argument("--target", default="host")
+    _add_emulate_amx(kb)
     kb.add_argument("--reps", type=positive_int, default=10,
                     help="timed repetitions per candidate (default 10)")
     kb.add_argument("--dtype", default="fp32", choices=PRECISIONS,

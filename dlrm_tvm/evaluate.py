@@ -57,6 +57,14 @@ def _raw_ids_args(cfg: Config, ids: dict | None) -> dict:
     return {"remap": False, "max_ind_range": 0}
 
 
+def _note_emulation(summary: dict) -> None:
+    from dlrm_tvm.runtime.amx import emulated_instructions
+
+    emulated = emulated_instructions()  # --emulate-amx
+    if emulated is not None:
+        summary["emulated_tile_instructions"] = emulated
+
+
 def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
                     target: str = "host", save_predictions: bool = False,
                     eval_batches: int = 2, split: str | None = None,
@@ -116,6 +124,7 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
     if save_predictions:
         np.save(out / "predictions.npy", p.astype(np.float32))
         summary["predictions"] = str(out / "predictions.npy")
+    _note_emulation(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
                                                  default=float))
     return summary
@@ -213,6 +222,7 @@ def _predict_unlabelled(cfg: Config, state: dict, desc: dict, ids: dict | None, 
                         "skipped_lines": sum(s["skipped"] for s in stats),
                         "padded_lines": sum(s["padded"] for s in stats),
                         "ids": ids, "folded": folded}}
+    _note_emulation(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
                                                  default=float))
     return summary

@@ -55,7 +55,9 @@ def graph_layouts(precision: str, tvm_target, layouts: str = "auto") -> str:
     if layouts not in ("auto", "plain", "vnni"):
         raise ValueError(f"layouts must be auto, plain or vnni, got {layouts!r}")
     if layouts == "auto":
-        return "vnni" if precision == "bf16" and has_feature(tvm_target, "avx512bf16") \
+        # the bf16 microkernels (vdpbf16ps, AMX tiles) read VNNI-2 packs
+        return "vnni" if precision == "bf16" and (has_feature(tvm_target, "avx512bf16") or
+                                                  has_feature(tvm_target, "amx-bf16")) \
             else "plain"
     return layouts
 

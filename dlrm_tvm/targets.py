@@ -143,6 +143,9 @@ class TargetInfo:
         return tuple(ISA_FEATURES[f] for f in self.features
                      if not (self.emulate_amx and f.startswith("amx-")))
 
+    def __str__(self) -> str:  # where a target name is printed, a resolved target reads so
+        return self.name + (" (AMX emulated)" if self.emulate_amx else "")
+
     def tvm_dict(self) -> dict:
         d: dict[str, Any] = {"kind": "llvm", "mcpu": self.mcpu}
         if self.mtriple:
@@ -436,6 +439,16 @@ def emulated_target(name: str | dict | TargetInfo = "host",
             "--emulate-amx: compiling %s without %s, which this CPU lacks (only the AMX tile "
             "instructions are emulated)", base.name, ", ".join(lacking))
     return dataclasses.replace(ti, emulate_amx=True)
+
+
+def without_amx(ti: TargetInfo) -> TargetInfo:
+    """``ti`` with every amx-* feature switched off (its bf16 GEMMs on vdpbf16ps): the same
+    kernels bar the tile ones, e.g. to compare the two accumulation orders."""
+    spec = ti.tvm_dict()
+    amx = [f for f in ISA_FEATURES if f.startswith("amx-")]
+    spec["mattr"] = [m for m in spec.get("mattr", []) if m.lstrip("+-") not in amx]
+    spec["mattr"] += [f"-{f}" for f in amx]
+    return _resolve_spec(spec, ti.name)
 
 
 def missing_cpu_flags(required: list[str] | tuple[str, ...],

@@ -448,6 +448,11 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     }
     if opts.target_auc is not None:
         summary["target_auc"] = {"target": opts.target_auc, "reached": reached}
+    from dlrm_tvm.runtime.amx import emulated_instructions
+
+    emulated = emulated_instructions()  # --emulate-amx: this rank's executed tile instructions
+    if emulated is not None:
+        summary["emulated_tile_instructions"] = emulated
     state = None
     if dist_info is not None:
         from dlrm_tvm.runtime.comm import reduce_timings

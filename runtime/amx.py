@@ -18,11 +18,37 @@ from dlrm_tvm.amx_permission import (  # noqa: F401 - re-exported: the runtime's
     SYS_ARCH_PRCTL,
     XFEATURE_XTILEDATA,
     AmxUnavailable,
+    emulated,
     host_amx_refusal,
     request_amx,
+    set_emulated,
     supported_xfeatures,
 )
 from dlrm_tvm.targets import host_cpu_flags
+
+
+def enable_emulation() -> None:
+    """``--emulate-amx``: install the software tile executor (runtime/amx_emulator.py) before
+    any module loads, and never ask Linux for the AMX permission in this process, so every
+    tile instruction traps to the executor (#UD on a CPU without AMX; on an AMX CPU the
+    kernel's trap for a process without the grant). Process-wide, like the signal handler;
+    raises ``AmxEmulatorError`` (exit status 2) where it cannot be built."""
+    from dlrm_tvm.runtime import amx_emulator
+
+    amx_emulator.install()
+    set_emulated()
+
+
+def emulated_instructions() -> dict[str, int] | None:
+    """Under ``enable_emulation``: the tile instructions the executor ran so far, per mnemonic
+    (those it ran at least once) and their ``total``; else None. On an AMX CPU the
+    configuration instructions (ldtilecfg, tilerelease) run natively and are not counted."""
+    if not emulated():
+        return None
+    from dlrm_tvm.runtime import amx_emulator
+
+    counts = {k: int(v) for k, v in amx_emulator.counts().items() if v}
+    return {**counts, "total": sum(counts.values())}
 
 
 def request_if_host_has_amx() -> bool:
@@ -31,6 +57,8 @@ def request_if_host_has_amx() -> bool:
     ``host_amx_refusal``); True if granted. Every place that runs compiled code calls this, so a
     module compiled for the host (AMX kernels included) never meets a tile instruction before
     the grant."""
+    if emulated():
+        return True
     if "amx_tile" not in host_cpu_flags():
         return False
     return host_amx_refusal() is None

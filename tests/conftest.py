@@ -13,6 +13,11 @@
                               a hardware skip of a listed tier fails instead (an error where
                               a skipif mark skips at setup; see below)
 
+DLRM_TVM_TILE_UNIT=emulated pytest tests/test_amx.py -k tile_unit
+                              the tile-unit tier on the software executor even on an AMX
+                              host (the permission is never asked, so each tile instruction
+                              traps to it); test_amx.py runs this itself on AMX hosts
+
 Hardware skips: a test that needs a CPU feature skips elsewhere with a reason naming the missing
 /proc/cpuinfo flag as "this CPU has no FLAG" (``skipif(not HOST_HAS_BF16, reason="this CPU has
 no avx512_bf16 ...")``, ``pytest.skip(...)`` alike; "no amx_tile/amx_bf16" names both). Native
@@ -75,6 +80,12 @@ _REQUIRED = pytest.StashKey[tuple]()
 
 def pytest_configure(config):
     config.stash[_REQUIRED] = required_native_tiers(os.environ.get("DLRM_TVM_REQUIRE_NATIVE"))
+    if os.environ.get("DLRM_TVM_TILE_UNIT") == "emulated":
+        from dlrm_tvm.runtime.amx import enable_emulation
+
+        # before collection, whose module-level host targets would otherwise ask for AMX:
+        # never ask, so every tile instruction traps to the executor
+        enable_emulation()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -109,7 +120,11 @@ def _amx_permission():
     process's request first (runtime/amx.py); tests call tvm.compile directly too."""
     from dlrm_tvm.runtime.amx import request_if_host_has_amx
 
-    request_if_host_has_amx()
+    if os.environ.get("DLRM_TVM_TILE_UNIT") == "emulated":
+        from dlrm_tvm.runtime import amx_emulator
+
+        amx_emulator.install()  # again, now in front of pytest's faulthandler
+    request_if_host_has_amx()  # (under DLRM_TVM_TILE_UNIT=emulated: asks nothing)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

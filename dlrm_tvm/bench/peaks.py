@@ -134,11 +134,11 @@ def host_has_amx() -> bool:
 
 def amx_peak_gflops(target, threads: int, iters: int = 2_000_000) -> float | None:
     """GFLOP/s of tdpbf16ps on this host, or None if the host or the target has no AMX."""
-    from dlrm_tvm.runtime.amx import request_amx
+    from dlrm_tvm.runtime.amx import emulated, request_amx
     from dlrm_tvm.schedules.base import has_feature
 
-    if not host_has_amx() or not has_feature(target, "amx-bf16"):
-        return None
+    if not host_has_amx() or not has_feature(target, "amx-bf16") or emulated():
+        return None  # (emulated: the executor's rate is no peak of this CPU)
     request_amx()
     lib = amx_peak_kernel(target, threads)
     return AMX_FLOP_PER_ITER * iters * threads / _run_loop(lib, threads, iters) / 1e9
