@@ -305,8 +305,8 @@ def host_target(flags: set[str] | None = None, system_cpu: str | None = None, *,
     (``amx_permission``). Where /proc/cpuinfo reports amx_tile, the permission is requested
     here; if it is refused, every amx-* feature is switched off (the bf16 GEMMs then take the
     vdpbf16ps rule instead of dying on their first tile instruction) and the reason is logged
-    once. ``emulate_amx``: keep AMX without asking (a hook for running the AMX kernels on a
-    software model of the tile instructions). ``flags`` and ``system_cpu`` stand in for
+    once. ``emulate_amx``: keep AMX without asking (the tile instructions run on the software
+    executor; ``emulated_target`` also counts AMX present where the CPU has none). ``flags`` and ``system_cpu`` stand in for
     /proc/cpuinfo and LLVM's detection (tests); a stand-in host is taken as granting AMX, since
     the permission is this process's."""
     from tvm.target import codegen
@@ -367,16 +367,18 @@ def resolve_target(name: str | dict = "host", *, emulate_amx: bool = False) -> T
     """Resolve ``host``, a named CPU, a TVM target string (``llvm -mcpu=sapphirerapids``,
     ``llvm -mtriple=x86_64-linux-gnu -mcpu=icelake-server``) or a target dict (or its JSON,
     ``{"kind": "llvm", "mcpu": "..."}``) to its LLVM mcpu and ISA feature set. ``host`` keeps
-    AMX only where this process is granted it (``host_target``; ``emulate_amx`` keeps it
-    without asking); a named or explicit target keeps all its features (its code is refused
-    at load on a host that cannot run it)."""
+    AMX only where this process is granted it (``host_target``); a named or explicit target
+    keeps all its features (its code is refused at load on a host that cannot run it).
+    ``emulate_amx``: ``emulated_target(name)``, the form ``--emulate-amx`` runs."""
     if isinstance(name, TargetInfo):  # already resolved (``emulated_target``)
         return name
+    if emulate_amx:
+        return emulated_target(name)
     if isinstance(name, dict):
         return _resolve_spec(name, json.dumps(name, sort_keys=True))
     name = str(name).strip()
     if name == "host":
-        return host_target(emulate_amx=emulate_amx)
+        return host_target()
     if name in NAMED_TARGETS:
         return _resolve_spec({"kind": "llvm", "mcpu": NAMED_TARGETS[name]}, name)
     if name.startswith("{"):

@@ -1,13 +1,14 @@
-"""Issue 16's goals on an AMX host, from tools/device_amx.sh's output folder: one PASS/MISS line
+"""The AMX goals on an AMX host, from tools/device_amx.sh's output folder: one PASS/MISS line
 per goal (or "n/a" with the reason when a file is missing).
 
     python tools/amx_verdict.py OUT_DIR
 
-OUT_DIR holds pytest-amx.log, gemms-mlperf-amx.json (host rules), gemms-mlperf-vdpbf16ps.json
-(cooperlake's rules: the vdpbf16ps kernels on the same machine) and bench-mlperf-amx.json.
-Goals: native numerics pass (no failure or error, no AMX test skipped, at least
-NATIVE_MIN_PASSED passed); every mlperf GEMM with all dims >= 128 runs
-on the AMX rule and ahead of torch's bf16 matmul; mlperf bf16 ahead of torch.compile bf16.
+OUT_DIR holds pytest-amx.log, gemms-mlperf-amx.json (host rules), optionally
+gemms-mlperf-vdpbf16ps.json (cooperlake's rules: the vdpbf16ps kernels on the same machine),
+and bench-{mlperf,small,dcnv2}-amx.json. Goals: native numerics pass (no failure or error, no
+AMX test skipped, at least NATIVE_MIN_PASSED passed); every mlperf GEMM with all dims >= 128
+runs on the AMX rule and ahead of torch's bf16 matmul; each config's bf16 step ahead of
+torch.compile bf16.
 """
 
 from __future__ import annotations
@@ -110,12 +111,12 @@ def gemm_goals(r: dict, before: dict | None) -> list[str]:
     return out
 
 
-def bench_goal(r: dict) -> list[str]:
+def bench_goal(r: dict, config: str = "mlperf") -> list[str]:
     ms = {row["name"]: row["ms_per_step"] for row in r["rows"]}
     ours, comp = ms.get("dlrm-tvm bf16"), ms.get("torch.compile bf16")
     if ours is None or comp is None:
-        return ["n/a   mlperf step: a contender is missing (" + ", ".join(ms) + ")"]
-    return [_line(ours < comp, f"mlperf bf16 at {r.get('threads')} threads ahead of "
+        return [f"n/a   {config} step: a contender is missing (" + ", ".join(ms) + ")"]
+    return [_line(ours < comp, f"{config} bf16 at {r.get('threads')} threads ahead of "
                   "torch.compile bf16", f"{ours:.1f} ms vs {comp:.1f} ms ({comp / ours:.2f}x)")]
 
 
@@ -128,8 +129,10 @@ def main(argv: list[str]) -> int:
     g = _load(d, "gemms-mlperf-amx.json")
     lines += gemm_goals(g, _load(d, "gemms-mlperf-vdpbf16ps.json")) if g else [
         "n/a   GEMMs: no gemms-mlperf-amx.json"]
-    b = _load(d, "bench-mlperf-amx.json")
-    lines += bench_goal(b) if b else ["n/a   mlperf step: no bench-mlperf-amx.json"]
+    for config in ("mlperf", "small", "dcnv2"):
+        b = _load(d, f"bench-{config}-amx.json")
+        lines += bench_goal(b, config) if b else [
+            f"n/a   {config} step: no bench-{config}-amx.json"]
     print("\n".join(lines))
     return 0 if all(not x.startswith("MISS") for x in lines) else 1
 
