@@ -25,16 +25,16 @@ python3 -c "import tvm, tvm_ffi, torch, dlrm_tvm.graphs; print('tvm', tvm.__vers
 export TVM_NUM_THREADS=${THREADS:-$(nproc)}
 log "threads $TVM_NUM_THREADS"
 step() { local lim=$1; shift; log "$*"; timeout -k 10 "$lim" "$@"; echo "rc $?"; }
-DLRM_TVM_REQUIRE_NATIVE=bf16,amx step 150 python3 -m pytest -q -p no:cacheprovider -rs \
+DLRM_TVM_REQUIRE_NATIVE=bf16,amx step 120 python3 -m pytest -q -p no:cacheprovider -rs \
   tests/test_amx.py tests/test_amx_permission.py tests/test_amx_emulator.py 2>&1 \
   | tee "$OUT/pytest-amx.log"
-step 90 python3 -m dlrm_tvm kernels bench --config mlperf --precision bf16 \
+step 45 python3 -m dlrm_tvm kernels bench --config mlperf --precision bf16 \
   --json "$OUT/gemms-mlperf-amx.json" 2>&1 | tee "$OUT/gemms-mlperf-amx.txt"
-step 100 python3 -m dlrm_tvm bench --config mlperf --steps 4 --warmup 1 --precisions fp32,bf16 \
+step 90 python3 -m dlrm_tvm bench --config mlperf --steps 4 --warmup 1 --precisions fp32,bf16 \
   --json "$OUT/bench-mlperf-amx.json" 2>&1 | tee "$OUT/bench-mlperf-amx.txt"
 step 70 python3 -m dlrm_tvm bench --config small --steps 4 --warmup 1 --precisions bf16 \
   --json "$OUT/bench-small-amx.json" 2>&1 | tee "$OUT/bench-small-amx.txt"
-step 70 python3 -m dlrm_tvm bench --config dcnv2 --steps 2 --warmup 1 --precisions bf16 \
+step 150 python3 -m dlrm_tvm bench --config dcnv2 --steps 2 --warmup 1 --precisions bf16 \
   --json "$OUT/bench-dcnv2-amx.json" 2>&1 | tee "$OUT/bench-dcnv2-amx.txt"
 python3 tools/amx_verdict.py "$OUT" | tee "$OUT/verdict.txt"
 log done
