@@ -184,7 +184,7 @@ def _predict_unlabelled(cfg: Config, state: dict, desc: dict, ids: dict | None, 
                    "id_mode": "hash_mod" if mir else "hash32"}
                   for t in range(len(rows)) if (mir or 2**32) > rows[t]]
     if folded:
-        log.warning("%s", fold_message(folded))
+        log.warning("%s", fold_message(folded, cfg))
     for path in inputs:  # a labelled file is refused now, not after compiling
         next(iter(parse_raw(path, d.skip_bad_lines, mir, chunk_rows=1024, labels=False)), None)
     vm, meta = get_compiled(cfg, None, target, out, ())

@@ -30,9 +30,11 @@ Compiled modules are cached per session (``compiled`` fixture): each (model, bat
 precision, optimizer) is compiled once. TVM's thread pool gets 2 threads unless
 ``TVM_NUM_THREADS`` is already set (set here before TVM starts).
 
-The real Criteo sample rows are found beside the repository, at
-``<repo>/../shared/data/criteo_kaggle_sample`` (``CRITEO_SAMPLE``), never at an absolute path;
-tests that need them take the ``criteo_sample`` fixture, which skips when they are absent.
+The real Criteo sample rows are found at ``$DLRM_TVM_CRITEO_SAMPLE`` if set, else beside the
+repository, at ``<repo>/../shared/data/criteo_kaggle_sample`` (``CRITEO_SAMPLE``), never at an
+absolute path; tests that need them take the ``criteo_sample`` fixture, which skips when they
+are absent. The 199 rows are not shipped in tests/: they are Criteo's data, under Criteo's
+terms (research use), not this repository's licence.
 Tests that only need Criteo-format rows write them with
 ``dlrm_tvm.data.criteo.write_synthetic_raw``.
 """
@@ -128,7 +130,9 @@ def _amx_permission():
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CRITEO_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "criteo_kaggle_sample"
+CRITEO_SAMPLE = (Path(os.environ["DLRM_TVM_CRITEO_SAMPLE"])
+                 if os.environ.get("DLRM_TVM_CRITEO_SAMPLE")
+                 else REPO_ROOT.parent / "shared" / "data" / "criteo_kaggle_sample")
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +140,8 @@ def criteo_sample() -> Path:
     """The directory of the real Criteo rows (train.tsv, test.tsv); skips when absent."""
     if not ((CRITEO_SAMPLE / "train.tsv").is_file() and (CRITEO_SAMPLE / "test.tsv").is_file()):
         pytest.skip(f"the real Criteo sample rows are not at {CRITEO_SAMPLE} "
-                    f"(../shared/data/criteo_kaggle_sample beside the repository)")
+                    f"(../shared/data/criteo_kaggle_sample beside the repository; "
+                    f"DLRM_TVM_CRITEO_SAMPLE=DIR points elsewhere)")
     return CRITEO_SAMPLE
 
 

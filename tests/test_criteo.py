@@ -413,3 +413,25 @@ def test_loader_throughput_reports_rates(tmp_path):
     r = loader_throughput(p, tmp_path / "bin" / "day_0.bin", 256, TABLES, seconds=0.05)
     assert r["raw_rows"] >= 2000 and r["raw_rows_per_s"] > 0
     assert r["binary_rows"] >= 1792 and r["binary_rows_per_s"] > 0
+
+
+def test_fold_warning_names_the_fix_that_fits_where_the_rows_came_from():
+    """Tables capped by --max-ind-range below the ids the data was preprocessed with: the fix is
+    to preprocess again (or drop the cap), not --arch-embedding-size, which was never given;
+    explicit table sizes: take them from the data."""
+    import dataclasses
+
+    from dlrm_tvm.config import PRESETS
+    from dlrm_tvm.data.sources import fold_message
+
+    base = PRESETS["tiny"]
+    folds = [{"table": 0, "rows": 100_000, "data_rows": 10_000_000, "id_mode": "hash_mod"}]
+    capped = base.replace(data=dataclasses.replace(base.data, kind="criteo-kaggle",
+                                                   path="d", max_ind_range=100_000))
+    msg = fold_message(folds, capped)
+    assert "preprocess again with --max-ind-range 100,000" in msg
+    assert "--arch-embedding-size" not in msg
+    given = base.replace(data=dataclasses.replace(base.data, kind="criteo-kaggle",
+                                                  path="d", table_sizes="config"))
+    assert "drop --arch-embedding-size" in fold_message(folds, given)
+    assert "ids folded: 1 of the model's table has" in fold_message(folds)

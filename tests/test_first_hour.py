@@ -84,3 +84,28 @@ def test_a_run_directorys_config_json_is_a_config(art, tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json: a JSON config must be an object"):
         load_config(bad)
+
+
+def test_readme_commands_create_what_they_use():
+    """Every `--artifact DIR` and `--resume DIR` of the README's command blocks names a
+    directory an earlier command there creates (`compile --out DIR`, `train --out DIR`): the
+    examples run top to bottom."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    made: set[str] = set()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if not line.startswith(("dlrm-tvm", "mpiexec")):
+                continue
+            words = shlex.split(line)
+            opts = dict(zip(words, words[1:], strict=False))
+            for flag in ("--artifact",):
+                if flag in opts:
+                    assert opts[flag] in made, f"README: {line!r} uses {opts[flag]} before " \
+                        "any command creates it"
+            if "--out" in opts:
+                made.add(opts["--out"])

@@ -122,7 +122,7 @@ class BinarySource(EpochRows):
 
     def _warn(self, folds: list[dict]) -> None:
         if self.rank == 0 and not self._warned:
-            log.warning("%s", fold_message(folds))
+            log.warning("%s", fold_message(folds, self.cfg))
         self._warned = True
 
     def _watch(self, max_ids: np.ndarray | None) -> None:
@@ -212,8 +212,10 @@ def folded_tables(meta: dict | None, table_rows) -> list[dict]:
             for t, (n, r) in enumerate(zip(sizes, table_rows, strict=True)) if n > r]
 
 
-def fold_message(folds: list[dict]) -> str:
-    """The warning for folded ids: how many tables, and each table's ids into its rows."""
+def fold_message(folds: list[dict], cfg: Config | None = None) -> str:
+    """The warning for folded ids: how many tables, each table's ids into its rows, and the fix
+    that fits where the rows came from (``cfg``): tables given by --arch-embedding-size, tables
+    capped by --max-ind-range below ids the data was preprocessed with, or otherwise."""
     def one(f: dict) -> str:
         t, rows, n, mode = f["table"], f["rows"], f["data_rows"], f.get("id_mode")
         if mode == "seen":
@@ -226,11 +228,19 @@ def fold_message(folds: list[dict]) -> str:
 
     shown = "; ".join(one(f) for f in folds[:8])
     more = f"; and {len(folds) - 8} more (summary.json: data.folded)" if len(folds) > 8 else ""
+    mir = cfg.data.max_ind_range if cfg is not None else 0
+    if cfg is not None and cfg.data.table_sizes == "config":
+        fix = ("Take the table sizes from the data (drop --arch-embedding-size; table_sizes = "
+               "\"data\") or give larger tables to avoid it")
+    elif mir and all(f["rows"] <= mir < f["data_rows"] for f in folds):
+        fix = (f"The tables are capped by --max-ind-range {mir:,}, but the data's ids were made "
+               f"with a larger one: preprocess again with --max-ind-range {mir:,} (then every "
+               f"id fits its table), or drop --max-ind-range to take the sizes from the data")
+    else:
+        fix = "Give larger tables (--arch-embedding-size) or take their sizes from the data"
     return (f"ids folded: {len(folds)} of the model's {'tables' if len(folds) > 1 else 'table'} "
             f"{'have' if len(folds) > 1 else 'has'} fewer rows than the data has ids, so ids "
-            f"are taken modulo the rows (several categories share a row): {shown}{more}. Take "
-            f"the table sizes from the data (drop --arch-embedding-size; table_sizes = "
-            f"\"data\") or give larger tables to avoid it")
+            f"are taken modulo the rows (several categories share a row): {shown}{more}. {fix}")
 
 
 def data_meta(cfg: Config, data_dir: Path | None = None) -> dict | None:
