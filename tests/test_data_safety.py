@@ -53,7 +53,7 @@ def test_run_dir_reused_when_the_input_is_identical(tmp_path):
     meta = json.loads((dest / "meta.json").read_text())
     ident = meta["input_identity"][0]
     assert ident["path"] == str(raw.resolve()) and ident["size"] == raw.stat().st_size
-    assert ident["mtime_ns"] == raw.stat().st_mtime_ns and len(ident["sample_sha256"]) == 64
+    assert ident["mtime_ns"] == raw.stat().st_mtime_ns and len(ident["sha256"]) == 64
     assert meta["params"]["format"] == "kaggle" and meta["params"]["max_ind_range"] == 1000
     stamp = {f.name: f.stat().st_mtime_ns for f in dest.iterdir()}
     dest2, logs = _run(cfg, tmp_path / "run")
@@ -91,6 +91,24 @@ def test_run_dir_redone_for_changed_content_at_the_same_path(tmp_path):
     raw.write_bytes(bytes(data))
     os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns))
     dest, logs = _run(cfg, tmp_path / "run")
+    assert any("content differs" in x for x in logs), logs
+
+
+def test_run_dir_redone_for_a_byte_changed_mid_file_with_the_mtime_restored(tmp_path):
+    """A label flipped in the middle of a file of several MiB, size and mtime as before: the
+    whole-content digest sees it (a digest of the first and last MiB would not)."""
+    raw = tmp_path / "day"
+    write_synthetic_raw(raw, 30_000, seed=4)
+    assert raw.stat().st_size > 3 * 2**20
+    cfg = _cfg("criteo-terabyte", raw)
+    _run(cfg, tmp_path / "run")
+    st = raw.stat()
+    data = bytearray(raw.read_bytes())
+    mid = data.index(b"\n", len(data) // 2) + 1  # the label of a line in the middle
+    data[mid] = ord("1") if data[mid] == ord("0") else ord("0")
+    raw.write_bytes(bytes(data))
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _, logs = _run(cfg, tmp_path / "run")
     assert any("content differs" in x for x in logs), logs
 
 
