@@ -84,13 +84,27 @@ def read_artifact(path: str | Path) -> Artifact:
     if not meta_file.exists() or not (p / MODULE_FILE).exists():
         raise ArtifactError(f"{p} is not a dlrm-tvm artifact (expected {META_FILE} and "
                             f"{MODULE_FILE}; make one with `dlrm-tvm compile`)")
+    from dlrm_tvm.config_io import read_small_file
+
     try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(read_small_file(meta_file, "artifact description",
+                                          error=ArtifactError).decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{meta_file}: not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{meta_file}: not an artifact description (a JSON object)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{p}: artifact format {meta.get('format_version')} is not "
                             f"{FORMAT_VERSION}; recompile it")
+    target = meta.get("target")
+    missing = [k for k in ("config", "target", "schedules", "tvm_version", "batch_size")
+               if k not in meta]
+    if not missing and not (isinstance(target, dict) and isinstance(target.get("name"), str)
+                            and isinstance(target.get("mcpu"), str)):
+        missing = ["target.name/target.mcpu"]
+    if missing:
+        raise ArtifactError(f"{meta_file} lacks {', '.join(missing)}: not a complete artifact "
+                            f"description; recompile it with `dlrm-tvm compile`")
     return Artifact(path=p, meta=meta)
 
 

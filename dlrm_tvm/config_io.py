@@ -49,6 +49,33 @@ from dlrm_tvm.config import (
 # ---------------------------------------------------------------- preset names and TOML files
 
 
+SMALL_FILE_LIMIT = 16 << 20  # configs, tuning records, artifact.json: far below this
+
+
+def read_small_file(path: str | os.PathLike, what: str, limit: int = SMALL_FILE_LIMIT,
+                    error: type[Exception] = ConfigError) -> bytes:
+    """The bytes of a small regular file (a config, a tuning record, artifact.json); refused
+    with ``error`` naming ``what`` and the path where it is not a regular file (a FIFO or a
+    device such as /dev/zero would hang or fill memory) or larger than ``limit``."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise error(f"{what} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what} {path} is not a regular file (a FIFO, device or socket is never "
+                    f"read)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"{what} {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} is over {limit >> 20} MiB: not a {what}")
+    return data
+
+
 def load_config(spec: str | os.PathLike | None) -> Config:
     """A preset name, a TOML file (optionally naming a ``preset`` to start from), or a JSON
     config as a run writes it (``RUNDIR/config.json``), or a run directory holding one."""
@@ -69,15 +96,14 @@ def load_config(spec: str | os.PathLike | None) -> Config:
         import json
 
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(read_small_file(path, "config").decode())
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ConfigError(f"{path}: not a readable JSON config ({e})") from e
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a JSON config must be an object")
     else:
         try:
-            with open(path, "rb") as f:
-                d = tomllib.load(f)
+            d = tomllib.loads(read_small_file(path, "config").decode())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from e
         except (OSError, UnicodeDecodeError) as e:

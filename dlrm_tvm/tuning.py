@@ -112,11 +112,12 @@ def tune_gemms(cfg: Config, target_name: str = "host", budget_s: float = 300.0, 
 
 def read_tuning(path) -> dict:
     """A tuning record from ``dlrm-tvm kernels tune`` (plain JSON, validated; never pickle)."""
+    from dlrm_tvm.config_io import read_small_file
+
+    if not os.path.lexists(path):
+        raise ConfigError(f"tuning record {path} does not exist")
     try:
-        with open(path) as f:
-            rec = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"tuning record {path} does not exist") from None
+        rec = json.loads(read_small_file(path, "tuning record").decode())
     except (OSError, ValueError) as e:
         raise ConfigError(f"tuning record {path} is not readable JSON: {e}") from None
     if not isinstance(rec, dict) or rec.get("format") != "dlrm-tvm-tuning" or \

@@ -274,3 +274,48 @@ def test_empty_bags_are_valid(tiny_vm):
     after = tr.state()
     np.testing.assert_array_equal(before["tables"], after["tables"])  # no lookups, no update
     assert not np.array_equal(before["bot0_w"], after["bot0_w"])
+
+
+# ---------------------------------------------------------------- files that are not files
+
+
+@pytest.mark.parametrize("flag", ["--config", "--tuning"])
+def test_a_device_or_fifo_as_a_small_file_is_refused_not_read(flag, tmp_path, capsys):
+    """`--config /dev/zero` read until MemoryError and a FIFO hung (was): a config or tuning
+    record must be a regular file of at most 16 MiB."""
+    import os
+
+    from dlrm_tvm import cli
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * ((16 << 20) + 1))
+    for path, says in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                       (str(big), "over 16 MiB")):
+        assert cli.main(["train", flag, path, "--steps", "1", "--out",
+                         str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and path in err, err
+
+
+def test_an_artifact_description_without_its_target_is_refused(tmp_path, capsys):
+    """artifact.json without "target" (was: KeyError traceback): refused naming the key."""
+    import json
+
+    from dlrm_tvm import cli
+
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "module.so").write_bytes(b"")
+    (art / "artifact.json").write_text(json.dumps({"format_version": 1, "config": {},
+                                                   "schedules": {}, "tvm_version": "x",
+                                                   "batch_size": 128}))
+    from dlrm_tvm.artifact import FORMAT_VERSION
+
+    meta = json.loads((art / "artifact.json").read_text())
+    meta["format_version"] = FORMAT_VERSION
+    (art / "artifact.json").write_text(json.dumps(meta))
+    assert cli.main(["train", "--artifact", str(art), "--steps", "1", "--out",
+                     str(tmp_path / "r")]) == 2
+    assert "lacks target" in capsys.readouterr().err
