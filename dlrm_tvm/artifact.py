@@ -59,10 +59,12 @@ def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
     t0 = time.perf_counter()
     tmp = out / (MODULE_FILE + ".tmp.so")
     res.executable.export_library(str(tmp))
+    digest = module_sha256(tmp)
     tmp.replace(out / MODULE_FILE)
     res.seconds["export"] = time.perf_counter() - t0
     meta = {
         "format_version": FORMAT_VERSION,
+        "module_sha256": digest,
         "config": cfg.to_dict(),
         "batch_size": cfg.train.batch_size,
         "target": target.to_dict(),
@@ -74,8 +76,22 @@ def compile_artifact(cfg: Config, target: TargetInfo, out_dir: str | Path,
         "compile_seconds": {k: round(v, 3) for k, v in res.seconds.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp_meta = out / (META_FILE + ".tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp_meta.replace(out / META_FILE)  # (replaces a link there rather than writing through it)
     return Artifact(path=out, meta=meta)
+
+
+def module_sha256(path: str | Path) -> str:
+    """The sha256 of a module.so, which artifact.json records: loading runs the library's
+    code (its constructors), so only the module the description was written with is loaded."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_artifact(path: str | Path) -> Artifact:
@@ -97,8 +113,8 @@ def read_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(f"{p}: artifact format {meta.get('format_version')} is not "
                             f"{FORMAT_VERSION}; recompile it")
     target = meta.get("target")
-    missing = [k for k in ("config", "target", "schedules", "tvm_version", "batch_size")
-               if k not in meta]
+    missing = [k for k in ("config", "target", "schedules", "tvm_version", "batch_size",
+                           "module_sha256") if k not in meta]
     if not missing and not (isinstance(target, dict) and isinstance(target.get("name"), str)
                             and isinstance(target.get("mcpu"), str)):
         missing = ["target.name/target.mcpu"]
@@ -161,5 +177,10 @@ def load_artifact(path: str | Path):
     if art.meta.get("tvm_version") != tvm.__version__:
         raise ArtifactError(f"{art.path} was built with TVM {art.meta.get('tvm_version')}, "
                             f"this is TVM {tvm.__version__}; recompile it")
-    mod = tvm.runtime.load_module(str(art.path / MODULE_FILE))
+    module = art.path / MODULE_FILE
+    if module_sha256(module) != art.meta["module_sha256"]:
+        raise ArtifactError(f"{module} is not the module {art.path / META_FILE} describes (its "
+                            f"sha256 differs): an artifact is code, loaded as is; recompile it "
+                            f"rather than load a module from elsewhere")
+    mod = tvm.runtime.load_module(str(module))
     return load_vm(mod, needs_amx="amx_tile" in required_cpu_flags(art.meta)), art

@@ -157,3 +157,21 @@ def test_lr_schedule_flags_reach_the_run(tmp_path):
              if '"eval"' not in x]
     assert lrs[0] == 0.0 and lrs[1] < lrs[3] < lrs[4] == 0.1  # warmup, then the base rate
     assert lrs[6] > lrs[7] > lrs[8] > lrs[9] >= 1e-7  # decay
+
+
+def test_a_module_swapped_under_its_description_is_not_loaded(tmp_path, capsys):
+    """module.so runs its constructors when loaded: artifact.json records its sha256 and a
+    module that differs (another build, a planted library) is refused before loading."""
+    import json
+
+    from dlrm_tvm import cli
+
+    art = tmp_path / "a"
+    assert cli.main(["compile", "--config", "tiny", "--out", str(art)]) == 0
+    meta = json.loads((art / "artifact.json").read_text())
+    assert len(meta["module_sha256"]) == 64
+    lib = art / "module.so"
+    lib.write_bytes(lib.read_bytes() + b"\0")
+    assert cli.main(["train", "--artifact", str(art), "--steps", "1", "--out",
+                     str(tmp_path / "r")]) == 2
+    assert "sha256 differs" in capsys.readouterr().err
