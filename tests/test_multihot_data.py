@@ -555,3 +555,45 @@ def test_plan_takes_the_bag_sizes_from_the_data(tmp_path, capsys):
     rep = json.loads((tmp_path / "p.json").read_text())
     assert rep["per_rank"][0]["lookups_per_step"] == pytest.approx(
         cfg.train.batch_size * sum(sizes))
+
+
+def test_materialize_estimates_first_and_refuses_what_will_not_fit(tmp_path, capsys,
+                                                                   monkeypatch):
+    """`--multi-hot-sizes 100000` once wrote 15 GB unannounced: the size is estimated first
+    (and said), a dataset larger than the free space is refused before anything is written."""
+    from collections import namedtuple
+
+    from dlrm_tvm.data.criteo import multihot_writer
+
+    out = tmp_path / "big"
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(multihot_writer.shutil, "disk_usage",
+                        lambda p: Usage(10 << 30, 0, 1 << 30))
+    assert cli.main(["materialize-multihot", "--config", "dcnv2-tiny", "--multi-hot-sizes",
+                     "100000", "--rows-per-day", "2048", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "GiB are free there" in err and "takes 79.35 GiB (6,144 rows" in err, err
+    assert not [p for p in out.iterdir() if p.name.startswith((".tmp_day_", "day_"))]
+
+
+def test_materialize_interrupted_leaves_no_temporary_day(tmp_path, monkeypatch):
+    from dlrm_tvm.config import PRESETS
+    from dlrm_tvm.data.criteo import multihot_writer
+
+    calls = {"n": 0}
+    real = multihot_writer._DayWriter.write
+
+    def write(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(multihot_writer._DayWriter, "write", write)
+    cfg = PRESETS["dcnv2-tiny"]
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, multi_hot_sizes=(2,)))
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        multihot_writer.materialize_multihot(out, cfg, days=2, rows_per_day=300,
+                                             progress=False, log=None)
+    assert not list(out.glob(".tmp_day_*")), list(out.iterdir())

@@ -130,6 +130,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         p.unlink()
 
 
+def _bytes_needed(day_rows: Sequence[int], num_dense: int, sizes: Sequence[int]) -> int:
+    """The bytes a dataset takes on disk, with the largest day's sparse file counted twice (its
+    members and the zip are both on disk while it is zipped)."""
+    per_row = 4 * num_dense + 4 + 4 * sum(sizes)
+    return sum(day_rows) * per_row + max(day_rows) * 4 * sum(sizes) + 64 * 1024
+
+
 def _day_rows(total: int, days: int) -> list[int]:
     q, r = divmod(total, days)
     return [q + (i < r) for i in range(days)]
@@ -235,22 +242,37 @@ def materialize_multihot(out: PathLike, cfg, days: int = 3, rows_per_day: int | 
                   "index_distribution": d.index_distribution}
     _prepare_out(out, overwrite)
     total = sum(day_rows)
+    need = _bytes_needed(day_rows, m.num_dense, sizes)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise DataError(out, None, f"the dataset takes {need / 2**30:.2f} GiB ({total:,} rows, "
+                                   f"{sum(sizes)} ids a row, with one day's sparse file twice "
+                                   f"while it is zipped), and {free / 2**30:.2f} GiB are free "
+                                   f"there: fewer --rows-per-day, --days or smaller "
+                                   f"--multi-hot-sizes")
+    if log is not None:
+        log(f"writing about {need / 2**30:.2f} GiB into {out} ({free / 2**30:.1f} GiB free)")
     prog = Progress(total, "materialize", unit="row", show=progress, delay=1.0)
     done = 0
     pending = None  # the rows of a chunk not yet written (a chunk may span two days)
-    for i, n in enumerate(day_rows):
-        w = _DayWriter(out, i, n, m.num_dense, sizes)
-        while w.left:
-            if pending is None:
-                pending = next(chunks)
-            dense, labels, sparse = pending
-            k = min(w.left, dense.shape[0])
-            w.write(dense[:k], labels[:k], [s[:k] for s in sparse])
-            pending = None if k == dense.shape[0] else \
-                (dense[k:], labels[k:], [s[k:] for s in sparse])
-            done += k
-            prog.update(done, day=i)
-        w.finish()
+    try:
+        for i, n in enumerate(day_rows):
+            w = _DayWriter(out, i, n, m.num_dense, sizes)
+            while w.left:
+                if pending is None:
+                    pending = next(chunks)
+                dense, labels, sparse = pending
+                k = min(w.left, dense.shape[0])
+                w.write(dense[:k], labels[:k], [s[:k] for s in sparse])
+                pending = None if k == dense.shape[0] else \
+                    (dense[k:], labels[k:], [s[k:] for s in sparse])
+                done += k
+                prog.update(done, day=i)
+            w.finish()
+    except BaseException:  # an error, Ctrl-C: no half-written day is left behind
+        for p in out.glob(".tmp_day_*"):
+            p.unlink(missing_ok=True)
+        raise
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "days": days,
             "day_rows": day_rows, "rows": total, "num_dense": m.num_dense,
             "multi_hot_sizes": list(sizes), "table_rows": list(m.table_rows),
