@@ -444,5 +444,31 @@ def apply_overrides(cfg: Config, **flags: Any) -> Config:
     for f in CONFIG_FLAGS:
         if flags.get(f.dest) is not None:
             f.set(sections, flags[f.dest])
-    return Config(name=cfg.name, model=ModelConfig(**sections["model"]),
-                  train=TrainConfig(**sections["train"]), data=DataConfig(**sections["data"]))
+    out = Config(name=cfg.name, model=ModelConfig(**sections["model"]),
+                 train=TrainConfig(**sections["train"]), data=DataConfig(**sections["data"]))
+    _refuse_flags_that_would_not_act(out, {k for k, v in flags.items() if v is not None}, flags)
+    return out
+
+
+def _refuse_flags_that_would_not_act(cfg: Config, given: set[str], flags: dict) -> None:
+    """A flag given must act: one the resulting config would ignore is refused, naming the
+    conflict (ConfigError, exit status 2)."""
+    inter = cfg.model.interaction
+    dcn = [f"--{k.replace('_', '-')}" for k in ("dcn_num_layers", "dcn_low_rank_dim")
+           if k in given]
+    if dcn and inter != "dcn":
+        raise ConfigError(f"{' and '.join(dcn)} shape the DCN cross layers, but the "
+                          f"interaction is {inter}: add --arch-interaction-op dcn or drop them")
+    if flags.get("arch_interaction_itself") and inter != "dot":
+        raise ConfigError(f"--arch-interaction-itself adds the self dot products of the dot "
+                          f"interaction, but the interaction is {inter}")
+    if "synthetic_multi_hot_criteo_path" in given and "data" in given and \
+            flags["data"] != "criteo-multihot":
+        raise ConfigError(f"--synthetic_multi_hot_criteo_path means --data criteo-multihot, "
+                          f"but --data {flags['data']} is given: give one")
+    paths = [f"--{k.replace('_', '-')}" for k in ("data_path", "eval_data_path",
+                                                   "processed_data_file") if k in given]
+    if paths and cfg.data.kind == "synthetic":
+        raise ConfigError(f"{', '.join(paths)} names data files, but --data is synthetic (the "
+                          f"default): give --data criteo-kaggle, criteo-terabyte, mlperf-bin "
+                          f"or criteo-multihot")

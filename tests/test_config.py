@@ -403,3 +403,31 @@ def test_max_ind_range_lifts_a_presets_table_cap():
     # a config's own tables (not a preset's capped copy) are only ever lowered
     tiny = apply_overrides(PRESETS["tiny"], max_ind_range=10**6)
     assert tiny.model.table_rows == PRESETS["tiny"].model.table_rows
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--dcn-num-layers", "7"], "add --arch-interaction-op dcn"),
+    (["--arch-interaction-op", "cat", "--dcn-low-rank-dim", "8"], "the interaction is cat"),
+    (["--arch-interaction-op", "dcn", "--arch-interaction-itself"], "the interaction is dcn"),
+    (["--data", "criteo-kaggle", "--synthetic_multi_hot_criteo_path", "d"], "give one"),
+    (["--data-path", "raw.txt"], "--data is synthetic"),
+    (["--eval-data-path", "a.bin"], "--data is synthetic"),
+])
+def test_a_flag_the_config_would_ignore_is_refused(argv, says, tmp_path, capsys):
+    """Every flag acts or is refused with the conflict named (was: accepted and ignored)."""
+    from dlrm_tvm import cli
+
+    assert cli.main(["train", *argv, "--steps", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_an_artifacts_run_with_a_data_path_but_no_kind_is_refused(tmp_path, capsys):
+    from dlrm_tvm import cli
+
+    art = tmp_path / "a"
+    assert cli.main(["compile", "--config", "tiny", "--out", str(art)]) == 0
+    assert cli.main(["train", "--artifact", str(art), "--data-path", "raw.txt", "--steps", "1",
+                     "--out", str(tmp_path / "r")]) == 2
+    assert "--data is synthetic" in capsys.readouterr().err
