@@ -15,7 +15,16 @@ def plan_report(cfg: Config, ranks: int, sharding: str = "auto",
     """The plan as a JSON-able dict: the plan itself, per rank and per table summaries."""
     from dlrm_tvm.runtime.sharding import make_plan
 
-    budget = int(rank_memory_gib * 2**30) if rank_memory_gib else None
+    from dlrm_tvm.config import UNCAPPED_ROWS, available_memory
+
+    budget_from = "given"
+    if rank_memory_gib:
+        budget = int(rank_memory_gib * 2**30)
+    else:  # as `train` under `mpiexec -n RANKS` on this node: 80% of its memory over the ranks
+        avail = available_memory()
+        budget = None if avail is None else int(0.8 * avail / ranks)
+        budget_from = "this node" if budget else "none"
+        rank_memory_gib = None if budget is None else round(budget / 2**30, 2)
     plan = make_plan(cfg, ranks, sharding, budget)
     m, d = cfg.model, cfg.data
     per_bag = d.mean_bag_sizes(m.table_rows)  # lookups per bag of each table (multi-hot)
@@ -37,17 +46,31 @@ def plan_report(cfg: Config, ranks: int, sharding: str = "auto",
         per_table.append({"table": t, "rows": rows,
                           "parts": [{"rank": s.rank, "row_start": s.row_start,
                                      "row_stop": s.row_stop} for s in parts]})
+    full = UNCAPPED_ROWS.get(tuple(m.table_rows))
+    capped = None
+    if full is not None and tuple(full) != tuple(m.table_rows):
+        capped = {"cap": max(m.table_rows), "full_max_rows": max(full),
+                  "tables_capped": sum(a < b for a, b in zip(m.table_rows, full, strict=True))}
     return {"config": cfg.name, "ranks": ranks, "sharding": sharding,
-            "rank_memory_gib": rank_memory_gib, "plan": plan.to_dict(),
+            "rank_memory_gib": rank_memory_gib, "rank_memory_from": budget_from,
+            "capped_preset": capped, "plan": plan.to_dict(),
             "per_rank": per_rank, "per_table": per_table}
 
 
 def format_report(rep: dict) -> str:
+    src = rep.get("rank_memory_from")
     lines = [f"config {rep['config']}: {len(rep['per_table'])} tables over {rep['ranks']} "
              f"ranks, sharding {rep['sharding']}"
-             + (f", {rep['rank_memory_gib']} GiB per rank" if rep["rank_memory_gib"] else ""),
-             "", f"{'rank':>4}  {'shards':>6}  {'rows':>12}  {'MiB':>9}  {'lookups/step':>12}"
-             "  tables"]
+             + (f", {rep['rank_memory_gib']} GiB per rank" if rep["rank_memory_gib"] else "")
+             + (" (80% of this node's available memory over the ranks, as train takes it; "
+                "--rank-memory-gib sets it)" if src == "this node" else "")]
+    cap = rep.get("capped_preset")
+    if cap:
+        lines.append(f"the preset caps {cap['tables_capped']} tables at {cap['cap']:,} rows (its "
+                     f"model's own tables reach {cap['full_max_rows']:,}; --max-ind-range R "
+                     f"re-caps them at R)")
+    lines += ["", f"{'rank':>4}  {'shards':>6}  {'rows':>12}  {'MiB':>9}  {'lookups/step':>12}"
+              "  tables"]
     for r in rep["per_rank"]:
         lines.append(f"{r['rank']:>4}  {r['shards']:>6}  {r['rows']:>12,}  {r['mib']:>9.1f}  "
                      f"{r['lookups_per_step']:>12,.0f}  "

@@ -113,3 +113,22 @@ def test_plan_command_prints_and_writes_json(tmp_path, capsys):
     assert cli.main(["plan", "--config", "small", "--ranks", "4", "--rank-memory-gib",
                      "0.3"]) == 2
     assert "cannot shard the tables over 4 ranks" in capsys.readouterr().err
+
+
+def test_plan_takes_trains_memory_budget_and_says_the_preset_caps_its_tables(capsys,
+                                                                            monkeypatch):
+    """plan and train agree: without --rank-memory-gib the plan takes train's default budget
+    (80% of the node's available memory over the ranks), and mlperf's plan says its tables are
+    the preset's 1M-row caps of bigger ones."""
+    from dlrm_tvm import cli, config
+
+    monkeypatch.setattr(config, "available_memory", lambda: 10 * 2**30)
+    assert cli.main(["plan", "--config", "mlperf", "--ranks", "4", "--json", "/dev/null"]) == 0
+    out = capsys.readouterr().out
+    assert "2.0 GiB per rank (80% of this node's available memory" in out, out
+    assert "the preset caps 6 tables at 1,000,000 rows" in out
+    from dlrm_tvm.plan import plan_report
+
+    rep = plan_report(config.PRESETS["tiny"], 2, rank_memory_gib=1.5)
+    assert rep["rank_memory_gib"] == 1.5 and rep["rank_memory_from"] == "given"
+    assert rep["capped_preset"] is None
