@@ -111,9 +111,9 @@ class LaunchError(ConfigError):
     """The launcher started several tasks but MPI cannot join them into one run (exit status
     2, before anything is written). Only the task claiming rank 0 prints it."""
 
-    def __init__(self, msg: str, launch: Launch):
+    def __init__(self, msg: str, launch: Launch, every_task: bool = False):
         super().__init__(msg)
-        self.quiet = (launch.rank or 0) > 0
+        self.quiet = (launch.rank or 0) > 0 and not every_task
 
 
 def _fix(launch: Launch) -> str:
@@ -151,6 +151,13 @@ def check_launch(launch: Launch, world_size: int | None, library: str) -> None:
                 f"library ({_library(library)}, built without PMIx) cannot start under PMIx "
                 f"(its MPI_Init would abort). Nothing was written. Fix: {_fix(launch)}", launch)
         return
+    if world_size == 1 and launch.rank is not None and launch.size is None:
+        raise LaunchError(
+            f"refusing to start: {seen} started this process as {many}, with a rank but no "
+            f"size, so whether it is one task of several cannot be told, and MPI "
+            f"({_library(library)}) sees a "
+            f"world of 1 rank: each such task would train alone into the same run directory. "
+            f"Nothing was written. Fix: {_fix(launch)}", launch, every_task=True)
     if world_size == 1 and launch.claims_many:
         raise LaunchError(
             f"refusing to start: {seen} started this process as {many}, but MPI "

@@ -340,3 +340,15 @@ def test_cpu_topology_reads_sysfs(tmp_path):
     assert cpu_topology(str(tmp_path / "absent")) == {}
     here = cpu_topology()
     assert not here or set(here) >= set(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("env", [{"PMI_RANK": "0"}, {"PMI_RANK": "1"},
+                                 {"SLURM_STEP_ID": "0", "SLURM_PROCID": "0"}])
+def test_a_rank_without_a_size_in_a_world_of_one_is_refused_by_every_task(env):
+    """Plain processes given PMI_RANK=0/1 (or SLURM_PROCID without a size): rank 0 trained
+    alone with exit 0 and rank 1 exited 2 silently (were). Every such task refuses, out loud,
+    before anything is written."""
+    launch = detect_launch(env)
+    with pytest.raises(LaunchError, match="a rank but no size") as e:
+        check_launch(launch, 1, MPICH_WHEEL)
+    assert not e.value.quiet
