@@ -21,8 +21,25 @@ def read_metrics(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}:{i}: not JSON: {e}") from e
-        (evals if "eval" in d else train).append(d)
+        if not isinstance(d, dict):
+            raise ValueError(f"{p}:{i}: a metrics line is a JSON object, this is a "
+                             f"{type(d).__name__}")
+        if "eval" in d:
+            ev = d["eval"]
+            if not (isinstance(ev, dict) and all(_number(ev.get(k)) for k in
+                                                  ("step", "loss", "auc", "accuracy"))):
+                raise ValueError(f"{p}:{i}: an evaluation line needs eval.step, loss, auc and "
+                                 f"accuracy as numbers")
+            evals.append(d)
+        elif "step" in d or "loss" in d:
+            if not (_number(d.get("step")) and _number(d.get("loss"))):
+                raise ValueError(f"{p}:{i}: a training line needs step and loss as numbers")
+            train.append(d)
     return train, evals
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -187,3 +187,16 @@ def test_plot_draws_the_curves(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dlrm_tvm", "plot", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "metrics.jsonl" in bad.stderr
+
+
+@pytest.mark.parametrize("line,says", [("[1, 2]", "a JSON object, this is a list"),
+                                       ('{"step": "x", "loss": 1}', "step and loss as numbers"),
+                                       ('{"eval": {"step": 1}}', "eval.step, loss, auc")])
+def test_plot_refuses_a_malformed_metrics_line_naming_it(line, says, tmp_path, capsys):
+    """A metrics line of the wrong shape (was: a traceback) is refused with file:line."""
+    from dlrm_tvm import cli
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n' + line + "\n")
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl:2" in err and says in err, err
