@@ -300,3 +300,26 @@ def test_malformed_meta_refused_naming_it(tmp_path):
                                              "table_sizes": [10] * 26}))
     with pytest.raises(DataError, match=r"meta\.json: splits\.train\[0\] must be"):
         BinaryDataset(d)
+
+
+def test_a_second_preprocess_into_a_directory_in_use_is_refused(tmp_path):
+    """Two preprocessings into one --processed-data-file raced (was: FileNotFoundError): the
+    second is refused naming the first while it holds the directory; after it, one runs."""
+    import fcntl
+
+    from dlrm_tvm.data.criteo import DataError, preprocess
+
+    raw = tmp_path / "a.txt"
+    write_synthetic_raw(raw, 120, seed=1)
+    out = tmp_path / "pp"
+    out.mkdir()
+    fd = os.open(out / ".preprocess.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"pid 4242")
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(DataError, match=r"another preprocess \(pid 4242\) is writing"):
+            preprocess([raw], out, max_ind_range=100)
+        assert not (out / "meta.json").exists()
+    finally:
+        os.close(fd)
+    assert preprocess([raw], out, max_ind_range=100)["rows"] == 120

@@ -192,6 +192,54 @@ def preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle
                skip_bad_lines: bool = False, days: int = 7, mapping: PathLike | None = None,
                chunk_rows: int = 32768, workers: int | None = 1,
                progress: bool | Callable[[int, int, int], None] = False) -> dict:
+    """``_preprocess`` into ``out_dir`` holding its lock: one preprocess at a time writes a
+    directory (a second one is refused, naming the first, instead of racing it)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(out, None, "the output must be a directory, and this is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    with _Exclusive(out):
+        return _preprocess(inputs, out, fmt, max_ind_range, remap, skip_bad_lines, days,
+                           mapping, chunk_rows, workers, progress)
+
+
+class _Exclusive:
+    """An exclusive lock on ``d/.preprocess.lock`` (flock: released when the process ends, so
+    a killed preprocess never blocks the next)."""
+
+    def __init__(self, d: Path):
+        self.path = d / ".preprocess.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise DataError(self.path, None, f"cannot open the lock: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise DataError(self.path.parent, None, f"another preprocess ({holder}) is writing "
+                            f"into this directory: wait for it, or give another output "
+                            f"directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock; the file stays (unlinking it would race)
+        return False
+
+
+def _preprocess(inputs: Sequence[PathLike], out_dir: PathLike, fmt: str = "kaggle",
+                max_ind_range: int | None = None, remap: bool = False,
+                skip_bad_lines: bool = False, days: int = 7, mapping: PathLike | None = None,
+                chunk_rows: int = 32768, workers: int | None = 1,
+                progress: bool | Callable[[int, int, int], None] = False) -> dict:
     """Parse raw files once into MLPerf binary files in ``out_dir`` (layout: module docstring).
 
     ``mapping``: a ``mapping.npz`` of an earlier ``remap=True`` run, applied as is (frozen:
