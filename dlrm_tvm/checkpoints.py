@@ -44,12 +44,22 @@ def resume_state(cfg: Config, path: str):
     D = cfg.model.embedding_dim
     has_acc = bool(man.get("row_acc"))
     acc_cols = D if cfg.train.optimizer == "adagrad" else None  # its state: [rows, D]
+    where = man["_dir"]
+
+    def npz(name: str) -> dict:
+        return {k: _finite_or_refused(where, f"{name} {k}", v)
+                for k, v in ck.load_npz(man, name).items()}
+
+    # every value read is checked as it is read (rows: a shard at a time)
     start = StartState(
-        rows=lambda t, a, b: ck.load_rows(man, t, a, b, D),
-        row_acc=(lambda t, a, b: ck.load_rows(man, t, a, b, D, acc=True, acc_cols=acc_cols))
+        rows=lambda t, a, b: _finite_or_refused(where, f"table {t} rows {a}:{b}",
+                                                ck.load_rows(man, t, a, b, D)),
+        row_acc=(lambda t, a, b: _finite_or_refused(
+            where, f"table {t} rows {a}:{b} accumulators",
+            ck.load_rows(man, t, a, b, D, acc=True, acc_cols=acc_cols)))
         if has_acc else None,
-        mlp=ck.load_npz(man, "mlp.npz"),
-        mlp_acc=ck.load_npz(man, "mlp_acc.npz") if man.get("mlp_acc") else None,
+        mlp=npz("mlp.npz"),
+        mlp_acc=npz("mlp_acc.npz") if man.get("mlp_acc") else None,
         step=int(man["step"]))
     log.info("resuming from %s (step %d)", man["_dir"], man["step"])
     return start, man
@@ -72,6 +82,39 @@ def init_state(cfg: Config, path: str):
     log.info("starting from the weights of %s (%s)", desc["path"], desc["kind"])
     return StartState(rows=lambda t, a, b: tables[offs[t] + a:offs[t] + b], row_acc=None,
                       mlp=state, mlp_acc=None, step=0)
+
+
+def check_finite(trainer, step: int) -> None:
+    """Raise DivergedError (on every rank) if any parameter, table rows or MLP, is NaN or
+    infinite: one pass over the shards this rank holds, a block of rows at a time."""
+    from dlrm_tvm.runtime import checkpoint as ck
+
+    comm = trainer.comm
+    bad = [f"table {t} rows {a}:{b} ({n} values)" for t, a, b, n in trainer.non_finite_shards()]
+    if comm.rank == 0:
+        bad += [f"MLP {k} ({n} values)" for k, n in
+                ((k, ck.non_finite(v)) for k, v in trainer.dense.fp32().items()) if n]
+    parts = comm.gather(bad, root=0)
+    if parts is not None:
+        bad = [x for p in parts for x in p]
+    bad = comm.bcast(bad, root=0)
+    if bad:
+        raise DivergedError(f"non-finite parameters at step {step}: {'; '.join(bad[:4])}"
+                            f"{' ...' if len(bad) > 4 else ''}: training diverged; lower "
+                            f"--learning-rate or add warm-up (--lr-num-warmup-steps)",
+                            step=step)
+
+
+def _finite_or_refused(where: str, name: str, arr):
+    """``arr``, or DivergedError naming ``name`` in the checkpoint ``where`` and how many of
+    its values are not finite."""
+    from dlrm_tvm.runtime import checkpoint as ck
+
+    n = ck.non_finite(arr)
+    if n:
+        raise DivergedError(f"{where}: non-finite parameters ({name}: {n} values): a diverged "
+                            f"model, refused")
+    return arr
 
 
 def save_checkpoint(out: Path, trainer, step: int, source, cfg: Config,

@@ -85,7 +85,16 @@ def cmd_train(args) -> int:
     from dlrm_tvm.train import train
 
     ref = translate(args)  # facebookresearch/dlrm's flags, onto ours (or refused)
-    for note in ref.notes:
+    from dlrm_tvm.runtime.comm import launched_ranks
+    from dlrm_tvm.torchrec_cli import translate as translate_torchrec
+
+    trc = translate_torchrec(args, launched_ranks())  # torchrec dlrm_main.py's, likewise
+    if trc.epochs is not None and ref.epochs is not None:
+        raise ValueError("give the reference's --nepochs/--num-batches or torchrec's "
+                         "--epochs/--limit_train_batches, not both")
+    if trc.epochs is not None:
+        ref.epochs, ref.batches_per_epoch = trc.epochs, trc.batches_per_epoch
+    for note in (*ref.notes, *trc.notes):
         logging.getLogger("dlrm_tvm").info("%s", note)
     if args.artifact and args.config is None:
         from dlrm_tvm.artifact import read_artifact
@@ -148,7 +157,8 @@ def cmd_train(args) -> int:
         evs += (f"  target auc {tgt['target']} reached at step {r['step']} after "
                 f"{r['time_s']:.1f} s" if r else f"  target auc {tgt['target']} not reached")
     sps = summary["samples_per_s"]
-    print(f"{summary['steps']} steps  final loss {summary['final_loss']:.5f}  "
+    print(f"{summary['steps']} steps  last-batch loss {summary['final_loss']:.5f}  "
+          f"loss(mean of last 10) {summary['mean_loss_last_10']:.5f}  "
           f"{summary['ms_per_step_median']:.2f} ms/step (median)  "
           f"{sps:.0f} samples/s{evs}  -> {args.out}/summary.json" if sps else
           f"{summary['steps']} steps  -> {args.out}/summary.json")
@@ -183,7 +193,8 @@ def cmd_eval(args) -> int:
 
     r = eval_checkpoint(args.checkpoint, _resolve_config(args), args.out, target=args.target,
                         save_predictions=args.save_predictions, eval_batches=args.eval_batches,
-                        split=args.split, no_labels=args.no_labels, progress=not args.quiet)
+                        split=args.split, no_labels=args.no_labels, progress=not args.quiet,
+                        overwrite=args.overwrite)
     if args.no_labels:
         print(f"{r['rows']} rows predicted (no labels: no loss or AUC)  -> "
               f"{args.out}/predictions.txt, predictions.npy, summary.json")
@@ -503,3 +514,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_SIGINT
+    except Exception as e:  # not a user error: a bug, reported as one (exit status 70)
+        return _internal_error(args, e)
+
+
+def _internal_error(args, e: Exception) -> int:
+    """One line on stderr; the traceback in the run's train.log (where the run directory
+    exists) and, under --verbose, on stderr."""
+    import traceback
+
+    from dlrm_tvm.errors import EXIT_INTERNAL
+
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    where = ""
+    out = getattr(args, "out", None)
+    if args.cmd == "train" and out and os.path.isdir(out):
+        from dlrm_tvm.rundir import open_run_file
+
+        try:
+            with os.fdopen(open_run_file(os.path.join(out, "train.log"), append=True), "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ERROR internal error\n{tb}")
+            where = f"; the traceback is in {os.path.join(out, 'train.log')}"
+        except (ConfigError, OSError):
+            pass
+    one = " ".join(f"{type(e).__name__}: {e}".split())
+    print(f"dlrm-tvm {args.cmd}: internal error: please report ({one}){where}",
+          file=sys.stderr)
+    if args.verbose:
+        print(tb, file=sys.stderr, end="")
+    return EXIT_INTERNAL

@@ -39,17 +39,20 @@ EPILOG = """examples:
 
 
 EMULATE_AMX_HELP = (
-    "run the AMX tile instructions on the software executor (runtime/amx_emulator.c: a SIGILL "
-    "handler that decodes and executes each one, as the Intel SDM defines it) instead of the "
-    "CPU, so code for an AMX target runs on a CPU without AMX (or without the permission): "
-    "the target's AMX features count as present, the permission is not asked, and the target's "
-    "other features this CPU lacks are left out of the build (an artifact that needs them is "
-    "refused, naming them). Slow by design (a trap per tile instruction: about 80 MFLOP/s): "
-    "small shapes. The count of emulated instructions goes to the summary")
+    "run the AMX tile instructions on a software executor of them (any x86-64 CPU; AMX counts "
+    "as present, the permission is not asked; slow, a trap per instruction: small shapes; "
+    "docs/amx.md)")
 
 
 def _add_emulate_amx(p) -> None:
     p.add_argument("--emulate-amx", action="store_true", help=EMULATE_AMX_HELP)
+
+
+CHECKPOINT_HELP = (
+    "the model to read: a run directory (its latest checkpoint) or one of its checkpoints "
+    "(RUNDIR/checkpoints/step_N), a facebookresearch/dlrm torch.save file, or a torchrec "
+    "DLRM_DCN/DLRM state dict as export-torchrec writes")
+
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     """--config and one argument per row of config_io.CONFIG_FLAGS (the reference's flags)."""
@@ -77,11 +80,88 @@ def version_line() -> str:
     return f"dlrm-tvm {__version__} (apache-tvm {tvm_v}, Python {platform.python_version()})"
 
 
+_LEAF = "_cli_leaf_parser"  # namespace attribute: the (sub)parser that left arguments over
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help at up to 100 columns (the project's line length) where the terminal allows."""
+
+    def __init__(self, prog: str, **kw) -> None:
+        import shutil
+
+        kw.setdefault("width", min(100, shutil.get_terminal_size((100, 24)).columns - 2))
+        kw.setdefault("max_help_position", 26)
+        super().__init__(prog, **kw)
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser without prefix matching (``--checkpoint`` is not taken as
+    ``--checkpoint-every``) whose errors are one line: an unknown option is named, with the
+    subcommand's options that it is close to, instead of the whole usage text."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(ns, _LEAF):  # the innermost subcommand returns first
+            setattr(ns, _LEAF, self)
+        return ns, extras
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        leaf = vars(ns).pop(_LEAF, self)
+        if extras:
+            leaf.error(leaf.unknown_message(extras))
+        return ns
+
+    def unknown_message(self, extras: list[str]) -> str:
+        """'unknown option --checkpoint (did you mean --checkpoint-every?)' for the first
+        option in ``extras``; else the stray arguments."""
+        import difflib
+
+        opts = [a.split("=", 1)[0] for a in extras if a.startswith("-") and a != "-"]
+        if not opts:
+            return f"unexpected argument(s): {' '.join(extras)}"
+        bad = opts[0]
+        known = sorted(self._option_string_actions)
+        close = [o for o in known if o.startswith(bad) and len(bad) > 2]
+        close = close or difflib.get_close_matches(bad, known, n=3, cutoff=0.75)
+        hint = f" (did you mean {' or '.join(close[:4])}?)" if close else ""
+        more = f" (and {len(opts) - 1} more)" if len(opts) > 1 else ""
+        return f"unknown option {bad}{hint}{more}"
+
+    def error(self, message: str):
+        """One line and exit status 2, pointing at --help rather than printing the usage."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+class _HelpAliases(argparse.Action):
+    """``train --help-aliases``: the reference's and torchrec's flags, which --help leaves out."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from dlrm_tvm.reference_cli import add_reference_args
+        from dlrm_tvm.torchrec_cli import add_torchrec_args
+
+        p = argparse.ArgumentParser(
+            prog=parser.prog, add_help=False, usage=argparse.SUPPRESS,
+            description="Flags of facebookresearch/dlrm's dlrm_s_pytorch.py and torchrec's "
+            "dlrm_main.py that `train` takes besides its own: mapped onto ours, accepted "
+            "(nothing to do, and why), or refused with the reason (exit status 2). Tables: "
+            "docs/reference-flags.md, docs/torchrec-flags.md.")
+        add_reference_args(p)
+        add_torchrec_args(p)
+        p.print_help()
+        parser.exit()
+
+
 def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                  ) -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``func`` to ``commands[its name]`` ("compile",
     "kernels list", ...)."""
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="dlrm-tvm", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Compile DLRM with Apache TVM for an x86 CPU, and train it.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -111,7 +191,9 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     _add_emulate_amx(c)
     c.set_defaults(func=commands["compile"])
 
-    t = sub.add_parser("train", help="train on synthetic data (compiling first if needed)",
+    t = sub.add_parser("train", help="train on generated or Criteo data (compiling first if "
+                       "needed)", usage="%(prog)s [--config C] [options]   (--help-aliases: the "
+                       "reference's and torchrec's flags)",
                        description="Train DLRM; writes RUNDIR/metrics.jsonl (one line per logged "
                        "step), RUNDIR/summary.json and RUNDIR/config.json. Without --artifact the "
                        "step is compiled for --target into RUNDIR/artifact.")
@@ -130,67 +212,64 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     t.add_argument("--save-params", action="store_true",
                    help="write every fp32 parameter to RUNDIR/params.npz at the end")
     e = t.add_argument_group("evaluation and checkpoints")
-    e.add_argument("--eval-every", type=nonneg_int, default=0,
-                   help="evaluate on the held-out split every K steps (loss, accuracy, exact "
-                   "ROC AUC; to metrics.jsonl as lines with \"kind\": \"eval\") and at the end")
-    e.add_argument("--eval-batches", type=positive_int, default=2,
+    e.add_argument("--eval-every", metavar="K", type=nonneg_int, default=0,
+                   help="evaluate the held-out split every K steps (loss, accuracy, "
+                   "exact AUC; to metrics.jsonl) and at the end")
+    e.add_argument("--eval-batches", metavar="N", type=positive_int, default=2,
                    help="synthetic data: batches in the held-out stream (default 2)")
     e.add_argument("--eval", action="store_true",
-                   help="evaluate the held-out split at the end (the default: synthetic data "
-                   "has a held-out stream of its own; --no-eval skips it)")
+                   help="evaluate at the end (the default on synthetic data)")
     e.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    e.add_argument("--target-auc", type=auc_fraction,
-                   help="stop when the held-out AUC reaches this (checked at --eval-every); "
-                   "the summary records the step and time it took (0 < AUC <= 1)")
-    e.add_argument("--checkpoint-every", type=nonneg_int, default=0,
-                   help="write the whole training state to RUNDIR/checkpoints/ every K steps "
-                   "and at the end (atomic: a kill mid-write keeps the previous one)")
+    e.add_argument("--target-auc", metavar="AUC", type=auc_fraction,
+                   help="stop when the held-out AUC reaches this (checked at "
+                   "--eval-every; 0 < AUC <= 1)")
+    e.add_argument("--checkpoint-every", metavar="K", type=nonneg_int, default=0,
+                   help="write the training state to RUNDIR/checkpoints/ every K "
+                   "steps and at the end (atomically)")
     e.add_argument("--no-final-checkpoint", action="store_true",
-                   help="do not write a checkpoint of the last step (by default every run "
-                   "ends with one, so `eval`/`export-onnx --checkpoint RUNDIR` work)")
+                   help="no checkpoint of the last step (eval and export read it)")
     e.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in --out (its metrics, summary and checkpoints "
-                   "are deleted); without it such a directory is refused unless --resume")
-    e.add_argument("--keep-checkpoints", type=positive_int, default=2,
+                   help="replace a run already in --out (else refused, unless --resume)")
+    e.add_argument("--keep-checkpoints", metavar="N", type=positive_int, default=2,
                    help="how many checkpoints to keep (default 2)")
     e.add_argument("--init-from", metavar="CKPT",
-                   help="start from the weights of a checkpoint (ours, a facebookresearch/"
-                   "dlrm torch.save file, or a torchrec DLRM_DCN/DLRM state dict as "
-                   "export-torchrec writes) at step 0 with fresh optimizer state")
+                   help="start from a checkpoint's weights (ours, the reference's "
+                   "or torchrec's) at step 0, fresh optimizer state")
     e.add_argument("--resume", nargs="?", const="auto",
-                   help="continue from a checkpoint (a checkpoint dir, a checkpoints/ dir or a "
-                   "run dir; without a value: --out's latest), bit-exactly, at any rank count")
+                   help="continue from a checkpoint (or run) dir; bare: --out's "
+                   "latest; bit-exact, at any rank count")
     t.add_argument("--threads", type=positive_int,
-                   help="TVM threads (per rank under mpiexec; default: "
-                   "all cores, or the rank's share of its node's cores)")
+                   help="TVM threads (default: the cores, or this rank's share)")
     g = t.add_argument_group("distributed (under mpiexec -n N)")
     g.add_argument("--sharding", default="auto", choices=SHARDINGS,
-                   help="auto: whole tables balanced by memory + lookups, row ranges for a "
-                   "table over a rank's budget; table: whole tables only; row: every table "
-                   "cut into N row ranges (default auto)")
-    g.add_argument("--rank-memory-gib", type=positive_float,
+                   help="auto (default): whole tables, row ranges only over a "
+                   "rank's budget; table; row (docs/cluster.md)")
+    g.add_argument("--rank-memory-gib", metavar="GIB", type=positive_float,
                    help="table memory one rank may hold (default: 80%% of the node's "
                    "available memory over its ranks)")
-    g.add_argument("--comm-timeout", type=positive_float, default=300.0,
+    g.add_argument("--comm-timeout", metavar="S", type=positive_float, default=300.0,
                    help="seconds an exchange may wait before the job is aborted (default 300)")
     g.add_argument("--no-progress-thread", action="store_true",
-                   help="do not advance MPI from a background thread while compiled code runs")
-    g.add_argument("--progress-poll-us", type=positive_float, default=50.0,
+                   help="no background thread advancing MPI")
+    g.add_argument("--progress-poll-us", metavar="US", type=positive_float, default=50.0,
                    help="how often the progress thread tests pending exchanges (default 50 us)")
     ml = t.add_argument_group("MLPerf logging (docs/dcn.md)")
     ml.add_argument("--mlperf-logging", nargs="?", const="auto", metavar="PATH",
-                    help="write an MLPerf Training log (MLLOG lines, the mlperf-logging "
-                    "package's mllog; DLRM-DCNv2's keys) to PATH (without a value: "
-                    "RUNDIR/mlperf.log); rank 0 only")
-    ml.add_argument("--mlperf-org", help="its submission_org (default dlrm-tvm)")
-    ml.add_argument("--mlperf-platform",
+                    help="write an MLPerf Training log (MLLOG) to PATH (bare: "
+                   "RUNDIR/mlperf.log)")
+    ml.add_argument("--mlperf-org", metavar="ORG", help="its submission_org (default dlrm-tvm)")
+    ml.add_argument("--mlperf-platform", metavar="NAME",
                     help="its submission_platform (default <ranks>x<the CPU's model name>)")
     ml.add_argument("--mlperf-division", choices=("open", "closed"), default="open",
-                    help="its submission_division (default open: closed needs MLPerf's exact "
-                    "DLRM-DCNv2 run, adagrad and the whole Criteo evaluation set)")
+                    help="its submission_division (default open)")
     from dlrm_tvm.reference_cli import add_reference_args
 
-    add_reference_args(t)
+    add_reference_args(t, hidden=True)
+    from dlrm_tvm.torchrec_cli import add_torchrec_args
+
+    add_torchrec_args(t, hidden=True)
+    t.add_argument("--help-aliases", action=_HelpAliases, nargs=0,
+                   help="list the facebookresearch/dlrm and torchrec flags train takes too")
     t.set_defaults(func=commands["train"])
 
     b = sub.add_parser("bench", help="ms/step vs PyTorch in the same process, per-op breakdown",
@@ -241,9 +320,13 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                         "this CPU and evaluate every held-out row: RUNDIR/summary.json with loss, "
                         "accuracy, auc (exact ROC AUC), rows; --save-predictions adds "
                         "RUNDIR/predictions.npy, one probability per row in file order.")
-    ev.add_argument("--checkpoint", required=True, metavar="CKPT")
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     _add_config_args(ev)
-    ev.add_argument("--out", required=True, metavar="RUNDIR")
+    ev.add_argument("--out", required=True, metavar="RUNDIR",
+                    help="where summary.json (and predictions) go")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace the summary.json (and predictions) already in --out; "
+                    "without it such a directory is refused")
     ev.add_argument("--target", default="host")
     _add_emulate_amx(ev)
     ev.add_argument("--save-predictions", action="store_true")
@@ -316,7 +399,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
 
     xo = sub.add_parser("export-onnx", help="a checkpoint as an ONNX model (embedding bags "
                         "included)")
-    xo.add_argument("--checkpoint", required=True, metavar="CKPT")
+    xo.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     _add_config_args(xo)
     xo.add_argument("--out", required=True, help="the .onnx file")
     xo.add_argument("--opset", type=positive_int, default=17,
@@ -334,7 +417,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                         "LowRankCrossNet names and layouts): dlrm_s_pytorch.py has no DCN "
                         "interaction and cannot load those; dlrm-tvm's eval, export-* and "
                         "train --init-from can. For torchrec's DLRM_DCN use export-torchrec.")
-    xr.add_argument("--checkpoint", required=True, metavar="CKPT")
+    xr.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     _add_config_args(xr)
     xr.add_argument("--out", required=True, help="the .pt file")
     xr.set_defaults(func=commands["export-reference"])
@@ -349,7 +432,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                         "returns the logit (no sigmoid). The cat interaction and dot with "
                         "the diagonal are refused: torchrec has neither. Such a file reads "
                         "back as a --checkpoint / --init-from (the model from its shapes).")
-    xt.add_argument("--checkpoint", required=True, metavar="CKPT")
+    xt.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     _add_config_args(xt)
     xt.add_argument("--out", required=True, help="the .pt file")
     xt.set_defaults(func=commands["export-torchrec"])
@@ -372,7 +455,8 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
                     "gib; table: whole tables only; row: every table in N row ranges, range i "
                     "on rank i (default auto)")
     pn.add_argument("--rank-memory-gib", type=positive_float,
-                    help="table memory one rank may hold (default: no limit)")
+                    help="table memory one rank may hold (default: as train takes it, 80%% of "
+                    "this node's available memory over the ranks)")
     pn.add_argument("--json", help="also write the plan as JSON here")
     pn.set_defaults(func=commands["plan"])
 

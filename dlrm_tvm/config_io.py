@@ -322,6 +322,8 @@ class ConfigFlag:
 
     def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
         kw: dict[str, Any] = {"help": self.help}
+        if not self.switch and self.choices is None and self.flag in _METAVARS:
+            kw["metavar"] = _METAVARS[self.flag]
         if self.switch:
             kw.update(action="store_true", default=None)
         if self.type is not None:
@@ -338,6 +340,16 @@ class ConfigFlag:
         section, name = self.field.split(".")
         sections[section][name] = self.transform(value, self.flag)
 
+
+# short names for --help (argparse's default repeats the flag in capitals)
+_METAVARS = {"--arch-sparse-feature-size": "D", "--arch-embedding-size": "ROWS",
+             "--arch-mlp-bot": "SIZES", "--arch-mlp-top": "SIZES", "--dcn-num-layers": "N",
+             "--dcn-low-rank-dim": "R", "--max-ind-range": "N", "--mini-batch-size": "B",
+             "--learning-rate": "LR", "--lr-num-warmup-steps": "N",
+             "--lr-decay-start-step": "STEP", "--lr-num-decay-steps": "N",
+             "--num-indices-per-lookup": "N", "--multi-hot-sizes": "SIZES", "--zipf-alpha": "A",
+             "--data-path": "PATH", "--synthetic-multi-hot-criteo-path": "DIR",
+             "--eval-data-path": "PATH", "--processed-data-file": "DIR"}
 
 F = ConfigFlag
 # In this order: argparse's help lists them so, and apply_overrides applies them so (the tables'
@@ -378,44 +390,37 @@ CONFIG_FLAGS: tuple[ConfigFlag, ...] = (
       "1: every bag has exactly that many lookups; 0: sizes vary", int, (0, 1),
       transform=_bool),
     F("--multi-hot-sizes", "data.multi_hot_sizes",
-      "multi-hot bags (torchrec's --multi_hot_sizes): every bag of table t has exactly the "
-      "t-th size, comma-separated, one per table or one for all (3,2,1,...; replaces "
-      "--num-indices-per-lookup)", positive_ints, transform=_comma_ints),
+      "multi-hot bags: table t's bags have exactly the t-th size (3,2,1,...; one for all "
+      "tables; replaces --num-indices-per-lookup)", positive_ints, transform=_comma_ints),
     F("--precision", "train.precision",
       "bf16: bf16 GEMMs with Split-SGD-BF16 weights and tables (default fp32)",
       choices=PRECISIONS),
     F("--labels", "data.labels",
       "synthetic labels: random coin flips (reference) or a learnable teacher", choices=LABELS),
     F("--optimizer", "train.optimizer",
-      "sgd, the reference's rwsadagrad (row-wise sparse Adagrad for the tables, dense "
-      "Adagrad for the MLPs) or adagrad (exact Adagrad on every parameter, eps 1e-8, as "
-      "MLPerf DLRM-DCNv2; default sgd)", choices=OPTIMIZERS),
+      "sgd (default), rwsadagrad (the reference's row-wise Adagrad) or adagrad (exact, as "
+      "MLPerf DLRM-DCNv2)", choices=OPTIMIZERS),
     F("--index-distribution", "data.index_distribution",
       "synthetic indices: uniform (reference) or Zipf power law over rows",
       choices=INDEX_DISTRIBUTIONS),
     F("--zipf-alpha", "data.zipf_alpha", "Zipf exponent (default 1.05)", positive_float,
       transform=_float),
     F("--data", "data.kind",
-      "synthetic (default); criteo-kaggle / criteo-terabyte: raw train.txt or day_N files "
-      "(preprocessed into RUNDIR/data once) or a `dlrm-tvm preprocess` directory; mlperf-bin: "
-      "MLPerf binary files (40 int32 per row); criteo-multihot: the directory of MLPerf "
-      "DLRM-DCNv2's materialised multi-hot days (day_{i}_dense.npy, day_{i}_labels.npy, "
-      "day_{i}_sparse_multi_hot.npz), memory-mapped", choices=DATA_KINDS),
+      "synthetic (default); criteo-kaggle/-terabyte: raw files or a preprocess directory; "
+      "mlperf-bin: MLPerf .bin files; criteo-multihot: MLPerf DLRM-DCNv2's day files "
+      "(docs/data.md)", choices=DATA_KINDS),
     F("--data-path", "data.path", "the data: file(s), comma-separated, or a directory",
       transform=_str),
     F("--synthetic-multi-hot-criteo-path", "data.path",
-      "the same as --data criteo-multihot --data-path DIR (torchrec's "
-      "--synthetic_multi_hot_criteo_path, also accepted in that spelling)",
+      "= --data criteo-multihot --data-path DIR (torchrec's spelling too)",
       apply=_multihot_dir, aliases=("--synthetic_multi_hot_criteo_path",)),
     F("--eval-data-path", "data.eval_path",
       "mlperf-bin: held-out file(s) (criteo-*: the preprocessed test split)", transform=_str),
     F("--processed-data-file", "data.processed_path",
-      "raw criteo-* files: keep their preprocessed form in this directory and reuse it while "
-      "the inputs are unchanged (default RUNDIR/data; the reference's NAME.npz means the "
-      "directory NAME)", transform=_processed_dir),
+      "raw criteo-* files: keep their preprocessed form here, reused while the inputs are "
+      "unchanged (default RUNDIR/data)", transform=_processed_dir),
     F("--data-randomize", "data.shuffle",
-      "Criteo training rows: total (shuffled across days, a new order each epoch: the "
-      "reference's default and ours), day (within each day), none (file order)",
+      "Criteo training rows: total (across days, anew each epoch; default), day, none",
       choices=SHUFFLES),
     F("--mlperf-bin-shuffle", "data.shuffle_batches",
       "also shuffle the order of each epoch's whole batches (the reference's flag)",

@@ -12,6 +12,9 @@ code  meaning
       diverged state is written, the last good one stays (summary.json: status "diverged")
 4     ``train --target-auc`` was given and the held-out AUC never reached it (the run itself
       finished and wrote everything)
+70    an internal error: an exception dlrm-tvm did not expect ("internal error: please
+      report" and the exception in one line; the traceback goes to the run's train.log, or
+      to stderr with --verbose)
 130   interrupted by SIGINT (Ctrl-C); metrics flushed, summary.json status "interrupted"
 143   terminated by SIGTERM (e.g. a scheduler's time limit); handled as SIGINT
 ====  ===================================================================================
@@ -24,6 +27,7 @@ EXIT_CHECK_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_TARGET_MISSED = 4
+EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrm_tvm.config import Config
+from dlrm_tvm.config import Config, ConfigError
 from dlrm_tvm.progress import Progress
 
 log = logging.getLogger("dlrm_tvm")
@@ -68,7 +68,8 @@ def _note_emulation(summary: dict) -> None:
 def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
                     target: str = "host", save_predictions: bool = False,
                     eval_batches: int = 2, split: str | None = None,
-                    no_labels: bool = False, progress: bool = True) -> dict:
+                    no_labels: bool = False, progress: bool = True,
+                    overwrite: bool = False) -> dict:
     """Evaluate every held-out row of ``cfg_hint.data`` (synthetic: ``eval_batches`` batches
     of the held-out stream) with the model in ``ckpt``; writes OUT/summary.json (loss,
     accuracy, auc, rows) and with ``save_predictions`` OUT/predictions.npy (one probability per
@@ -79,7 +80,8 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
     ``no_labels``: the raw file(s) have no label column (Kaggle's test.txt): every row is
     predicted, in file order, into OUT/predictions.npy and OUT/predictions.txt (one
     probability a line), and the summary has no loss or AUC. ``progress``: batches done of
-    all, rows/s and ETA on stderr."""
+    all, rows/s and ETA on stderr. An OUT that already holds a summary.json (an earlier
+    evaluation, or a training run) is refused unless ``overwrite``."""
     from dlrm_tvm.data.sources import make_source, needs_preprocess, preprocess_for_run
     from dlrm_tvm.interop.state_io import load_state
     from dlrm_tvm.metrics import evaluate_predictions
@@ -87,6 +89,9 @@ def eval_checkpoint(ckpt: str | Path, cfg_hint: Config, out_dir: str | Path,
     from dlrm_tvm.train import get_compiled
 
     out = Path(out_dir)
+    if (out / "summary.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a summary.json (an evaluation or a run): "
+                          f"replace it with --overwrite, or give another --out")
     out.mkdir(parents=True, exist_ok=True)
     cfg, state, desc = load_state(ckpt, cfg_hint)
     # the data and batch size asked for now, the model of the checkpoint

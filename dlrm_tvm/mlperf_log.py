@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dlrm_tvm.config import OPTIMIZER_EPS, Config, ConfigError
+from dlrm_tvm.rundir import open_run_file
 
 RULESET = "6.0.0"  # the newest training ruleset of mlperf-logging 4.1.68 with dlrm_dcnv2
 BENCHMARK = "dlrm_dcnv2"
@@ -122,7 +124,9 @@ class MlperfLog:
         self._logger = logging.getLogger(f"dlrm_tvm.mllog.{id(self)}")
         self._logger.propagate = False
         self._logger.setLevel(logging.INFO)
-        self._handler = logging.FileHandler(self.path, mode="w")
+        # never written through a symbolic link (refused, named)
+        self._stream = os.fdopen(open_run_file(self.path), "w")
+        self._handler = logging.StreamHandler(self._stream)
         self._handler.setFormatter(logging.Formatter("%(message)s"))
         self._logger.addHandler(self._handler)
         self._ml = mllog.MLLogger(logger=self._logger, default_stack_offset=2,
@@ -232,6 +236,7 @@ class MlperfLog:
         finally:
             self._logger.removeHandler(self._handler)
             self._handler.close()
+            self._stream.close()
 
 
 def open_run_log(opts, cfg: Config, source, steps: int, ranks: int) -> MlperfLog:

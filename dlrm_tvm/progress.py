@@ -27,25 +27,28 @@ def _num(v: float) -> str:
 class Progress:
     def __init__(self, total: int, label: str = "train", stream=None, unit: str = "step",
                  also=None, show: bool = True, scale: float = 1.0, delay: float = 0.0,
-                 rate_of: str | None = None):
+                 rate_of: str | None = None, start: int = 0):
         """``also``: called with each plain 10% line too (e.g. a run's log file); ``show``:
         write to ``stream`` (default stderr) at all. ``scale``: ``done``/``total`` are shown
         divided by it, in ``unit`` (bytes as MiB: ``unit="MiB", scale=2**20``). ``delay``:
         nothing is shown before that many seconds have passed (a short task stays silent;
         the last line still shows once the delay has passed). ``rate_of``: the name of a
-        count passed to ``update`` (``rows=...``) whose rate is shown too (``rows/s``)."""
+        count passed to ``update`` (``rows=...``) whose rate is shown too (``rows/s``).
+        ``start``: the units done before this Progress began (a resumed run): ``done`` counts
+        from it, and the rate and time left count only what is done since."""
         self.total, self.label, self.unit, self.also = max(1, total), label, unit, also
         self.stream = stream or sys.stderr
         self.show = show
         self.tty = show and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.scale, self.delay, self.rate_of = scale, delay, rate_of
         self.t0 = time.perf_counter()
-        self._next_log = 0
+        self.start = start
+        self._next_log = start
 
     def rate_eta(self, done: int) -> tuple[float, float]:
         """(units per second so far, seconds left at that rate)."""
         el = time.perf_counter() - self.t0
-        rate = done / el if el > 0 else 0.0
+        rate = (done - self.start) / el if el > 0 else 0.0
         return rate, (self.total - done) / rate if rate > 0 else float("inf")
 
     def _amount(self, x: float) -> str:

@@ -48,8 +48,10 @@ class RefFlag:
     def dest(self) -> str:
         return "ref_" + self.flag.lstrip("-").replace("-", "_")
 
-    def add_to(self, g) -> None:
-        kw: dict[str, Any] = {"help": f"[reference, {self.kind}] {self.help}", "dest": self.dest,
+    def add_to(self, g, hidden: bool = False) -> None:
+        """Add the flag to ``g``; ``hidden``: out of --help (``--help-aliases`` lists it)."""
+        kw: dict[str, Any] = {"help": argparse.SUPPRESS if hidden else
+                              f"[reference, {self.kind}] {self.help}", "dest": self.dest,
                               "default": None}
         if self.switch:
             kw["action"] = "store_true"
@@ -157,11 +159,12 @@ del R
 _BY_FLAG = {f.flag: f for f in REFERENCE_FLAGS}
 
 
-def add_reference_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
+def add_reference_args(p: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """The reference's flags on ``p``; ``hidden``: parsed but out of --help."""
+    g = p if hidden else p.add_argument_group(
         "facebookresearch/dlrm compatibility (dlrm_s_pytorch.py's flags; docs/reference-flags.md)")
     for f in REFERENCE_FLAGS:
-        f.add_to(g)
+        f.add_to(g, hidden)
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:

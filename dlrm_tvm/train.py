@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -14,13 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrm_tvm.checkpoints import init_state, resume_state, save_checkpoint
+from dlrm_tvm.checkpoints import check_finite, init_state, resume_state, save_checkpoint
 from dlrm_tvm.config import Config, ConfigError
 from dlrm_tvm.errors import DivergedError, RunInterrupted
 from dlrm_tvm.evaluate import run_eval
 from dlrm_tvm.launch import DistOptions
 from dlrm_tvm.progress import Progress
-from dlrm_tvm.rundir import RunDir, RunLog, truncate_metrics
+from dlrm_tvm.rundir import (
+    RunDir,
+    RunLog,
+    open_run_file,
+    truncate_metrics,
+    write_file,
+    write_summary,
+)
 
 log = logging.getLogger("dlrm_tvm")
 
@@ -183,6 +191,7 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
             start, manifest = _start_state(cfg, opts)
             if opts.source is None:
                 opts.source = make_source(cfg, rank, ranks, data_dir)
+            _check_one_batch(cfg, opts.source)
             trainer, dist_info = setup_ranks(cfg, comm, layout, out if rank == 0 else None,
                                              target, prefer, dopts,
                                              log=(print if not quiet else log.info),
@@ -209,6 +218,7 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         start, manifest = _start_state(cfg, opts)
         if opts.source is None:
             opts.source = make_source(cfg, 0, 1, data_dir)
+        _check_one_batch(cfg, opts.source)
         vm, meta = get_compiled(cfg, artifact, target, out, prefer, tuning)
         from dlrm_tvm.runtime.trainer import Trainer
 
@@ -217,6 +227,13 @@ def _train(cfg, out: Path, artifact, target, prefer, quiet, dist, opts: RunOptio
         log.info("%s parameters in %.1fs (%.2f GiB)", "loaded" if start else "initialised",
                  time.perf_counter() - t0, cfg.model.param_bytes() / 2**30)
         return _train_loop(cfg, out, trainer, meta, quiet, None, opts, manifest, runlog)
+
+
+def _check_one_batch(cfg: Config, source) -> None:
+    """Training data with fewer rows than one batch is refused here, before compiling (its
+    first batch would otherwise refuse it only after the compile)."""
+    if cfg.train.steps > 0 and getattr(source, "train_ok", True) is False:
+        raise ConfigError(source._too_small())
 
 
 def _epoch_steps(cfg: Config, source, opts: RunOptions) -> int:
@@ -283,13 +300,13 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
             log.info("%d epoch(s) of %d batches: %d steps", opts.epochs, steps // opts.epochs,
                      steps)
     if lead:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        write_file(out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     if first > steps:
         raise ConfigError(f"the checkpoint is at step {first}, past --steps {steps}")
     prog = None
     if lead and not (quiet and runlog is None):  # --quiet: the progress goes to train.log only
-        prog = Progress(steps - first, "train", also=runlog.line if runlog else None,
-                        show=not quiet)
+        prog = Progress(steps, "train", also=runlog.line if runlog else None,
+                        show=not quiet, start=first)  # a resumed run counts on from ``first``
     times, losses, evals = [], [], []
     timings: dict[str, list[float]] = {}
     metrics = None
@@ -301,7 +318,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                 log.info("metrics.jsonl: dropped %d lines past the resumed step %d", dropped,
                          first)
         # line-buffered: every line reaches the file as it is written (a kill loses none)
-        metrics = open(mpath, "a" if manifest else "w", buffering=1)
+        metrics = os.fdopen(open_run_file(mpath, append=bool(manifest)), "a", buffering=1)
     t_start = time.perf_counter()
     reached = None
     mll = None
@@ -312,7 +329,12 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
     local = getattr(source, "local", False)
     saved_at = [first if manifest is not None else -1]
 
+    checked_at = [-1]  # the step whose parameters were last found finite
+
     def evaluate(step: int) -> dict:
+        # behind a ReLU, NaN parameters can give finite predictions (AUC 0.5): check them
+        check_finite(trainer, step)
+        checked_at[0] = step
         t0 = time.perf_counter()
         ops.extend(comm.take_ops())
         if mll:
@@ -347,8 +369,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                    "rank": rank, "last_checkpoint": _latest_name(out)}
         if isinstance(err, DivergedError):
             summary["diverged_at_step"] = err.step
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
-                                                     default=float))
+        write_summary(out / "summary.json", summary)
 
     try:
         s = first
@@ -373,15 +394,16 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                     f"(--lr-num-warmup-steps); the last good checkpoint, if any, is "
                     f"{_latest_name(out) or 'none'}", step=s)
             if prog:
-                prog.update(s + 1 - first, loss=float(np.mean(losses[-10:])),
-                            ms_per_step=dt * 1e3)
+                prog.update(s + 1, **{f"loss(mean of last {min(10, len(losses))})":
+                                      float(np.mean(losses[-10:]))}, ms_per_step=dt * 1e3)
             done = s + 1
             if mll:
                 mll.step_end(done)
             if lead and opts.print_every and (done % opts.print_every == 0 or done == steps):
                 # as the reference: every N steps and at the end
                 k = min(done % opts.print_every or opts.print_every, len(losses))
-                line = f"step {done}/{steps}  loss {float(np.mean(losses[-k:])):.5f}"
+                line = (f"step {done}/{steps}  loss(mean of {k} steps) "
+                        f"{float(np.mean(losses[-k:])):.5f}")
                 if opts.print_time:
                     line += f"  {1e3 * float(np.mean(times[-k:])):.2f} ms/step"
                 print(line, flush=True)
@@ -409,6 +431,9 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                 and final_eval["auc"] >= opts.target_auc):
             reached = {"step": final_eval["step"], "auc": final_eval["auc"],
                        "time_s": time.perf_counter() - t_start}
+        if checked_at[0] != end:  # every run's model is checked, whatever it writes
+            check_finite(trainer, end)
+            checked_at[0] = end
         if mll:  # success: the run ended as asked (with --target-auc: it reached it)
             mll.stop("success" if opts.target_auc is None or reached else "aborted", end)
         if (opts.final_checkpoint or opts.checkpoint_every) and saved_at[0] != end:
@@ -482,7 +507,7 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
             state = trainer.state()
     if lead:
         if state is not None and opts.save_params:
-            np.savez(out / "params.npz", **state)
+            write_file(out / "params.npz", lambda f: np.savez(f, **state))
         if state is not None and opts.save_model:
             from dlrm_tvm.interop.reference import save_reference_checkpoint
 
@@ -490,6 +515,5 @@ def _train_loop(cfg: Config, out: Path, trainer, meta: dict, quiet: bool,
                                       extra={"iter": summary["steps"]})
             summary["saved_model"] = str(opts.save_model)
             log.info("model -> %s (facebookresearch/dlrm torch.save layout)", opts.save_model)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True,
-                                                     default=float))
+        write_summary(out / "summary.json", summary)
     return summary

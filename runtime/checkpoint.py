@@ -151,7 +151,7 @@ def clean_stale(root: str | Path) -> list[str]:
         shutil.rmtree(stale, ignore_errors=True)
         gone.append(stale.name)
     lt = root / f"{LATEST}.tmp"
-    if lt.exists():
+    if os.path.lexists(lt):
         lt.unlink(missing_ok=True)
         gone.append(lt.name)
     return gone
@@ -182,7 +182,10 @@ def commit(root: str | Path, tmp: Path, step: int, manifest: dict, keep: int = 2
     os.rename(tmp, final)
     _fsync_dir(root)
     lt = root / f"{LATEST}.tmp"
-    lt.write_text(final.name + "\n")
+    lt.unlink(missing_ok=True)  # a leftover (or a link planted there): never written through
+    fd = os.open(lt, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(final.name + "\n")
     _fsync_file(lt)
     os.replace(lt, root / LATEST)
     _fsync_dir(root)

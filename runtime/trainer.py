@@ -407,6 +407,20 @@ class Trainer:
                    self.sparse.row_acc_rows(at, at + s.rows))
             at += s.rows
 
+    def non_finite_shards(self, chunk_rows: int = 1 << 15) -> list[tuple[int, int, int, int]]:
+        """(table, row_start, row_stop, how many values are NaN or infinite) of each shard this
+        rank holds that has any; ``chunk_rows`` rows at a time (no whole-shard copy)."""
+        bad, at = [], 0
+        for s in self.shards:
+            n = 0
+            for lo in range(0, s.rows, chunk_rows):
+                rows = self.sparse.fp32_rows(at + lo, at + min(s.rows, lo + chunk_rows))
+                n += int(rows.size - np.count_nonzero(np.isfinite(rows)))
+            if n:
+                bad.append((s.table, s.row_start, s.row_stop, n))
+            at += s.rows
+        return bad
+
     def state(self) -> dict[str, np.ndarray]:
         """A copy of every fp32 parameter (master) of a one-rank trainer: {"tables": [rows,
         D], "<layer>_w": Wt [in, out], ...}; in bf16, rebuilt exactly from the halves."""

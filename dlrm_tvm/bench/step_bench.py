@@ -15,6 +15,7 @@ FLOPs / peak FLOP/s + embedding bytes / gather bandwidth; "% floor" = floor / me
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import platform
 import re
@@ -25,6 +26,8 @@ import numpy as np
 
 from dlrm_tvm.bench.timing import median_ms, time_each
 from dlrm_tvm.config import Config
+
+log = logging.getLogger("dlrm_tvm")
 
 
 def step_work(cfg: Config) -> dict[str, float]:
@@ -98,6 +101,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
 
     # ceilings first: after torch has run, its OpenMP workers spin and halve what we measure
+    log.info("bench: measuring this CPU's peaks")
     peaks = measure_peaks(ti.tvm_target(), threads, cfg.model.embedding_dim)
     rows = []
     functions: dict[str, dict[str, float]] = {}
@@ -106,6 +110,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
     compile_s: dict[str, float] = {}
     for prec in precisions:
         pcfg = cfg.replace(train=dataclasses.replace(cfg.train, precision=prec))
+        log.info("bench: dlrm-tvm %s: compiling, then %d+%d steps", prec, warmup, steps)
         t0 = time.perf_counter()
         vm = load_vm(compile_dlrm(pcfg, ti, tuning=tuning if prec == "bf16" else None)
                      .executable, needs_amx(ti.tvm_target()))
@@ -113,6 +118,8 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         ours = Trainer(pcfg, vm, tables=tables, mlp=mlp)
         ts = time_each(ours.step, batches, skip=warmup)
         rows.append({"name": f"dlrm-tvm {prec}", "ms_per_step": median_ms(ts)})
+        log.info("bench: dlrm-tvm %s: %.2f ms/step (compiled in %.1f s)", prec,
+                 rows[-1]["ms_per_step"], compile_s[prec])
         # per function and per kernel (one extra pass over a few batches)
         few = batches[warmup: warmup + min(5, steps)]
         fn_ms: dict[str, list[float]] = defaultdict(list)
@@ -138,6 +145,8 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
         if torch_compile:
             contenders.append(("torch.compile bf16", True, True))
         for name, bf16, comp in contenders:
+            log.info("bench: %s: %s%d+%d steps", name, "compiling, then " if comp else "",
+                     warmup, steps)
             tt = TorchTrainer(cfg, state, autocast_bf16=bf16, compiled=comp)
             if comp:  # compile outside the timing: two steps (forward + backward graphs)
                 t0 = time.perf_counter()
@@ -147,6 +156,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
             ts = time_each(lambda bx, tt=tt: tt.step(*bx), zip(batches, tin, strict=True),
                            skip=warmup)
             rows.append({"name": name, "ms_per_step": median_ms(ts)})
+            log.info("bench: %s: %.2f ms/step", name, rows[-1]["ms_per_step"])
             del tt
     work = step_work(cfg)
     flop = work["mlp_flop"] + work["interaction_flop"]
