@@ -54,14 +54,21 @@ CHECKPOINT_HELP = (
     "DLRM_DCN/DLRM state dict as export-torchrec writes")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    """--config and one argument per row of config_io.CONFIG_FLAGS (the reference's flags)."""
+# the flags of the data files a run reads: a command that reads none leaves them out
+DATA_FILE_FLAGS = ("--data", "--data-path", "--synthetic-multi-hot-criteo-path",
+                   "--eval-data-path", "--processed-data-file", "--data-randomize",
+                   "--mlperf-bin-shuffle", "--skip-bad-lines", "--labels")
+
+
+def _add_config_args(p: argparse.ArgumentParser, data_files: bool = True) -> None:
+    """--config and one argument per row of config_io.CONFIG_FLAGS (the reference's flags);
+    ``data_files`` False: without the flags of data files (``DATA_FILE_FLAGS``)."""
     g = p.add_argument_group("config (a preset or TOML file, then the reference's flags)")
     g.add_argument("--config", default=None,
                    help=f"preset ({', '.join(PRESETS)}), TOML file, or a run's config.json (or "
                    "its run directory) (default: tiny)")
     for flag in CONFIG_FLAGS:
-        if flag.cli:
+        if flag.cli and (data_files or flag.flag not in DATA_FILE_FLAGS):
             flag.add_to(g)
 
 
@@ -497,7 +504,7 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]
     kb.add_argument("--batch", type=positive_int,
                     help="embedding ops: bags per call (default: 204800 lookups' worth, at "
                     "least 2048)")
-    _add_config_args(kb)
+    _add_config_args(kb, data_files=False)  # it reads no data files
     kb.add_argument("--layout", default="mk", choices=("mk", "km"),
                     help="A as [M, K] (forward, input gradient) or [K, M] (weight gradient)")
     kb.add_argument("--b-layout", default="kn", choices=("kn", "nk"))

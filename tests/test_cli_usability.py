@@ -145,3 +145,17 @@ def test_train_help_is_short_and_the_aliases_are_behind_help_aliases():
         assert flag in aliases, flag
     args = cli.build_parser().parse_args(["train", "--numpy-rand-seed", "3", "--batch_size", "8"])
     assert args.ref_numpy_rand_seed == 3 and args.tr_batch_size == 8
+
+
+def test_kernels_bench_help_lists_no_data_file_flags():
+    """kernels bench reads no data files: their flags are not offered (they were, and ignored)."""
+    kb = cli.build_parser()
+    sub = next(a for a in kb._actions if hasattr(a, "_name_parser_map"))
+    kernels = sub._name_parser_map["kernels"]
+    ksub = next(a for a in kernels._actions if hasattr(a, "_name_parser_map"))
+    opts = ksub._name_parser_map["bench"]._option_string_actions
+    for flag in ("--data", "--data-path", "--eval-data-path", "--labels", "--skip-bad-lines"):
+        assert flag not in opts, flag
+    assert "--multi-hot-sizes" in opts and "--index-distribution" in opts  # the bags' shapes
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["kernels", "bench", "--data-path", "x"])
