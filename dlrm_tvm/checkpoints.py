@@ -32,10 +32,17 @@ def resume_state(cfg: Config, path: str):
     if old.model != cfg.model:
         raise ConfigError(f"checkpoint {man['_dir']} holds a different model than the config "
                           f"(its config: {man['_dir']}/manifest.json)")
-    for k in ("precision", "optimizer"):
+    for k in ("precision", "optimizer", "seed"):  # (the seed: the data stream, the teacher)
         if getattr(old.train, k) != getattr(cfg.train, k):
             raise ConfigError(f"checkpoint {man['_dir']} was trained with {k} "
-                              f"{getattr(old.train, k)}, not {getattr(cfg.train, k)}")
+                              f"{getattr(old.train, k)}, not {getattr(cfg.train, k)}: a resumed "
+                              f"run continues the same run (drop the flag that changes it)")
+    for k in ("kind", "path", "eval_path", "labels", "index_distribution"):
+        if getattr(old.data, k) != getattr(cfg.data, k):  # its ids live in the tables
+            raise ConfigError(f"checkpoint {man['_dir']} was trained on data {k} "
+                              f"{getattr(old.data, k)!r}, not {getattr(cfg.data, k)!r}: a resumed "
+                              f"run continues on the same data (start a new run from its "
+                              f"weights with --init-from instead)")
     from dlrm_tvm.runtime.comm import launched_ranks
 
     if launched_ranks() == 1:  # one rank reads every file: verify them all before compiling

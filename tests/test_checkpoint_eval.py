@@ -138,6 +138,25 @@ def test_resume_refuses_another_model(tmp_path):
                arch_mlp_bot="13-64-8")
 
 
+def test_resume_refuses_another_seed_or_another_data(tmp_path):
+    """--resume --seed 7 changed the teacher task and the stream (held-out AUC 0.73 -> 0.56),
+    and another --data-path put other ids under the learned rows (were): both are refused."""
+    from dlrm_tvm.config import ConfigError
+    from dlrm_tvm.data.criteo import write_synthetic_raw
+
+    full, _, _ = _train(tmp_path, "a", 3, checkpoint_every=3)
+    with pytest.raises(ConfigError, match="trained with seed 0, not 7"):
+        _train(tmp_path, "b", 6, resume=str(full), seed=7)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    write_synthetic_raw(a, 300, seed=1)
+    write_synthetic_raw(b, 300, seed=2)
+    kw = {"data": "criteo-kaggle", "max_ind_range": 1000, "arch_embedding_size": "1000-" * 25
+          + "1000"}
+    crit, _, _ = _train(tmp_path, "c", 2, checkpoint_every=2, data_path=str(a), **kw)
+    with pytest.raises(ConfigError, match="trained on data path"):
+        _train(tmp_path, "d", 4, resume=str(crit), data_path=str(b), **kw)
+
+
 def test_eval_and_target_auc(tmp_path):
     out, s, _ = _train(tmp_path, "t", 40, labels="teacher", eval_every=4, target_auc=0.55,
                        eval_batches=2)
