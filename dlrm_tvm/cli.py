@@ -234,7 +234,25 @@ def cmd_materialize_multihot(args) -> int:
 def _export_state(args):
     from dlrm_tvm.interop.state_io import load_state
 
+    _refuse_output_into_input(args.out, args.checkpoint)
     return load_state(args.checkpoint, _resolve_config(args))
+
+
+def _refuse_output_into_input(out, source) -> None:
+    """An export's --out that is its --checkpoint, lies in a checkpoint it reads, or is one of
+    a run directory's own files would overwrite what it reads or the run: refused
+    (ValueError, exit 2). A new file beside them in the run directory is fine."""
+    from pathlib import Path
+
+    from dlrm_tvm.train import RUN_FILES
+
+    o, c = Path(out).resolve(), Path(source).resolve()
+    inside = c.is_dir() and c in o.parents
+    ckpt = c / "checkpoints" if (c / "checkpoints").is_dir() else c
+    if o == c or (inside and (ckpt == c or ckpt in o.parents or o == ckpt)) or \
+            (o.parent == c and o.name in RUN_FILES):
+        raise ValueError(f"--out {out} would overwrite the --checkpoint it reads ({source}) or "
+                         f"one of its run's files: write the export elsewhere")
 
 
 def cmd_export_onnx(args) -> int:

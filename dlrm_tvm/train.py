@@ -33,6 +33,20 @@ from dlrm_tvm.rundir import (
 log = logging.getLogger("dlrm_tvm")
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "train.log", "params.npz",
+             ".lock", "sharding.json", "layout.json")
+
+
+def _refuse_log_over_run_files(log_path: Path, out: Path) -> None:
+    """--mlperf-logging into one of the run's own files (metrics.jsonl, ...) or its
+    checkpoints would interleave or clobber them: refused, naming the flag."""
+    p, o = log_path.resolve(), out.resolve()
+    if p.parent == o and p.name in RUN_FILES or (o / "checkpoints") in p.parents or \
+            p == o / "checkpoints":
+        raise ConfigError(f"--mlperf-logging {log_path} is one of the run's own files in "
+                          f"{out}: give another path (default: RUNDIR/mlperf.log)")
+
+
 def _same_compiled_shape(a: Config, b: Config) -> bool:
     return (a.model == b.model and a.train.batch_size == b.train.batch_size
             and a.train.precision == b.train.precision)
@@ -123,6 +137,7 @@ def train(cfg: Config, out_dir: str | Path, artifact: str | Path | None = None,
 
         require()  # the package, before anything is compiled or written
         opts.mlperf_init_ms = now_ms()
+        _refuse_log_over_run_files(Path(opts.mlperf_log), Path(out_dir))
     out = Path(out_dir)
     ranks = launched_ranks()
     with _sigterm_as_interrupt():

@@ -159,3 +159,31 @@ def test_kernels_bench_help_lists_no_data_file_flags():
     assert "--multi-hot-sizes" in opts and "--index-distribution" in opts  # the bags' shapes
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["kernels", "bench", "--data-path", "x"])
+
+
+def test_an_output_that_is_an_input_or_a_run_file_is_refused(art, tmp_path, capsys):
+    """export-reference --out R/checkpoints/step_N/mlp.npz overwrote its own input, and
+    --mlperf-logging R/metrics.jsonl interleaved MLLOG lines into the metrics (were)."""
+    run = tmp_path / "run"
+    assert cli.main(["train", "--artifact", str(art), "--steps", "2", "--no-eval", "--quiet",
+                     "--out", str(run)]) == 0
+    step = next((run / "checkpoints").glob("step_*"))
+    before = (step / "mlp.npz").read_bytes()
+    assert cli.main(["export-reference", "--checkpoint", str(run), "--out",
+                     str(step / "mlp.npz")]) == 2
+    assert "would overwrite the --checkpoint it reads" in capsys.readouterr().err
+    assert (step / "mlp.npz").read_bytes() == before
+    r2 = tmp_path / "r2"
+    assert cli.main(["train", "--artifact", str(art), "--steps", "2", "--no-eval", "--quiet",
+                     "--mlperf-logging", str(r2 / "metrics.jsonl"), "--out", str(r2)]) == 2
+    assert "one of the run's own files" in capsys.readouterr().err
+
+
+def test_an_export_beside_the_run_files_is_fine(art, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--artifact", str(art), "--steps", "2", "--no-eval", "--quiet",
+                     "--out", str(run)]) == 0
+    assert cli.main(["export-reference", "--checkpoint", str(run), "--out",
+                     str(run / "ref.pt")]) == 0
+    assert cli.main(["export-reference", "--checkpoint", str(run), "--out",
+                     str(run / "summary.json")]) == 2
