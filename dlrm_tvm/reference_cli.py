@@ -43,6 +43,7 @@ class RefFlag:
     switch: bool = False  # store_true in the reference
     nargs: str | None = None
     ok_values: tuple = ()  # refused: these values are accepted (the reference's default, ours)
+    origin = "reference"  # whose flag, in its help line
 
     @property
     def dest(self) -> str:
@@ -51,7 +52,7 @@ class RefFlag:
     def add_to(self, g, hidden: bool = False) -> None:
         """Add the flag to ``g``; ``hidden``: out of --help (``--help-aliases`` lists it)."""
         kw: dict[str, Any] = {"help": argparse.SUPPRESS if hidden else
-                              f"[reference, {self.kind}] {self.help}", "dest": self.dest,
+                              f"[{self.origin}, {self.kind}] {self.help}", "dest": self.dest,
                               "default": None}
         if self.switch:
             kw["action"] = "store_true"
@@ -215,11 +216,7 @@ def translate(args: argparse.Namespace) -> ReferenceRun:
     g = given(args)
     run = ReferenceRun()
     notes: list[str] = []
-    for flag, v in g.items():
-        f = _BY_FLAG[flag]
-        if f.kind == "refused" and not (f.ok_values and str(v) in f.ok_values):
-            raise ConfigError(f"{flag}{'' if f.switch else ' ' + str(v)}: not supported by "
-                              f"dlrm-tvm: {f.help}")
+    refuse_unsupported(g, _BY_FLAG)
     if "--numpy-rand-seed" in g:
         _set(args, "seed", g["--numpy-rand-seed"], "--numpy-rand-seed", "--seed")
     if "--print-freq" in g:
@@ -289,10 +286,21 @@ def translate(args: argparse.Namespace) -> ReferenceRun:
     return run
 
 
-def doc_table() -> str:
-    """docs/reference-flags.md's table (tests keep the file equal to it)."""
+def refuse_unsupported(given_flags: dict[str, Any], by_flag: dict[str, RefFlag]) -> None:
+    """ConfigError (exit status 2) for the first refused flag given, with its reason (a
+    refused flag given one of its ``ok_values`` passes)."""
+    for flag, v in given_flags.items():
+        f = by_flag[flag]
+        if f.kind == "refused" and not (f.ok_values and str(v) in f.ok_values):
+            raise ConfigError(f"{flag}{'' if f.switch else ' ' + str(v)}: not supported by "
+                              f"dlrm-tvm: {f.help}")
+
+
+def doc_table(flags: tuple[RefFlag, ...] = REFERENCE_FLAGS) -> str:
+    """The markdown table of ``flags`` (docs/reference-flags.md's by default; tests keep each
+    file equal to its table)."""
     rows = ["| flag | treatment | meaning here |", "|---|---|---|"]
-    for f in REFERENCE_FLAGS:
+    for f in flags:
         ok = f" (accepted: {', '.join(f.ok_values)})" if f.ok_values else ""
         rows.append(f"| `{f.flag}` | {f.kind}{ok} | {f.help.replace('|', '/')} |")
     return "\n".join(rows) + "\n"

@@ -23,31 +23,22 @@ from typing import Any
 
 from dlrm_tvm.config import ConfigError
 from dlrm_tvm.config_io import nonneg_int, positive_int
-from dlrm_tvm.reference_cli import RefFlag, _set
+from dlrm_tvm.reference_cli import RefFlag, _set, refuse_unsupported
+from dlrm_tvm.reference_cli import doc_table as reference_doc_table
 
 
 @dataclass(frozen=True)
 class TorchrecFlag(RefFlag):
     registered: bool = False  # already one of our own flags (config_io): not added again
+    origin = "torchrec"
 
     @property
     def dest(self) -> str:
         return "tr_" + self.flag.lstrip("-")
 
     def add_to(self, g, hidden: bool = False) -> None:
-        if self.registered:
-            return
-        kw: dict[str, Any] = {"help": argparse.SUPPRESS if hidden else
-                              f"[torchrec, {self.kind}] {self.help}", "dest": self.dest,
-                              "default": None}
-        if self.switch:
-            kw["action"] = "store_true"
-        else:
-            if self.type is not None:
-                kw["type"] = self.type
-            if self.choices is not None:
-                kw["choices"] = self.choices
-        g.add_argument(self.flag, **kw)
+        if not self.registered:
+            super().add_to(g, hidden)
 
 
 def _ints(s: str) -> list[int]:
@@ -191,11 +182,7 @@ def translate(args: argparse.Namespace, ranks: int = 1) -> TorchrecRun:
     g = given(args)
     run = TorchrecRun()
     notes: list[str] = []
-    for flag, v in g.items():
-        f = _BY_FLAG[flag]
-        if f.kind == "refused" and not (f.ok_values and str(v) in f.ok_values):
-            raise ConfigError(f"{flag}{'' if f.switch else ' ' + str(v)}: not supported by "
-                              f"dlrm-tvm: {f.help}")
+    refuse_unsupported(g, _BY_FLAG)
     if g.get("--interaction_type") == "projection":
         raise ConfigError("--interaction_type projection: not supported by dlrm-tvm: "
                           "DLRM_Projection's branches are not built (original or dcn)")
@@ -264,8 +251,4 @@ def _num_tables(args) -> int:
 
 def doc_table() -> str:
     """docs/torchrec-flags.md's table (a test keeps the file equal to it)."""
-    rows = ["| flag | treatment | meaning here |", "|---|---|---|"]
-    for f in TORCHREC_FLAGS:
-        ok = f" (accepted: {', '.join(f.ok_values)})" if f.ok_values else ""
-        rows.append(f"| `{f.flag}` | {f.kind}{ok} | {f.help.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+    return reference_doc_table(TORCHREC_FLAGS)
