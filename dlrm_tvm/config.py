@@ -25,7 +25,7 @@ CRITEO_TERABYTE_ROWS = (
     2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
 )
 
-# MLPerf DLRM-DCNv2's table sizes (mlcommons/training recommendation_v2, issue 15).
+# MLPerf DLRM-DCNv2's table sizes (mlcommons/training recommendation_v2).
 DCNV2_ROWS = (
     40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
     2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36,

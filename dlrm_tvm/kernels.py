@@ -403,7 +403,7 @@ def format_sweep(r: dict) -> str:
 
 
 def sweep_verdict(r: dict) -> list[str]:
-    """Issue 11's per-kernel goals, checked on these numbers."""
+    """The per-kernel goals of the bf16 work, checked on these numbers."""
     big = [x for x in r["rows"] if min(x["shape"]) >= 128 and x["frac_peak"] is not None]
     lines = []
     if big:

@@ -1,4 +1,4 @@
-"""Exact Adagrad (issue 15, item 3): ``--optimizer adagrad``, torch.optim.Adagrad's update on
+"""Exact Adagrad: ``--optimizer adagrad``, torch.optim.Adagrad's update on
 every parameter (state += g * g; w -= lr * g / (sqrt(state) + eps), eps 1e-8, state 0 at
 start), the tables' state [rows, D] fp32 stepped in the fused embedding update on the coalesced
 gradient (docs/adagrad.md).

@@ -1,4 +1,4 @@
-"""AMX-BF16 (issue 16): the tile block kernel, its GEMM rule, the OS permission, the peak.
+"""AMX-BF16: the tile block kernel, its GEMM rule, the OS permission, the peak.
 
 * compile-only (any host): every GEMM kind of the bf16 step compiled for sapphirerapids has
   ldtilecfg, tileloadd and tdpbf16ps in its assembly; the whole mlperf bf16 step picks the AMX

@@ -388,7 +388,7 @@ def test_check_fits_counts_rwsadagrad_state():
 
 def test_max_ind_range_lifts_a_presets_table_cap():
     """dcnv2 and mlperf cap their tables at 1M rows; --max-ind-range re-caps from the model's
-    own sizes, so a larger value lifts the cap (issue 15 item 4) and a smaller one lowers it."""
+    own sizes, so a larger value lifts the cap and a smaller one lowers it."""
     from dlrm_tvm.config import CRITEO_TERABYTE_ROWS, DCNV2_ROWS
 
     lifted = apply_overrides(PRESETS["dcnv2"], max_ind_range=40_000_000)

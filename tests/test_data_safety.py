@@ -1,6 +1,6 @@
 """Data safety without compiling anything: preprocessed files tied to their inputs, binary rows
 checked before a kernel sees them, bad data paths and meta.json file names refused with a
-message naming the file (issue 12, items 5 and 7)."""
+message naming the file."""
 
 from __future__ import annotations
 

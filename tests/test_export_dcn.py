@@ -1,4 +1,4 @@
-"""Exports of a DLRM-DCNv2 model (issue 15 item 7): export-torchrec into torchrec's DLRM_DCN
+"""Exports of a DLRM-DCNv2 model: export-torchrec into torchrec's DLRM_DCN
 (and DLRM for dot), export-onnx and export-reference, against our compiled predictions.
 
 torchrec is not a dependency (its wheel needs fbgemm-gpu built for one torch version); the

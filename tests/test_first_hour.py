@@ -1,4 +1,4 @@
-"""The first hour (issue 14): a learnable default task evaluated at the end, --version, rate and
+"""The first hour: a learnable default task evaluated at the end, --version, rate and
 ETA, RUNDIR/train.log, wall-clock metric lines, an exit status for a missed target AUC."""
 
 from __future__ import annotations

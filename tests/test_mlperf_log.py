@@ -1,4 +1,4 @@
-"""``train --mlperf-logging [PATH]`` (issue 15, item 6): an MLLOG file that the compliance
+"""``train --mlperf-logging [PATH]``: an MLLOG file that the compliance
 checker of mlperf-logging accepts, its keys in order, run_stop aborted when a run does not end
 well, and a clear refusal without the package."""
 

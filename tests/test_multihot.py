@@ -1,4 +1,4 @@
-"""Multi-hot bags (issue 15, item 2): ``--multi-hot-sizes``, one fixed bag size per table
+"""Multi-hot bags: ``--multi-hot-sizes``, one fixed bag size per table
 (torchrec's --multi_hot_sizes; DataConfig.multi_hot_sizes), through the config, the synthetic
 generator, the embedding kernels, the sharding plan's costs, the benchmarks' work and a model
 trained against torch."""

@@ -1,4 +1,4 @@
-"""MLPerf DLRM-DCNv2's materialised multi-hot dataset (issue 15, item 5): the day files written
+"""MLPerf DLRM-DCNv2's materialised multi-hot dataset: the day files written
 by ``materialize-multihot`` and read back memory-mapped (``--data criteo-multihot``), each rank
 its slice, the batches those of the synthetic generator, a short training run, and bad files
 refused with the file, table and row named. Fast: one compile (dcnv2-tiny, by the train

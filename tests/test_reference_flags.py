@@ -1,4 +1,4 @@
-"""facebookresearch/dlrm's flags on ``dlrm-tvm train`` (issue 14 item 3): mapped with the same
+"""facebookresearch/dlrm's flags on ``dlrm-tvm train``: mapped with the same
 meaning, accepted with a reason, or refused with one -- and a pasted reference command runs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bf16 step's packed layouts (issue 11): VNNI-2 packs, GEMMs on packed operands, GEMV.
+"""The bf16 step's packed layouts: VNNI-2 packs, GEMMs on packed operands, GEMV.
 
 * packs: bit-exact against the NumPy pack, DLRM and odd shapes, outputs poisoned first;
 * gemm_vnni emulated (any host: the microkernel's TIR description substituted for the

@@ -193,7 +193,7 @@ def run_bench(cfg: Config, steps: int = 20, warmup: int = 3, target: str = "host
 
 
 def _ratios(r: dict) -> list[str]:
-    """The headline ratios (issue 11's goals) among the rows present."""
+    """The headline ratios (the bf16 goals) among the rows present."""
     ms = {row["name"]: row["ms_per_step"] for row in r["rows"]}
     out = []
     for ours, other in (("dlrm-tvm bf16", "torch.compile bf16"),

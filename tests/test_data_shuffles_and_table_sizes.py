@@ -1,4 +1,4 @@
-"""Issue 14, data: shuffling with the reference's modes, table sizes from the preprocessing's
+"""Data: shuffling with the reference's modes, table sizes from the preprocessing's
 meta.json with a warning whenever ids are folded, ``preprocess`` in parallel (byte for byte the
 serial output, ``file:line`` kept), progress lines for preprocess and evaluation, and
 ``eval --no-labels``. Fast: only the last test compiles (tiny, once, plus two evaluations)."""
