@@ -1,6 +1,6 @@
 """The Linux permission a process needs before its first AMX tile instruction, where code runs.
 
-The request itself lives in the base layer (``dlrm_tvm/amx_permission.py``: the kernel's
+The request itself lives in the base layer (``dlrm_tvm/targets.py``, its AMX permission section: the kernel's
 numbers, ``request_amx``, ``supported_xfeatures``, ``AmxUnavailable`` and the reason for each
 refusal), because resolving the ``host`` target asks it too: the host keeps its AMX features
 only where the request is granted. Here: the quiet request every load of compiled code makes,
@@ -11,7 +11,7 @@ compiled for such a host), never at import.
 
 from __future__ import annotations
 
-from dlrm_tvm.amx_permission import (  # noqa: F401 - re-exported: the runtime's AMX face
+from dlrm_tvm.targets import (  # noqa: F401 - re-exported: the runtime's AMX face
     ARCH_GET_XCOMP_PERM,
     ARCH_GET_XCOMP_SUPP,
     ARCH_REQ_XCOMP_PERM,
@@ -20,11 +20,11 @@ from dlrm_tvm.amx_permission import (  # noqa: F401 - re-exported: the runtime's
     AmxUnavailable,
     emulated,
     host_amx_refusal,
+    host_cpu_flags,
     request_amx,
     set_emulated,
     supported_xfeatures,
 )
-from dlrm_tvm.targets import host_cpu_flags
 
 
 def enable_emulation() -> None:

@@ -1,4 +1,4 @@
-"""The Linux AMX permission (dlrm_tvm/amx_permission.py, runtime/amx.py), what it decides for the
+"""The Linux AMX permission (dlrm_tvm/targets.py, runtime/amx.py), what it decides for the
 host target, and the device run's verdict (tools/amx_verdict.py).
 
 * the request and the queries use the kernel's own numbers, written out here (arch_prctl is
@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from dlrm_tvm.runtime import amx
 
-from dlrm_tvm import amx_permission
+from dlrm_tvm import targets as amx_permission
 from dlrm_tvm import targets as targets_mod
 from dlrm_tvm.config import PRESETS
 from dlrm_tvm.targets import host_cpu_flags, resolve_target

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from dlrm_tvm import amx_permission
+from dlrm_tvm import targets as amx_permission
 from dlrm_tvm.artifact import ArtifactError, check_host_can_run, read_artifact
 
 from dlrm_tvm.targets import emulated_target, resolve_target
