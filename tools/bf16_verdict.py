@@ -1,4 +1,4 @@
-"""Issue 11's goals, checked on benchmark JSON: prints one PASS/MISS line per goal.
+"""The bf16 goals, checked on benchmark JSON: prints one PASS/MISS line per goal.
 
     dlrm-tvm kernels bench --config mlperf --precision bf16 --json gemms-mlperf.json
     dlrm-tvm kernels bench --config small --precision bf16 --json gemms-small.json

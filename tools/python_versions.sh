@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Which Python versions dlrm-tvm installs and runs on (issue 14; docs/python-versions.md).
+# Which Python versions dlrm-tvm installs and runs on (docs/python-versions.md).
 #
 # For each version: a fresh venv, `pip install -e "REPO[test]"` from the package index, a subset
 # of the tests, and README command 1's train part; then a verdict table. The interpreter you run
